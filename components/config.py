@@ -1,0 +1,497 @@
+"""Typed, validated stack configuration.
+
+This is the only module that reads ``pulumi.Config`` (``load_stack_config``). The same
+validation serves the local stack, which reads a stack file (``Pulumi.<stack>.yaml``)
+through ``load_stack_file``, so a value that would fail ``pulumi up`` fails locally too.
+
+Every invalid value raises ``ConfigError`` naming the key and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+PROJECT_NAMESPACE = "ml-pipeline"
+
+Orchestration = Literal["workflow", "events"]
+ModelType = Literal["random_forest", "logistic_regression", "gradient_boosting"]
+PromotionMetric = Literal["accuracy", "f1_macro"]
+
+ORCHESTRATIONS: tuple[Orchestration, ...] = ("workflow", "events")
+MODEL_TYPES: tuple[ModelType, ...] = ("random_forest", "logistic_regression", "gradient_boosting")
+PROMOTION_METRICS: tuple[PromotionMetric, ...] = ("accuracy", "f1_macro")
+FUNCTION_KEYS: tuple[str, ...] = (
+    "process_data",
+    "train_model",
+    "predict",
+    "trigger_workflow",
+)
+# Cloud Functions 2nd gen (Cloud Run) memory values that the service accepts.
+ALLOWED_MEMORY: tuple[str, ...] = (
+    "128Mi",
+    "256Mi",
+    "512Mi",
+    "1Gi",
+    "2Gi",
+    "4Gi",
+    "8Gi",
+    "16Gi",
+    "32Gi",
+)
+# Workflows call-log levels accepted by the service.
+CALL_LOG_LEVELS: tuple[str, ...] = ("LOG_ALL_CALLS", "LOG_ERRORS_ONLY", "LOG_NONE")
+
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+_NAME_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$")
+_MEMBER = re.compile(
+    r"^(user|serviceAccount|group|domain):[^\s]+$|^allUsers$|^allAuthenticatedUsers$"
+)
+
+
+class ConfigError(ValueError):
+    """A stack configuration value is missing or invalid."""
+
+    def __init__(self, key: str, problem: str, fix: str) -> None:
+        self.key = key
+        super().__init__(f"config '{key}': {problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """Runtime sizing of one Cloud Function."""
+
+    memory: str = "512Mi"
+    timeout_seconds: int = 300
+    min_instances: int = 0
+    max_instances: int = 3
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """When a candidate model replaces the champion."""
+
+    metric: PromotionMetric = "f1_macro"
+    minimum: float = 0.7
+    tolerance: float = 0.0
+
+
+_DEFAULT_FUNCTIONS: dict[str, FunctionSettings] = {
+    "process_data": FunctionSettings(memory="1Gi", timeout_seconds=540),
+    "train_model": FunctionSettings(memory="2Gi", timeout_seconds=540),
+    "predict": FunctionSettings(memory="1Gi", timeout_seconds=60, max_instances=5),
+    "trigger_workflow": FunctionSettings(memory="256Mi", timeout_seconds=60),
+}
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything the program and the local stack need to know about one stack."""
+
+    project: str
+    region: str
+    stack: str
+    bucket_location: str
+    name_prefix: str
+    orchestration: Orchestration = "workflow"
+    target_column: str = "target"
+    feature_columns: tuple[str, ...] = ()
+    model_type: ModelType = "random_forest"
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    promotion: PromotionPolicy = field(default_factory=PromotionPolicy)
+    min_rows: int = 20
+    functions: Mapping[str, FunctionSettings] = field(
+        default_factory=lambda: dict(_DEFAULT_FUNCTIONS)
+    )
+    predict_max_batch: int = 1000
+    model_refresh_seconds: int = 30
+    public_predict: bool = False
+    predict_invokers: tuple[str, ...] = ()
+    dead_letter_max_attempts: int = 5
+    workflow_deletion_protection: bool = True
+    workflow_call_log_level: str = "LOG_ERRORS_ONLY"
+    force_destroy: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def trigger_region(self) -> str:
+        """Eventarc triggers must live where the bucket lives (pitfall 4).
+
+        A multi-region bucket location such as ``US`` maps to Eventarc's ``us``.
+        """
+        return self.bucket_location.lower()
+
+    def function(self, key: str) -> FunctionSettings:
+        return self.functions[key]
+
+    @classmethod
+    def from_values(
+        cls, *, project: str | None, region: str | None, stack: str, values: Mapping[str, Any]
+    ) -> StackConfig:
+        """Validate raw config values (camelCase keys, without the namespace)."""
+        known = set(_KEYS)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"{PROJECT_NAMESPACE}:{unknown[0]}",
+                "is not a known key",
+                f"remove it or use one of: {', '.join(sorted(known))}",
+            )
+        if not project:
+            raise ConfigError(
+                "gcp:project", "is not set", "pulumi config set gcp:project MY_PROJECT"
+            )
+        if not region:
+            raise ConfigError(
+                "gcp:region", "is not set", "pulumi config set gcp:region us-central1"
+            )
+        reader = _Reader(values)
+        bucket_location = reader.string("bucketLocation", region.upper())
+        if bucket_location.lower() != region.lower() and bucket_location.upper() not in (
+            "US",
+            "EU",
+            "ASIA",
+        ):
+            raise ConfigError(
+                f"{PROJECT_NAMESPACE}:bucketLocation",
+                f"'{bucket_location}' differs from gcp:region '{region}'",
+                "use the region itself or a multi-region (US, EU, ASIA); Eventarc triggers "
+                "must be in the bucket's location",
+            )
+        name_prefix = reader.string("namePrefix", _default_prefix(stack))
+        if not _NAME_PREFIX.match(name_prefix):
+            raise ConfigError(
+                f"{PROJECT_NAMESPACE}:namePrefix",
+                f"'{name_prefix}' is not 2-20 lowercase letters, digits or dashes",
+                "start with a letter, end with a letter or digit, e.g. 'mlp-dev'",
+            )
+        config = cls(
+            project=project,
+            region=region,
+            stack=stack,
+            bucket_location=bucket_location,
+            name_prefix=name_prefix,
+            orchestration=reader.choice("orchestration", ORCHESTRATIONS, "workflow"),
+            target_column=reader.nonempty_string("targetColumn", "target"),
+            feature_columns=reader.string_list("featureColumns"),
+            model_type=reader.choice("modelType", MODEL_TYPES, "random_forest"),
+            hyperparameters=reader.mapping("hyperparameters"),
+            promotion=_promotion(reader),
+            min_rows=reader.integer("minRows", 20, low=2, high=10_000_000),
+            functions=_functions(reader),
+            predict_max_batch=reader.integer("predictMaxBatch", 1000, low=1, high=100_000),
+            model_refresh_seconds=reader.integer("modelRefreshSeconds", 30, low=0, high=3600),
+            public_predict=reader.boolean("publicPredict", False),
+            predict_invokers=_members(reader),
+            dead_letter_max_attempts=reader.integer("deadLetterMaxAttempts", 5, low=5, high=100),
+            workflow_deletion_protection=reader.boolean("workflowDeletionProtection", True),
+            workflow_call_log_level=reader.choice(
+                "workflowCallLogLevel", CALL_LOG_LEVELS, "LOG_ERRORS_ONLY"
+            ),
+            force_destroy=reader.boolean("forceDestroy", False),
+            labels=_labels(reader),
+        )
+        if config.target_column in config.feature_columns:
+            raise ConfigError(
+                f"{PROJECT_NAMESPACE}:featureColumns",
+                f"lists the target column '{config.target_column}'",
+                "remove the target from the feature list",
+            )
+        return config
+
+
+_KEYS = (
+    "bucketLocation",
+    "namePrefix",
+    "orchestration",
+    "targetColumn",
+    "featureColumns",
+    "modelType",
+    "hyperparameters",
+    "promotion",
+    "minRows",
+    "functions",
+    "predictMaxBatch",
+    "modelRefreshSeconds",
+    "publicPredict",
+    "predictInvokers",
+    "deadLetterMaxAttempts",
+    "workflowDeletionProtection",
+    "workflowCallLogLevel",
+    "forceDestroy",
+    "labels",
+)
+
+
+def _default_prefix(stack: str) -> str:
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", f"mlp-{stack}".lower()).strip("-")
+    return cleaned[:20].rstrip("-")
+
+
+class _Reader:
+    """Reads one raw value at a time, raising ConfigError with the full key."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = values
+
+    def raw(self, key: str) -> Any:
+        return self._values.get(key)
+
+    @staticmethod
+    def full(key: str) -> str:
+        return f"{PROJECT_NAMESPACE}:{key}"
+
+    def string(self, key: str, default: str) -> str:
+        value = self._values.get(key, default)
+        if not isinstance(value, str):
+            raise ConfigError(self.full(key), f"must be a string, got {value!r}", "quote it")
+        return value
+
+    def nonempty_string(self, key: str, default: str) -> str:
+        value = self.string(key, default)
+        if not value.strip():
+            raise ConfigError(self.full(key), "is empty", "set a column name")
+        return value
+
+    def choice(self, key: str, options: tuple[Any, ...], default: Any) -> Any:
+        value = self._values.get(key, default)
+        if value not in options:
+            raise ConfigError(
+                self.full(key), f"'{value}' is not allowed", f"use one of: {', '.join(options)}"
+            )
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return as_bool(self.full(key), self._values.get(key, default))
+
+    def integer(self, key: str, default: int, *, low: int, high: int) -> int:
+        return as_int(self.full(key), self._values.get(key, default), low=low, high=high)
+
+    def string_list(self, key: str) -> tuple[str, ...]:
+        value = self._values.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise ConfigError(
+                self.full(key),
+                f"must be a list of non-empty strings, got {value!r}",
+                "use a YAML list",
+            )
+        if len(set(value)) != len(value):
+            raise ConfigError(self.full(key), "has duplicates", "list each column once")
+        return tuple(value)
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self._values.get(key, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(self.full(key), f"must be a map, got {value!r}", "use a YAML map")
+        return dict(value)
+
+
+def as_bool(key: str, value: Any) -> bool:
+    # pulumi.Config returns strings for plain (non-object) values.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(key, f"must be true or false, got {value!r}", "use true or false")
+
+
+def as_int(key: str, value: Any, *, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a whole number, got {value!r}", f"use {low}..{high}")
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ConfigError(
+                key, f"must be a whole number, got {value!r}", f"use {low}..{high}"
+            ) from None
+    if not isinstance(value, int):
+        raise ConfigError(key, f"must be a whole number, got {value!r}", f"use {low}..{high}")
+    if not low <= value <= high:
+        raise ConfigError(key, f"{value} is out of range", f"use a value from {low} to {high}")
+    return value
+
+
+def as_fraction(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a number, got {value!r}", "use a number from 0 to 1")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            key, f"must be a number, got {value!r}", "use a number from 0 to 1"
+        ) from None
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise ConfigError(key, f"{value!r} is out of range", "use a number from 0 to 1")
+    return number
+
+
+def _promotion(reader: _Reader) -> PromotionPolicy:
+    raw = reader.mapping("promotion")
+    key = reader.full("promotion")
+    unknown = sorted(set(raw) - {"metric", "minimum", "tolerance"})
+    if unknown:
+        raise ConfigError(
+            f"{key}.{unknown[0]}", "is not a known key", "use metric, minimum, tolerance"
+        )
+    metric = raw.get("metric", "f1_macro")
+    if metric not in PROMOTION_METRICS:
+        raise ConfigError(
+            f"{key}.metric",
+            f"'{metric}' is not allowed",
+            f"use one of: {', '.join(PROMOTION_METRICS)}",
+        )
+    return PromotionPolicy(
+        metric=metric,
+        minimum=as_fraction(f"{key}.minimum", raw.get("minimum", 0.7)),
+        tolerance=as_fraction(f"{key}.tolerance", raw.get("tolerance", 0.0)),
+    )
+
+
+def _functions(reader: _Reader) -> dict[str, FunctionSettings]:
+    raw = reader.mapping("functions")
+    key = reader.full("functions")
+    unknown = sorted(set(raw) - set(FUNCTION_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{key}.{unknown[0]}", "is not a function", f"use one of: {', '.join(FUNCTION_KEYS)}"
+        )
+    result = dict(_DEFAULT_FUNCTIONS)
+    for name, overrides in raw.items():
+        where = f"{key}.{name}"
+        if not isinstance(overrides, Mapping):
+            raise ConfigError(
+                where, "must be a map", "set memory, timeoutSeconds, minInstances, maxInstances"
+            )
+        allowed = {"memory", "timeoutSeconds", "minInstances", "maxInstances"}
+        extra = sorted(set(overrides) - allowed)
+        if extra:
+            raise ConfigError(
+                f"{where}.{extra[0]}",
+                "is not a known key",
+                f"use one of: {', '.join(sorted(allowed))}",
+            )
+        base = result[name]
+        memory = overrides.get("memory", base.memory)
+        if memory not in ALLOWED_MEMORY:
+            raise ConfigError(
+                f"{where}.memory",
+                f"'{memory}' is not allowed",
+                f"use one of: {', '.join(ALLOWED_MEMORY)}",
+            )
+        settings = FunctionSettings(
+            memory=memory,
+            timeout_seconds=as_int(
+                f"{where}.timeoutSeconds",
+                overrides.get("timeoutSeconds", base.timeout_seconds),
+                low=1,
+                high=3600,
+            ),
+            min_instances=as_int(
+                f"{where}.minInstances",
+                overrides.get("minInstances", base.min_instances),
+                low=0,
+                high=100,
+            ),
+            max_instances=as_int(
+                f"{where}.maxInstances",
+                overrides.get("maxInstances", base.max_instances),
+                low=1,
+                high=1000,
+            ),
+        )
+        if settings.min_instances > settings.max_instances:
+            raise ConfigError(
+                f"{where}.minInstances",
+                f"{settings.min_instances} exceeds maxInstances {settings.max_instances}",
+                "lower minInstances or raise maxInstances",
+            )
+        result[name] = settings
+    return result
+
+
+def _members(reader: _Reader) -> tuple[str, ...]:
+    members = reader.string_list("predictInvokers")
+    for member in members:
+        if not _MEMBER.match(member):
+            raise ConfigError(
+                reader.full("predictInvokers"),
+                f"'{member}' is not an IAM member",
+                "use user:EMAIL, serviceAccount:EMAIL, group:EMAIL or domain:DOMAIN",
+            )
+        if member in ("allUsers", "allAuthenticatedUsers"):
+            raise ConfigError(
+                reader.full("predictInvokers"),
+                f"'{member}' would make the endpoint public",
+                "set publicPredict: true instead, so the choice is explicit",
+            )
+    return members
+
+
+def _labels(reader: _Reader) -> dict[str, str]:
+    labels = reader.mapping("labels")
+    for label_key, label_value in labels.items():
+        if not isinstance(label_key, str) or not _LABEL_KEY.match(label_key):
+            raise ConfigError(
+                f"{reader.full('labels')}.{label_key}",
+                "is not a valid label key",
+                "use lowercase letters, digits, '_' or '-', starting with a letter",
+            )
+        if not isinstance(label_value, str) or not _LABEL_VALUE.match(label_value):
+            raise ConfigError(
+                f"{reader.full('labels')}.{label_key}",
+                f"value {label_value!r} is not a valid label value",
+                "use up to 63 lowercase letters, digits, '_' or '-' (quote it in YAML)",
+            )
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def load_stack_config() -> StackConfig:
+    """Read the current Pulumi stack's configuration (the only pulumi.Config reader)."""
+    import pulumi
+
+    gcp = pulumi.Config("gcp")
+    ours = pulumi.Config(PROJECT_NAMESPACE)
+    values: dict[str, Any] = {}
+    for key in _KEYS:
+        # Structured values (maps, lists) come back from get_object; plain ones as strings.
+        value = ours.get_object(key)
+        if value is not None:
+            values[key] = value
+    return StackConfig.from_values(
+        project=gcp.get("project"),
+        region=gcp.get("region"),
+        stack=pulumi.get_stack(),
+        values=values,
+    )
+
+
+def load_stack_file(path: Path) -> StackConfig:
+    """Read ``Pulumi.<stack>.yaml`` the way ``pulumi up`` would, for the local stack."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(str(path), "does not exist", "pass an existing Pulumi.<stack>.yaml")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            str(path), f"is not valid YAML ({error})", "fix the YAML syntax"
+        ) from None
+    raw = document.get("config", {}) if isinstance(document, Mapping) else None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(str(path), "has no 'config' map", "put the keys under 'config:'")
+    values: dict[str, Any] = {}
+    for full_key, value in raw.items():
+        namespace, _, key = str(full_key).partition(":")
+        if namespace == PROJECT_NAMESPACE:
+            values[key] = value
+    stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    return StackConfig.from_values(
+        project=raw.get("gcp:project"), region=raw.get("gcp:region"), stack=stack, values=values
+    )

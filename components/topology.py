@@ -1,0 +1,336 @@
+"""The pipeline as plain data: functions, topics, deliveries, workflow and environment.
+
+Both the Pulumi components and the local stack (``devstack``) read this module, so the
+cloud wiring and the local wiring cannot drift apart. Nothing here imports Pulumi.
+
+How events reach functions:
+
+* ``eventarc`` deliveries become a Cloud Functions event trigger in the cloud (its own
+  trigger service account, trigger region = bucket location, retry policy). Eventarc's
+  managed subscription cannot carry a dead-letter policy (pitfall 9), so these are used
+  where retrying is the whole story.
+* ``push`` deliveries are explicit Pub/Sub push subscriptions with OIDC and a dead-letter
+  policy. They push to ``path`` on the function URL; for CloudEvent functions the path
+  ``/projects/<project>/topics/<topic>`` lets functions-framework turn the raw push into
+  a ``google.cloud.pubsub.topic.v1.messagePublished`` CloudEvent, in the cloud and
+  locally alike.
+
+Locally both kinds become emulator push subscriptions; only ``push`` ones carry the
+dead-letter policy, exactly as in the cloud.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from components.config import Orchestration, StackConfig
+
+Signature = Literal["http", "cloudevent"]
+Mechanism = Literal["eventarc", "push"]
+
+# Object layout in the data bucket (the handlers use the same prefixes).
+RAW_PREFIX = "raw/"
+
+
+class Env:
+    """Environment variable names the functions read (function_src/pipeline_core/settings.py)."""
+
+    PROJECT = "GOOGLE_CLOUD_PROJECT"
+    DATA_BUCKET = "DATA_BUCKET"
+    TARGET_COLUMN = "TARGET_COLUMN"
+    FEATURE_COLUMNS = "FEATURE_COLUMNS"  # JSON list; [] means every column but the target
+    MIN_ROWS = "MIN_ROWS"
+    MODEL_TYPE = "MODEL_TYPE"
+    MODEL_HYPERPARAMETERS = "MODEL_HYPERPARAMETERS"  # JSON object
+    PROMOTION_METRIC = "PROMOTION_METRIC"
+    PROMOTION_MINIMUM = "PROMOTION_MINIMUM"
+    PROMOTION_TOLERANCE = "PROMOTION_TOLERANCE"
+    PREDICT_MAX_BATCH = "PREDICT_MAX_BATCH"
+    MODEL_REFRESH_SECONDS = "MODEL_REFRESH_SECONDS"
+    MODEL_EVENTS_TOPIC = "MODEL_EVENTS_TOPIC"
+    MODEL_TRAINING_TOPIC = "MODEL_TRAINING_TOPIC"
+    MODEL_SERVING_TOPIC = "MODEL_SERVING_TOPIC"
+    WORKFLOW_NAME = "WORKFLOW_NAME"
+    WORKFLOW_LOCATION = "WORKFLOW_LOCATION"
+    # Set only by the local stack: where the Executions API is served.
+    WORKFLOWS_API_ENDPOINT = "WORKFLOWS_API_ENDPOINT"
+
+
+class WorkflowEnv:
+    """User environment variables of the Workflows definition (``sys.get_env``)."""
+
+    PROCESS_DATA_URL = "PROCESS_DATA_URL"
+    TRAIN_MODEL_URL = "TRAIN_MODEL_URL"
+    PREDICT_URL = "PREDICT_URL"
+    MODEL_EVENTS_TOPIC = "MODEL_EVENTS_TOPIC"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    key: str
+    suffix: str
+    purpose: str
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    key: str  # resource key and local service name
+    entry_point: str  # attribute of function_src/main.py
+    signature: Signature
+    workload: str  # key of the runtime service account (see WORKLOADS)
+    settings_key: str  # key of its FunctionSettings in StackConfig.functions
+    env: tuple[str, ...]  # Env names it receives
+    publishes_to: tuple[str, ...] = ()  # topic keys it publishes to
+
+
+@dataclass(frozen=True)
+class Delivery:
+    key: str
+    topic: str  # topic key
+    function: str  # function key
+    mechanism: Mechanism
+    path: str = "/"  # for push: path on the function URL ({project}/{topic} filled in)
+
+    @property
+    def dead_letter(self) -> bool:
+        return self.mechanism == "push"
+
+    def push_path(self, project: str, topic_name: str) -> str:
+        return self.path.format(project=project, topic=topic_name)
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    key: str
+    source: str  # path relative to the repository root
+    calls: tuple[str, ...]  # function keys it invokes over HTTP with OIDC
+    publishes_to: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    orchestration: Orchestration
+    topics: tuple[TopicSpec, ...]
+    functions: tuple[FunctionSpec, ...]
+    deliveries: tuple[Delivery, ...]
+    notification_topic: str  # topic key the bucket notification publishes to
+    workflow: WorkflowSpec | None
+
+    def topic(self, key: str) -> TopicSpec:
+        return _find(self.topics, key, "topic")
+
+    def function(self, key: str) -> FunctionSpec:
+        return _find(self.functions, key, "function")
+
+    def deliveries_to(self, function_key: str) -> tuple[Delivery, ...]:
+        return tuple(d for d in self.deliveries if d.function == function_key)
+
+
+# Runtime and supporting identities: one service account per workload.
+WORKLOADS: Mapping[str, str] = {
+    "processing": "Reads raw uploads, writes processed data and rejection records",
+    "training": "Reads processed data, writes model versions and the champion pointer",
+    "prediction": "Reads the champion and model artifacts",
+    "workflow_trigger": "Starts Workflows executions from upload notifications",
+    "workflow": "Runs the Workflows definition and invokes the stage functions",
+    "event_trigger": "Identity of Eventarc triggers and OIDC push subscriptions",
+    "build": "Builds function source into containers (Cloud Build)",
+}
+
+_PUSH_TO_CLOUDEVENT = "/projects/{project}/topics/{topic}"
+
+_BASE_ENV = (Env.PROJECT, Env.DATA_BUCKET)
+_PROCESSING_ENV = (*_BASE_ENV, Env.TARGET_COLUMN, Env.FEATURE_COLUMNS, Env.MIN_ROWS)
+_TRAINING_ENV = (
+    *_BASE_ENV,
+    Env.TARGET_COLUMN,
+    Env.MODEL_TYPE,
+    Env.MODEL_HYPERPARAMETERS,
+    Env.PROMOTION_METRIC,
+    Env.PROMOTION_MINIMUM,
+    Env.PROMOTION_TOLERANCE,
+)
+_PREDICT_ENV = (*_BASE_ENV, Env.PREDICT_MAX_BATCH, Env.MODEL_REFRESH_SECONDS)
+
+_PREDICT = FunctionSpec("predict", "predict", "http", "prediction", "predict", _PREDICT_ENV)
+
+
+def build_topology(orchestration: Orchestration) -> Topology:
+    if orchestration == "workflow":
+        return Topology(
+            orchestration="workflow",
+            topics=(
+                TopicSpec("data_uploaded", "data-uploaded", "Upload notifications of the bucket"),
+                TopicSpec("model_events", "model-events", "Run summaries and failures"),
+                TopicSpec("dead_letter", "dead-letter", "Messages that kept failing"),
+            ),
+            functions=(
+                FunctionSpec(
+                    "process_data",
+                    "process_data",
+                    "http",
+                    "processing",
+                    "process_data",
+                    _PROCESSING_ENV,
+                ),
+                FunctionSpec(
+                    "train_model",
+                    "train_model",
+                    "http",
+                    "training",
+                    "train_model",
+                    _TRAINING_ENV,
+                ),
+                _PREDICT,
+                FunctionSpec(
+                    "trigger_workflow",
+                    "trigger_workflow",
+                    "cloudevent",
+                    "workflow_trigger",
+                    "trigger_workflow",
+                    (*_BASE_ENV, Env.WORKFLOW_NAME, Env.WORKFLOW_LOCATION),
+                ),
+            ),
+            deliveries=(
+                # The entry of the whole pipeline gets a dead-letter queue, so an explicit
+                # push subscription rather than Eventarc's managed one.
+                Delivery(
+                    "upload_to_trigger",
+                    "data_uploaded",
+                    "trigger_workflow",
+                    "push",
+                    _PUSH_TO_CLOUDEVENT,
+                ),
+            ),
+            notification_topic="data_uploaded",
+            workflow=WorkflowSpec(
+                "ml_pipeline",
+                "workflow_defs/ml_pipeline.yaml",
+                calls=("process_data", "train_model", "predict"),
+                publishes_to=("model_events",),
+            ),
+        )
+    return Topology(
+        orchestration="events",
+        topics=(
+            TopicSpec(
+                "data_processing_trigger",
+                "data-processing-trigger",
+                "Upload notifications of the bucket, consumed by processing",
+            ),
+            TopicSpec(
+                "model_training_trigger",
+                "model-training-trigger",
+                "Processed data ready for training",
+            ),
+            TopicSpec(
+                "model_serving_trigger",
+                "model-serving-trigger",
+                "A new champion for the prediction service to load",
+            ),
+            TopicSpec("model_events", "model-events", "Run summaries and failures"),
+            TopicSpec("dead_letter", "dead-letter", "Messages that kept failing"),
+        ),
+        functions=(
+            FunctionSpec(
+                "process_data_event",
+                "process_data_event",
+                "cloudevent",
+                "processing",
+                "process_data",
+                (*_PROCESSING_ENV, Env.MODEL_TRAINING_TOPIC, Env.MODEL_EVENTS_TOPIC),
+                publishes_to=("model_training_trigger", "model_events"),
+            ),
+            FunctionSpec(
+                "train_model_event",
+                "train_model_event",
+                "cloudevent",
+                "training",
+                "train_model",
+                (*_TRAINING_ENV, Env.MODEL_SERVING_TOPIC, Env.MODEL_EVENTS_TOPIC),
+                publishes_to=("model_serving_trigger", "model_events"),
+            ),
+            _PREDICT,
+        ),
+        deliveries=(
+            Delivery(
+                "processing_trigger", "data_processing_trigger", "process_data_event", "eventarc"
+            ),
+            Delivery("training_trigger", "model_training_trigger", "train_model_event", "eventarc"),
+            Delivery("serving_reload", "model_serving_trigger", "predict", "push", "/reload"),
+        ),
+        notification_topic="data_processing_trigger",
+        workflow=None,
+    )
+
+
+T = TypeVar("T")
+
+
+def resource_name(config: StackConfig, suffix: str) -> str:
+    """Names of stack resources derive from the prefix, so two stacks never collide."""
+    return f"{config.name_prefix}-{suffix}"
+
+
+def workflow_name(config: StackConfig) -> str:
+    """The Workflows id; the local Executions API serves the same id."""
+    return resource_name(config, "ml-pipeline")
+
+
+def function_environment(
+    config: StackConfig,
+    function: FunctionSpec,
+    *,
+    bucket: T | str,
+    topic_names: Mapping[str, T | str],
+    workflow_name: T | str | None = None,
+) -> dict[str, T | str]:
+    """The environment a function receives; values may be Pulumi Outputs or strings."""
+    values: dict[str, T | str | None] = {
+        Env.PROJECT: config.project,
+        Env.DATA_BUCKET: bucket,
+        Env.TARGET_COLUMN: config.target_column,
+        Env.FEATURE_COLUMNS: json.dumps(list(config.feature_columns)),
+        Env.MIN_ROWS: str(config.min_rows),
+        Env.MODEL_TYPE: config.model_type,
+        Env.MODEL_HYPERPARAMETERS: json.dumps(dict(config.hyperparameters), sort_keys=True),
+        Env.PROMOTION_METRIC: config.promotion.metric,
+        Env.PROMOTION_MINIMUM: repr(config.promotion.minimum),
+        Env.PROMOTION_TOLERANCE: repr(config.promotion.tolerance),
+        Env.PREDICT_MAX_BATCH: str(config.predict_max_batch),
+        Env.MODEL_REFRESH_SECONDS: str(config.model_refresh_seconds),
+        Env.MODEL_EVENTS_TOPIC: topic_names.get("model_events"),
+        Env.MODEL_TRAINING_TOPIC: topic_names.get("model_training_trigger"),
+        Env.MODEL_SERVING_TOPIC: topic_names.get("model_serving_trigger"),
+        Env.WORKFLOW_NAME: workflow_name,
+        Env.WORKFLOW_LOCATION: config.region,
+    }
+    environment: dict[str, T | str] = {}
+    for name in function.env:
+        value = values[name]
+        if value is None:
+            raise ValueError(f"function {function.key} needs {name}, which this topology lacks")
+        environment[name] = value
+    return environment
+
+
+def workflow_environment(
+    *, function_urls: Mapping[str, T | str], topic_names: Mapping[str, T | str]
+) -> dict[str, T | str]:
+    """User env vars of the workflow: the stage URLs and the model-events topic."""
+    return {
+        WorkflowEnv.PROCESS_DATA_URL: function_urls["process_data"],
+        WorkflowEnv.TRAIN_MODEL_URL: function_urls["train_model"],
+        WorkflowEnv.PREDICT_URL: function_urls["predict"],
+        WorkflowEnv.MODEL_EVENTS_TOPIC: topic_names["model_events"],
+    }
+
+
+def _find(items: tuple[T, ...], key: str, kind: str) -> T:
+    for item in items:
+        if getattr(item, "key", None) == key:
+            return item
+    raise KeyError(f"no {kind} '{key}' in this topology")
