@@ -112,6 +112,7 @@ class StackConfig:
     model_refresh_seconds: int = 30
     public_predict: bool = False
     predict_invokers: tuple[str, ...] = ()
+    deployer: str | None = None
     dead_letter_max_attempts: int = 5
     workflow_deletion_protection: bool = True
     workflow_call_log_level: str = "LOG_ERRORS_ONLY"
@@ -188,6 +189,7 @@ class StackConfig:
             model_refresh_seconds=reader.integer("modelRefreshSeconds", 30, low=0, high=3600),
             public_predict=reader.boolean("publicPredict", False),
             predict_invokers=_members(reader),
+            deployer=_deployer(reader),
             dead_letter_max_attempts=reader.integer("deadLetterMaxAttempts", 5, low=5, high=100),
             workflow_deletion_protection=reader.boolean("workflowDeletionProtection", True),
             workflow_call_log_level=reader.choice(
@@ -220,11 +222,16 @@ _KEYS = (
     "modelRefreshSeconds",
     "publicPredict",
     "predictInvokers",
+    "deployer",
     "deadLetterMaxAttempts",
     "workflowDeletionProtection",
     "workflowCallLogLevel",
     "forceDestroy",
     "labels",
+)
+
+_STRUCTURED_KEYS = frozenset(
+    {"featureColumns", "hyperparameters", "promotion", "functions", "predictInvokers", "labels"}
 )
 
 
@@ -433,6 +440,20 @@ def _members(reader: _Reader) -> tuple[str, ...]:
     return members
 
 
+def _deployer(reader: _Reader) -> str | None:
+    value = reader.raw("deployer")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _MEMBER.match(value) or value.startswith("all"):
+        raise ConfigError(
+            reader.full("deployer"),
+            f"{value!r} is not a user or service account member",
+            "use user:EMAIL or serviceAccount:EMAIL (whoever runs pulumi up), or unset it "
+            "to use the credentials' own identity",
+        )
+    return value
+
+
 def _labels(reader: _Reader) -> dict[str, str]:
     labels = reader.mapping("labels")
     for label_key, label_value in labels.items():
@@ -459,8 +480,9 @@ def load_stack_config() -> StackConfig:
     ours = pulumi.Config(PROJECT_NAMESPACE)
     values: dict[str, Any] = {}
     for key in _KEYS:
-        # Structured values (maps, lists) come back from get_object; plain ones as strings.
-        value = ours.get_object(key)
+        # The CLI hands the program maps and lists as JSON and scalars as plain text: JSON
+        # parsing a scalar such as `events` would fail, so only structured keys are parsed.
+        value = ours.get_object(key) if key in _STRUCTURED_KEYS else ours.get(key)
         if value is not None:
             values[key] = value
     return StackConfig.from_values(

@@ -1,0 +1,128 @@
+"""Pub/Sub topics of the pipeline, the dead-letter queue and the service-agent grants
+that notifications, dead-lettering and OIDC push depend on (pitfalls 1, 10, 11)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components.topology import TopicSpec
+
+# How long the dead-letter subscription keeps what failed: the Pub/Sub maximum.
+DEAD_LETTER_RETENTION = "604800s"
+
+
+@dataclass(frozen=True)
+class TopicPublisher:
+    key: str
+    topic: str  # topic key
+    member: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class MessagingArgs:
+    project: str
+    name_prefix: str
+    topics: tuple[TopicSpec, ...]
+    dead_letter_topic: str  # topic key
+    notification_topic: str  # topic key the bucket notification publishes to
+    storage_agent: pulumi.Input[str]
+    pubsub_agent: pulumi.Input[str]
+    push_identity: pulumi.Input[str]  # account id (projects/.../serviceAccounts/...) of OIDC push
+    publishers: Sequence[TopicPublisher] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    apis: tuple[pulumi.Resource, ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = {topic.key for topic in self.topics}
+        for role, key in (
+            ("dead_letter_topic", self.dead_letter_topic),
+            ("notification_topic", self.notification_topic),
+            *(("publishers", publisher.topic) for publisher in self.publishers),
+        ):
+            if key not in keys:
+                raise ValueError(f"MessagingArgs.{role}: no topic '{key}' among {sorted(keys)}")
+
+
+class Messaging(pulumi.ComponentResource):
+    topics: dict[str, gcp.pubsub.Topic]
+    notification_grant: gcp.pubsub.TopicIAMMember
+    dead_letter_grant: gcp.pubsub.TopicIAMMember
+    token_creator_grant: gcp.serviceaccount.IAMMember
+
+    def __init__(
+        self, name: str, args: MessagingArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("ml-pipeline:gcp:Messaging", name, None, opts)
+        needs_apis = pulumi.ResourceOptions(parent=self, depends_on=list(args.apis))
+        self.topics = {
+            spec.key: gcp.pubsub.Topic(
+                f"{name}-{spec.suffix}",
+                project=args.project,
+                name=f"{args.name_prefix}-{spec.suffix}",
+                labels=dict(args.labels),
+                opts=needs_apis,
+            )
+            for spec in args.topics
+        }
+        dead_letter = self.topics[args.dead_letter_topic]
+        # A dead-letter topic without a subscription drops what it receives.
+        self.dead_letter_subscription = gcp.pubsub.Subscription(
+            f"{name}-dead-letter-hold",
+            project=args.project,
+            name=f"{args.name_prefix}-dead-letter-hold",
+            topic=dead_letter.id,
+            message_retention_duration=DEAD_LETTER_RETENTION,
+            retain_acked_messages=True,
+            expiration_policy=gcp.pubsub.SubscriptionExpirationPolicyArgs(ttl=""),
+            labels=dict(args.labels),
+            opts=needs_apis,
+        )
+        self.dead_letter_grant = gcp.pubsub.TopicIAMMember(
+            f"{name}-dead-letter-agent-publisher",
+            project=args.project,
+            topic=dead_letter.name,
+            role="roles/pubsub.publisher",
+            member=args.pubsub_agent,
+            opts=needs_apis,
+        )
+        self.notification_grant = gcp.pubsub.TopicIAMMember(
+            f"{name}-storage-agent-publisher",
+            project=args.project,
+            topic=self.topics[args.notification_topic].name,
+            role="roles/pubsub.publisher",
+            member=args.storage_agent,
+            opts=needs_apis,
+        )
+        # Pub/Sub mints the OIDC tokens of push subscriptions as the push identity.
+        self.token_creator_grant = gcp.serviceaccount.IAMMember(
+            f"{name}-pubsub-agent-token-creator",
+            service_account_id=args.push_identity,
+            role="roles/iam.serviceAccountTokenCreator",
+            member=args.pubsub_agent,
+            opts=needs_apis,
+        )
+        for publisher in args.publishers:
+            gcp.pubsub.TopicIAMMember(
+                f"{name}-{publisher.key}",
+                project=args.project,
+                topic=self.topics[publisher.topic].name,
+                role="roles/pubsub.publisher",
+                member=publisher.member,
+                opts=needs_apis,
+            )
+        self.register_outputs(
+            {
+                "topics": {key: topic.name for key, topic in self.topics.items()},
+                "dead_letter_subscription": self.dead_letter_subscription.name,
+            }
+        )
+
+    def topic(self, key: str) -> gcp.pubsub.Topic:
+        try:
+            return self.topics[key]
+        except KeyError:
+            raise KeyError(f"no topic '{key}' in this stack") from None
