@@ -20,6 +20,7 @@ LOOPBACK = "127.0.0.1"
 PUBSUB = "pubsub"
 STORAGE = "storage"
 WORKFLOWS = "workflows"
+NON_FUNCTION_SERVICES = frozenset({PUBSUB, STORAGE, WORKFLOWS})
 
 # Eventarc delivers CloudEvents itself; a plain emulator push reaches functions-framework
 # as a raw Pub/Sub envelope, which it converts only when the path names the topic.

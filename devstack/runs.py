@@ -1,0 +1,294 @@
+"""Uploading data to the local stack and following pipeline runs to their summary.
+
+A run is identified by the raw object and its generation. Its outcome is the summary
+message on the model-events topic (docs/ARCHITECTURE.md, "Run summary"); the stages in
+between are observed in the bucket and, in workflow mode, through the Executions API.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from components.topology import RAW_PREFIX
+from devstack.errors import DevstackError, RunFailedError, RunTimeoutError
+from devstack.stack import StackState
+
+CHAMPION_OBJECT = "models/champion.json"
+_POLL_SECONDS = 0.5
+# After a failed execution the workflow still publishes its summary; wait this long for it.
+_SUMMARY_GRACE_SECONDS = 15.0
+_HTTP_TIMEOUT_SECONDS = 30
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunKey:
+    bucket: str
+    object: str
+    generation: str
+
+    @property
+    def processed_stats(self) -> str:
+        return f"processed/{self.object}/{self.generation}/stats.json"
+
+    @property
+    def rejection(self) -> str:
+        return f"rejected/{self.object}/{self.generation}.json"
+
+    def matches(self, attributes: dict[str, str]) -> bool:
+        return (
+            attributes.get("object") == self.object
+            and attributes.get("generation") == self.generation
+        )
+
+
+def upload(state: StackState, file: Path, *, name: str | None = None) -> RunKey:
+    """Put ``file`` under raw/ in the local bucket; return the run it starts."""
+    return _upload(state.storage_client(), state.bucket, file, name)
+
+
+def upload_to_cloud(bucket: str, file: Path, *, name: str | None = None) -> RunKey:
+    """Put ``file`` under raw/ in a real bucket, with the caller's default credentials."""
+    from google.cloud import storage
+
+    return _upload(storage.Client(), bucket, file, name)
+
+
+def _upload(client: Any, bucket: str, file: Path, name: str | None) -> RunKey:
+    if not file.is_file():
+        raise DevstackError(f"{file} is not a file; pass the path of a CSV file to upload")
+    blob = client.bucket(bucket).blob(RAW_PREFIX + (name or file.name))
+    blob.upload_from_filename(str(file))
+    return RunKey(bucket=bucket, object=blob.name, generation=str(blob.generation))
+
+
+@contextmanager
+def summary_watch(state: StackState) -> Iterator[str]:
+    """A private pull subscription on model-events, created before the upload so the
+    run's summary cannot be missed, and deleted afterwards."""
+    pubsub = state.pubsub()
+    name = f"{state.name_prefix}-watch-{uuid.uuid4().hex[:8]}"
+    pubsub.create_subscription(name, state.topics["model_events"])
+    try:
+        yield name
+    finally:
+        pubsub.delete_subscription(name)
+
+
+def follow(
+    state: StackState,
+    run: RunKey,
+    *,
+    subscription: str,
+    timeout: float,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Report each stage as it appears; return the run summary when it is published.
+
+    Raises RunFailedError for a rejected or failed run, RunTimeoutError when no summary
+    arrives in time.
+    """
+    observer = _StageObserver(state, run, progress)
+    deadline = time.monotonic() + timeout
+    failed_at: float | None = None
+    while time.monotonic() < deadline:
+        summary = _take_summary(state, subscription, run)
+        if summary is not None:
+            if summary.get("status") != "succeeded":
+                raise RunFailedError(summary)
+            return summary
+        execution_error = observer.poll()
+        if execution_error is not None:
+            failed_at = failed_at or time.monotonic()
+            if time.monotonic() - failed_at > _SUMMARY_GRACE_SECONDS:
+                raise RunFailedError(execution_error)
+        time.sleep(_POLL_SECONDS)
+    raise RunTimeoutError(
+        f"no summary for {run.object} (generation {run.generation}) within {timeout:.0f} s; "
+        f"last stage seen: {observer.last_stage}. Check 'python -m devstack logs' and "
+        "'python -m devstack runs'"
+    )
+
+
+def _take_summary(state: StackState, subscription: str, run: RunKey) -> dict[str, Any] | None:
+    pubsub = state.pubsub()
+    messages = pubsub.pull(subscription)
+    # A private subscription: messages of other runs are of no use to anyone here.
+    pubsub.acknowledge(subscription, [message.ack_id for message in messages])
+    for message in messages:
+        if run.matches(message.attributes):
+            summary: dict[str, Any] = json.loads(message.data)
+            return summary
+    return None
+
+
+class _StageObserver:
+    """Turns what is visible of a run into one progress line per new fact."""
+
+    def __init__(self, state: StackState, run: RunKey, progress: Progress) -> None:
+        self._state = state
+        self._run = run
+        self._progress = progress
+        self._bucket = state.storage_client().bucket(state.bucket)
+        self._seen: set[str] = set()
+        self._champion = self._champion_version()
+        self.last_stage = "uploaded"
+
+    def _report(self, stage: str, line: str) -> None:
+        if line not in self._seen:
+            self._seen.add(line)
+            self.last_stage = stage
+            self._progress(line)
+
+    def poll(self) -> dict[str, Any] | None:
+        """Report new facts; return a failure summary if the execution failed."""
+        failure = None
+        if self._state.workflows_url is not None:
+            failure = self._poll_execution()
+        stats = self._read_json(self._run.processed_stats)
+        if stats is not None:
+            rows = f"{stats.get('rows_in', '?')} rows in, {stats.get('rows_out', '?')} kept"
+            self._report("processed", f"processed: {rows}")
+        rejection = self._read_json(self._run.rejection)
+        if rejection is not None:
+            self._report("rejected", f"rejected: {rejection.get('reason', rejection)}")
+        champion = self._champion_version()
+        if champion != self._champion:
+            self._champion = champion
+            self._report("champion", f"champion is now {champion}")
+        return failure
+
+    def _poll_execution(self) -> dict[str, Any] | None:
+        execution = find_execution(self._state, self._run)
+        if execution is None:
+            return None
+        state = execution.get("state", "?")
+        steps = execution.get("status", {}).get("currentSteps", [])
+        where = f" at {steps[-1].get('step')}" if steps and state == "ACTIVE" else ""
+        self._report("workflow", f"workflow execution {state}{where}")
+        if state in ("FAILED", "CANCELLED"):
+            payload = execution.get("error", {}).get("payload", "")
+            return {
+                "status": "failed",
+                "stage": "workflow",
+                "reason": f"execution {execution.get('name')} {state}: {payload}",
+            }
+        return None
+
+    def _read_json(self, name: str) -> dict[str, Any] | None:
+        blob = self._bucket.get_blob(name)
+        if blob is None:
+            return None
+        try:
+            document: dict[str, Any] = json.loads(blob.download_as_bytes())
+        except ValueError:
+            return None
+        return document
+
+    def _champion_version(self) -> str | None:
+        pointer = self._read_json(CHAMPION_OBJECT)
+        return None if pointer is None else str(pointer.get("model_version"))
+
+
+def _executions_url(state: StackState) -> str:
+    return (
+        f"{state.workflows_url}/v1/projects/{state.project}/locations/{state.region}"
+        f"/workflows/{state.workflow_name}/executions"
+    )
+
+
+def list_executions(state: StackState) -> list[dict[str, Any]]:
+    if state.workflows_url is None:
+        return []
+    try:
+        response = requests.get(
+            _executions_url(state),
+            params={"view": "FULL", "pageSize": "100"},
+            timeout=_HTTP_TIMEOUT_SECONDS,
+        )
+    except requests.ConnectionError:
+        return []
+    if not response.ok:
+        return []
+    executions: list[dict[str, Any]] = response.json().get("executions", [])
+    return executions
+
+
+def _argument_of(execution: dict[str, Any]) -> dict[str, Any]:
+    try:
+        argument = json.loads(execution.get("argument") or "null")
+    except ValueError:
+        return {}
+    return argument if isinstance(argument, dict) else {}
+
+
+def find_execution(state: StackState, run: RunKey) -> dict[str, Any] | None:
+    return _execution_of(list_executions(state), run)
+
+
+def _execution_of(executions: list[dict[str, Any]], run: RunKey) -> dict[str, Any] | None:
+    """The newest execution whose argument names this run (the list is newest first)."""
+    for execution in executions:
+        argument = _argument_of(execution)
+        if argument.get("object") == run.object and str(argument.get("generation")) == (
+            run.generation
+        ):
+            return execution
+    return None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    object: str
+    generation: str
+    state: str
+    detail: str
+
+
+def list_runs(state: StackState) -> list[RunRow]:
+    """One row per raw object: what the bucket (and the Executions API) says of its run."""
+    client = state.storage_client()
+    bucket = client.bucket(state.bucket)
+    names = {blob.name for blob in client.list_blobs(state.bucket)}
+    executions = list_executions(state)
+    rows = []
+    for blob in client.list_blobs(state.bucket, prefix=RAW_PREFIX):
+        run = RunKey(state.bucket, blob.name, str(blob.generation))
+        row_state, detail = "received", ""
+        if run.processed_stats in names:
+            row_state = "processed"
+        if run.rejection in names:
+            rejection = json.loads(bucket.blob(run.rejection).download_as_bytes())
+            row_state, detail = "rejected", str(rejection.get("reason", ""))
+        execution = _execution_of(executions, run)
+        if execution is not None:
+            detail = f"execution {execution.get('state')} {execution.get('name', '')}"
+        rows.append(RunRow(run.object, run.generation, row_state, detail))
+    return rows
+
+
+def predict(state: StackState, payload: Any) -> dict[str, Any]:
+    url = state.service("predict").url
+    try:
+        response = requests.post(url, json=payload, timeout=_HTTP_TIMEOUT_SECONDS)
+    except requests.ConnectionError:
+        raise DevstackError(
+            f"predict at {url} does not answer; see 'python -m devstack logs predict'"
+        ) from None
+    try:
+        answer: dict[str, Any] = response.json()
+    except ValueError:
+        answer = {"body": response.text}
+    if not response.ok:
+        raise DevstackError(f"predict answered {response.status_code}: {json.dumps(answer)}")
+    return answer

