@@ -44,11 +44,13 @@ class WorkloadIdentitiesArgs:
     project: str
     name_prefix: str
     deployer: pulumi.Input[str]
+    workloads: tuple[str, ...] = tuple(WORKLOADS)
     apis: tuple[pulumi.Resource, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if set(ACCOUNT_SUFFIXES) != set(WORKLOADS):
-            raise ValueError("ACCOUNT_SUFFIXES must name exactly the workloads in WORKLOADS")
+        unknown = sorted(set(self.workloads) - set(ACCOUNT_SUFFIXES))
+        if unknown:
+            raise ValueError(f"workloads {unknown} have no account suffix in ACCOUNT_SUFFIXES")
         longest = max(len(suffix) for suffix in ACCOUNT_SUFFIXES.values())
         if len(self.name_prefix) + 1 + longest > 30:
             raise ValueError(
@@ -66,7 +68,8 @@ class WorkloadIdentities(pulumi.ComponentResource):
         super().__init__("ml-pipeline:gcp:WorkloadIdentities", name, None, opts)
         needs_apis = pulumi.ResourceOptions(parent=self, depends_on=list(args.apis))
         self.accounts: dict[str, gcp.serviceaccount.Account] = {}
-        for workload, purpose in WORKLOADS.items():
+        for workload in args.workloads:
+            purpose = WORKLOADS[workload]
             account = gcp.serviceaccount.Account(
                 f"{name}-{workload}",
                 project=args.project,
@@ -108,3 +111,14 @@ class WorkloadIdentities(pulumi.ComponentResource):
             return self.accounts[workload]
         except KeyError:
             raise KeyError(f"no service account for workload '{workload}'") from None
+
+
+def member_for_email(email: str) -> str:
+    """The IAM member of the identity that runs ``pulumi up``, from its email."""
+    if not email or "@" not in email:
+        raise ValueError(
+            f"cannot tell who runs the deployment (credentials email {email!r}): set "
+            "ml-pipeline:deployer to user:EMAIL or serviceAccount:EMAIL"
+        )
+    kind = "serviceAccount" if email.endswith(".gserviceaccount.com") else "user"
+    return f"{kind}:{email}"

@@ -33,6 +33,10 @@ Mechanism = Literal["eventarc", "push"]
 
 # Object layout in the data bucket (the handlers use the same prefixes).
 RAW_PREFIX = "raw/"
+PROCESSED_PREFIX = "processed/"
+REJECTED_PREFIX = "rejected/"
+MODELS_PREFIX = "models/"
+RUNS_PREFIX = "runs/"
 
 
 class Env:

@@ -1,0 +1,384 @@
+"""The whole pipeline, composed from ``components.topology``.
+
+Which functions, topics, deliveries and workflow exist comes from the topology; this
+module only decides how each maps onto GCP and who may do what.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components import topology
+from components.config import StackConfig
+from components.data_bucket import BucketGrant, DataBucket, DataBucketArgs, UploadNotification
+from components.function import CloudFunction, CloudFunctionArgs, EventTrigger, Invoker
+from components.identities import WorkloadIdentities, WorkloadIdentitiesArgs
+from components.messaging import Messaging, MessagingArgs, TopicPublisher
+from components.packaging import package_source
+from components.push_subscription import PushSubscription, PushSubscriptionArgs
+from components.services import ProjectServices, ProjectServicesArgs
+from components.workflow import PipelineWorkflow, PipelineWorkflowArgs
+
+DEAD_LETTER_TOPIC = "dead_letter"
+FUNCTION_SOURCE_DIR = "function_src"
+REQUIRED_SOURCE_FILES = ("main.py", "requirements.txt")
+_READ = "roles/storage.objectViewer"
+# objectUser can also overwrite and delete, so it is only ever granted under a prefix:
+# no workload can touch raw/ uploads beyond reading them.
+_WRITE = "roles/storage.objectUser"
+
+# Data-bucket access per workload: (role, object prefix or None for the whole bucket).
+DATA_BUCKET_ACCESS: Mapping[str, tuple[tuple[str, str | None], ...]] = {
+    "processing": (
+        (_READ, None),
+        (_WRITE, topology.PROCESSED_PREFIX),
+        (_WRITE, topology.REJECTED_PREFIX),
+    ),
+    "training": ((_READ, None), (_WRITE, topology.MODELS_PREFIX)),
+    "prediction": ((_READ, None),),
+    "workflow_trigger": ((_WRITE, topology.RUNS_PREFIX),),
+}
+
+
+@dataclass(frozen=True)
+class MlPipelineArgs:
+    config: StackConfig
+    repository_root: Path
+    build_dir: Path
+    deployer: pulumi.Input[str]
+
+    def __post_init__(self) -> None:
+        if not (self.repository_root / FUNCTION_SOURCE_DIR).is_dir():
+            raise ValueError(
+                f"{self.repository_root} has no {FUNCTION_SOURCE_DIR}/: run the program "
+                "from the repository root"
+            )
+
+
+def workloads_of(plan: topology.Topology) -> tuple[str, ...]:
+    """The service accounts this topology uses; unused ones are not created."""
+    used = {spec.workload for spec in plan.functions} | {"event_trigger", "build"}
+    if plan.workflow is not None:
+        used.add("workflow")
+    return tuple(workload for workload in topology.WORKLOADS if workload in used)
+
+
+class MlPipeline(pulumi.ComponentResource):
+    def __init__(
+        self, name: str, args: MlPipelineArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("ml-pipeline:gcp:MlPipeline", name, None, opts)
+        config = args.config
+        plan = topology.build_topology(config.orchestration)
+        child = pulumi.ResourceOptions(parent=self)
+        labels = {"app": "ml-pipeline", "stack": _label_value(config.stack), **config.labels}
+
+        services = ProjectServices(f"{name}-apis", ProjectServicesArgs(config.project), child)
+        identities = WorkloadIdentities(
+            f"{name}-sa",
+            WorkloadIdentitiesArgs(
+                project=config.project,
+                name_prefix=config.name_prefix,
+                deployer=args.deployer,
+                workloads=workloads_of(plan),
+                apis=services.apis_for("iam", "cloudresourcemanager"),
+            ),
+            child,
+        )
+        messaging = Messaging(
+            f"{name}-messaging",
+            MessagingArgs(
+                project=config.project,
+                name_prefix=config.name_prefix,
+                topics=plan.topics,
+                dead_letter_topic=DEAD_LETTER_TOPIC,
+                notification_topic=plan.notification_topic,
+                storage_agent=services.storage_agent,
+                pubsub_agent=services.pubsub_agent,
+                push_identity=identities.account("event_trigger").name,
+                publishers=_publishers(plan, identities),
+                labels=labels,
+                apis=services.apis_for("pubsub", "iam"),
+            ),
+            child,
+        )
+        topic_names = {key: topic.name for key, topic in messaging.topics.items()}
+
+        data = DataBucket(
+            f"{name}-data",
+            DataBucketArgs(
+                name=_bucket_name(config, "data"),
+                project=config.project,
+                location=config.bucket_location,
+                labels=labels,
+                force_destroy=config.force_destroy,
+                grants=_data_grants(identities),
+                notification=UploadNotification(
+                    topic=messaging.topic(plan.notification_topic).id,
+                    object_prefix=topology.RAW_PREFIX,
+                    publisher_grant=messaging.notification_grant,
+                ),
+                apis=services.apis_for("storage", "pubsub"),
+            ),
+            child,
+        )
+        source = DataBucket(
+            f"{name}-source",
+            DataBucketArgs(
+                name=_bucket_name(config, "src"),
+                project=config.project,
+                location=config.region,
+                labels=labels,
+                # Old archives are only build inputs; deleting them with the stack is safe.
+                force_destroy=True,
+                grants=(BucketGrant("build-read", _READ, identities.member("build")),),
+                apis=services.apis_for("storage"),
+            ),
+            child,
+        )
+        archive = package_source(
+            args.repository_root / FUNCTION_SOURCE_DIR, required=REQUIRED_SOURCE_FILES
+        )
+        self.source_object = gcp.storage.BucketObject(
+            f"{name}-function-source",
+            bucket=source.name,
+            name=archive.object_name(),
+            source=pulumi.FileAsset(str(archive.write_to(args.build_dir))),
+            content_type="application/zip",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[services.api("storage")]),
+        )
+
+        self.functions: dict[str, CloudFunction] = {}
+        for spec in plan.functions:
+            self.functions[spec.key] = CloudFunction(
+                f"{name}-{spec.key.replace('_', '-')}",
+                _function_args(
+                    config,
+                    plan,
+                    spec,
+                    identities=identities,
+                    messaging=messaging,
+                    labels=labels,
+                    data_bucket=data.name,
+                    source_bucket=source.name,
+                    source_object=self.source_object.output_name,
+                    topic_names=topic_names,
+                    apis=(
+                        *services.apis_for(
+                            "cloudfunctions", "run", "cloudbuild", "artifactregistry", "eventarc"
+                        ),
+                        # The runtime and build accounts, their roles and the deployer's
+                        # actAs must exist before the first deploy uses them.
+                        identities,
+                        data,
+                        source,
+                    ),
+                ),
+                child,
+            )
+
+        for delivery in plan.deliveries:
+            if delivery.mechanism == "push":
+                self._push(
+                    f"{name}-{delivery.key.replace('_', '-')}",
+                    config,
+                    delivery=delivery,
+                    settings_key=plan.function(delivery.function).settings_key,
+                    messaging=messaging,
+                    identities=identities,
+                    services=services,
+                    labels=labels,
+                )
+
+        self.workflow: PipelineWorkflow | None = None
+        if plan.workflow is not None:
+            self.workflow = PipelineWorkflow(
+                f"{name}-workflow",
+                PipelineWorkflowArgs(
+                    workflow_name=topology.workflow_name(config),
+                    project=config.project,
+                    region=config.region,
+                    source_path=args.repository_root / plan.workflow.source,
+                    service_account_email=identities.email("workflow"),
+                    user_env_vars=topology.workflow_environment(
+                        function_urls={key: self.functions[key].url for key in plan.workflow.calls},
+                        topic_names=topic_names,
+                    ),
+                    call_log_level=config.workflow_call_log_level,
+                    deletion_protection=config.workflow_deletion_protection,
+                    labels=labels,
+                    apis=(*services.apis_for("workflows", "logging"), identities),
+                ),
+                child,
+            )
+
+        self.data_bucket = data.name
+        self.source_bucket = source.name
+        self.topic_names = topic_names
+        self.account_emails = {
+            workload: account.email for workload, account in identities.accounts.items()
+        }
+        self.predict_url = self.functions["predict"].url
+        self.function_urls = {key: function.url for key, function in self.functions.items()}
+        self.source_sha256 = archive.sha256
+        self.register_outputs(
+            {
+                "data_bucket": self.data_bucket,
+                "function_urls": self.function_urls,
+                "topics": self.topic_names,
+                "service_accounts": self.account_emails,
+                "source_sha256": self.source_sha256,
+                "workflow": self.workflow.name if self.workflow is not None else None,
+            }
+        )
+
+    def _push(
+        self,
+        name: str,
+        config: StackConfig,
+        *,
+        delivery: topology.Delivery,
+        settings_key: str,
+        messaging: Messaging,
+        identities: WorkloadIdentities,
+        services: ProjectServices,
+        labels: Mapping[str, str],
+    ) -> None:
+        target = self.functions[delivery.function]
+        topic = messaging.topic(delivery.topic)
+        settings = config.function(settings_key)
+        PushSubscription(
+            name,
+            PushSubscriptionArgs(
+                project=config.project,
+                subscription_name=topology.resource_name(
+                    config, f"{delivery.key.replace('_', '-')}-push"
+                ),
+                topic=topic.id,
+                push_endpoint=pulumi.Output.all(target.url, topic.name).apply(
+                    lambda parts: parts[0] + delivery.push_path(config.project, parts[1])
+                ),
+                audience=target.url,
+                push_identity_email=identities.email("event_trigger"),
+                dead_letter_topic=messaging.topic(DEAD_LETTER_TOPIC).id,
+                max_delivery_attempts=config.dead_letter_max_attempts,
+                pubsub_agent=services.pubsub_agent,
+                # The subscription waits at most as long as the function may run.
+                ack_deadline_seconds=max(10, min(600, settings.timeout_seconds)),
+                labels=labels,
+                grants=(
+                    messaging.token_creator_grant,
+                    messaging.dead_letter_grant,
+                    identities,
+                ),
+                apis=services.apis_for("pubsub"),
+            ),
+            pulumi.ResourceOptions(parent=self),
+        )
+
+
+def _function_args(
+    config: StackConfig,
+    plan: topology.Topology,
+    spec: topology.FunctionSpec,
+    *,
+    identities: WorkloadIdentities,
+    messaging: Messaging,
+    labels: Mapping[str, str],
+    data_bucket: pulumi.Output[str],
+    source_bucket: pulumi.Output[str],
+    source_object: pulumi.Output[str],
+    topic_names: Mapping[str, pulumi.Output[str]],
+    apis: tuple[pulumi.Resource, ...],
+) -> CloudFunctionArgs:
+    deliveries = plan.deliveries_to(spec.key)
+    invokers: list[Invoker] = []
+    if plan.workflow is not None and spec.key in plan.workflow.calls:
+        invokers.append(Invoker("workflow", identities.member("workflow")))
+    if deliveries:
+        invokers.append(Invoker("event-trigger", identities.member("event_trigger")))
+    if spec.key == "predict":
+        invokers.extend(
+            Invoker(f"member-{index}", member)
+            for index, member in enumerate(config.predict_invokers)
+        )
+        if config.public_predict:
+            invokers.append(Invoker("public", "allUsers"))
+    eventarc = [delivery for delivery in deliveries if delivery.mechanism == "eventarc"]
+    return CloudFunctionArgs(
+        function_name=topology.resource_name(config, spec.key.replace("_", "-")),
+        project=config.project,
+        region=config.region,
+        entry_point=spec.entry_point,
+        source_bucket=source_bucket,
+        source_object=source_object,
+        runtime_account_email=identities.email(spec.workload),
+        build_account_id=identities.account("build").id,
+        settings=config.function(spec.settings_key),
+        environment=topology.function_environment(
+            config,
+            spec,
+            bucket=data_bucket,
+            topic_names=topic_names,
+            workflow_name=(topology.workflow_name(config) if plan.workflow is not None else None),
+        ),
+        invokers=invokers,
+        event_trigger=(
+            EventTrigger(
+                topic=messaging.topic(eventarc[0].topic).id,
+                trigger_region=config.trigger_region,
+                service_account_email=identities.email("event_trigger"),
+            )
+            if eventarc
+            else None
+        ),
+        allow_public=config.public_predict,
+        labels=labels,
+        apis=apis,
+    )
+
+
+def _publishers(
+    plan: topology.Topology, identities: WorkloadIdentities
+) -> tuple[TopicPublisher, ...]:
+    publishers = [
+        TopicPublisher(
+            f"{spec.workload}-publishes-{topic}", topic, identities.member(spec.workload)
+        )
+        for spec in plan.functions
+        for topic in spec.publishes_to
+    ]
+    if plan.workflow is not None:
+        publishers.extend(
+            TopicPublisher(f"workflow-publishes-{topic}", topic, identities.member("workflow"))
+            for topic in plan.workflow.publishes_to
+        )
+    return tuple(publishers)
+
+
+def _data_grants(identities: WorkloadIdentities) -> tuple[BucketGrant, ...]:
+    return tuple(
+        BucketGrant(
+            f"{workload}-{role.rsplit('.', 1)[1]}-{(prefix or 'all').rstrip('/')}",
+            role,
+            identities.member(workload),
+            prefix,
+        )
+        for workload, access in DATA_BUCKET_ACCESS.items()
+        if workload in identities.accounts
+        for role, prefix in access
+    )
+
+
+def _bucket_name(config: StackConfig, purpose: str) -> str:
+    # Bucket names are global: the project id keeps two projects' stacks apart.
+    return f"{config.name_prefix}-{purpose}-{config.project}"
+
+
+def _label_value(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]
