@@ -34,7 +34,6 @@ class RunningService:
     url: str
     health_path: str
     log: Path
-    process: subprocess.Popen[bytes] | None = None  # only in the process that started it
 
 
 def free_port() -> int:
@@ -75,7 +74,6 @@ def start_service(plan: ServicePlan, log_dir: Path) -> RunningService:
         url=plan.url,
         health_path=plan.health_path,
         log=log_path,
-        process=process,
     )
 
 
@@ -161,8 +159,10 @@ def stop_group(service: RunningService, *, grace_seconds: float = 10.0) -> None:
             os.killpg(service.pid, sig)
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline:
-            if service.process is not None:
-                service.process.poll()  # reap our own child so it does not linger as a zombie
+            # When this process started the service, reap it so it does not linger as a
+            # zombie; otherwise it is not our child and init reaps it.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(service.pid, os.WNOHANG)
             if not group_alive(service.pid):
                 return
             time.sleep(_POLL_SECONDS / 2)

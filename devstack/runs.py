@@ -85,6 +85,15 @@ def summary_watch(state: StackState) -> Iterator[str]:
         pubsub.delete_subscription(name)
 
 
+def upload_and_follow(
+    state: StackState, file: Path, *, name: str | None, timeout: float, progress: Progress
+) -> dict[str, Any]:
+    with summary_watch(state) as subscription:
+        key = upload(state, file, name=name)
+        progress(f"uploaded gs://{key.bucket}/{key.object} (generation {key.generation})")
+        return follow(state, key, subscription=subscription, timeout=timeout, progress=progress)
+
+
 def follow(
     state: StackState,
     run: RunKey,

@@ -120,7 +120,6 @@ class StackState:
     def to_json(self) -> str:
         document = asdict(self)
         for service in document["services"]:
-            service.pop("process")
             service["log"] = str(service["log"])
         return json.dumps(document, indent=2)
 
@@ -195,6 +194,8 @@ def up(
     check_prerequisites(config)
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    # The emulator writes its env.yaml there and fails if the folder is missing.
+    (state_dir / stack_plan.PUBSUB).mkdir(exist_ok=True)
     plan = stack_plan.plan_stack(
         config, allocate_ports(stack_plan.service_names(config)), data_dir=state_dir
     )

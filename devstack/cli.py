@@ -1,0 +1,196 @@
+"""``python -m devstack``: run the pipeline on one machine against emulators.
+
+Progress goes to stderr; machine-readable results (endpoints, run summaries,
+predictions) go to stdout as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from components.config import ORCHESTRATIONS, ConfigError, StackConfig, load_stack_file
+from devstack import runs, stack
+from devstack.errors import DevstackError, RunFailedError
+from devstack.plan import REPO_ROOT
+from devstack.processes import log_tail
+
+DEFAULT_STACK_FILE = REPO_ROOT / "Pulumi.dev.yaml"
+RUN_TIMEOUT_SECONDS = 300.0
+STATE_DIR_ENV = "DEVSTACK_STATE_DIR"
+
+
+def progress(line: str) -> None:
+    print(f"devstack: {line}", file=sys.stderr, flush=True)
+
+
+def emit(document: Any) -> None:
+    print(json.dumps(document, sort_keys=True), flush=True)
+
+
+def load_config(stack_file: Path, orchestration: str | None) -> StackConfig:
+    config = load_stack_file(stack_file)
+    if orchestration is not None:
+        config = dataclasses.replace(config, orchestration=orchestration)  # type: ignore[arg-type]
+    return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack",
+        description="The ML pipeline on one machine: Pub/Sub emulator, fake-gcs-server, "
+        "every function as a functions-framework process, the local Workflows engine.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get(STATE_DIR_ENV, str(stack.DEFAULT_STATE_DIR))),
+        help=f"where pids, ports and logs live (default .devstack/, or ${STATE_DIR_ENV})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stack_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--stack-file",
+            type=Path,
+            default=DEFAULT_STACK_FILE,
+            help="Pulumi stack config to run (default Pulumi.dev.yaml)",
+        )
+        command.add_argument(
+            "--orchestration",
+            choices=ORCHESTRATIONS,
+            help="override the stack's ml-pipeline:orchestration",
+        )
+
+    up = commands.add_parser("up", help="start everything (foreground until Ctrl-C)")
+    stack_options(up)
+    up.add_argument("--detach", action="store_true", help="return once every service is healthy")
+    commands.add_parser("down", help="stop everything 'up' started")
+    commands.add_parser("endpoints", help="print the stack's addresses as JSON")
+    upload = commands.add_parser("upload", help="upload a file under raw/ (starts a run)")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--name", help="object name under raw/ (default: the file name)")
+    upload.add_argument("--bucket", help="upload to this real GCS bucket instead")
+    upload.add_argument("--wait", action="store_true", help="follow the run to its summary")
+    upload.add_argument("--timeout", type=float, default=RUN_TIMEOUT_SECONDS)
+    commands.add_parser("runs", help="list runs and their state")
+    logs = commands.add_parser("logs", help="show a service's log (all services without one)")
+    logs.add_argument("service", nargs="?")
+    logs.add_argument("--lines", type=int, default=40)
+    predict = commands.add_parser("predict", help="call the prediction endpoint")
+    predict.add_argument("payload", help='JSON, e.g. \'{"instances": [{"x": 1.0}]}\'')
+    demo = commands.add_parser("demo", help="start, train on iris, predict, stop")
+    stack_options(demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (DevstackError, ConfigError) as error:
+        print(f"devstack: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir.resolve()
+    if args.command == "up":
+        config = load_config(args.stack_file, args.orchestration)
+        return _up(config, args.stack_file.resolve(), state_dir, detach=args.detach)
+    if args.command == "down":
+        stack.down(state_dir, progress)
+        progress("stack stopped")
+        return 0
+    if args.command == "demo":
+        config = load_config(args.stack_file, args.orchestration)
+        from devstack.demo import run_demo
+
+        emit(run_demo(config, args.stack_file.resolve(), state_dir, progress))
+        return 0
+    if args.command == "upload" and args.bucket:
+        if args.wait:
+            raise DevstackError(
+                "--wait follows runs on the local stack only; for a cloud bucket watch the "
+                "model-events topic (gcloud pubsub subscriptions pull ...)"
+            )
+        key = runs.upload_to_cloud(args.bucket, args.file, name=args.name)
+        emit(dataclasses.asdict(key))
+        return 0
+    state = stack.load_state(state_dir)
+    if args.command == "endpoints":
+        emit(state.endpoints())
+    elif args.command == "upload":
+        _upload(state, args)
+    elif args.command == "runs":
+        _print_runs(state)
+    elif args.command == "logs":
+        _print_logs(state, args.service, args.lines)
+    elif args.command == "predict":
+        emit(runs.predict(state, _parse_json(args.payload)))
+    return 0
+
+
+def _up(config: StackConfig, stack_file: Path, state_dir: Path, *, detach: bool) -> int:
+    progress(f"starting the {config.orchestration}-mode stack of {stack_file.name}")
+    state = stack.up(config, stack_file, state_dir, progress)
+    emit(state.endpoints())
+    if detach:
+        progress("all services healthy; stop them with 'python -m devstack down'")
+        return 0
+    progress("all services healthy; press Ctrl-C to stop")
+    try:
+        dead = stack.watch(state)
+    except KeyboardInterrupt:
+        progress("stopping")
+        stack.down(state_dir, progress)
+        return 0
+    progress(f"service '{dead.name}' died; last lines of {dead.log}:\n{log_tail(dead.log)}")
+    stack.down(state_dir, progress)
+    return 1
+
+
+def _upload(state: stack.StackState, args: argparse.Namespace) -> None:
+    if not args.wait:
+        key = runs.upload(state, args.file, name=args.name)
+        emit(dataclasses.asdict(key))
+        return
+    try:
+        summary = runs.upload_and_follow(
+            state, args.file, name=args.name, timeout=args.timeout, progress=progress
+        )
+    except RunFailedError as failure:
+        emit(failure.summary)
+        raise
+    emit(summary)
+
+
+def _print_runs(state: stack.StackState) -> None:
+    rows = runs.list_runs(state)
+    if not rows:
+        progress(f"no uploads yet in gs://{state.bucket}/raw/")
+    for row in rows:
+        print(f"{row.object}\t{row.generation}\t{row.state}\t{row.detail}".rstrip())
+
+
+def _print_logs(state: stack.StackState, service: str | None, lines: int) -> None:
+    chosen = [state.service(service)] if service else state.services
+    for item in chosen:
+        if not service:
+            print(f"==> {item.name} ({item.log}) <==")
+        print(log_tail(item.log, lines))
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise DevstackError(f"the payload is not valid JSON ({error})") from None
