@@ -1,0 +1,1 @@
+"""Pure, typed core of the pipeline handlers; ``main.py`` only adapts requests to it."""

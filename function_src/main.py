@@ -1,0 +1,332 @@
+"""Cloud Functions entry points: decode the request or event, call the core, map the result.
+
+Workflow mode: ``process_data``, ``train_model``, ``predict`` (HTTP) and
+``trigger_workflow`` (Pub/Sub CloudEvent). Events mode: ``process_data_event`` and
+``train_model_event`` (CloudEvents) plus ``predict``. See docs/FUNCTIONS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import flask
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from pipeline_core import logging as log
+from pipeline_core import summaries
+from pipeline_core.errors import (
+    BadRequestError,
+    DataRejectedError,
+    PermanentError,
+    PipelineError,
+)
+from pipeline_core.events import ObjectRef, StorageNotification, pubsub_message
+from pipeline_core.processing import DatasetSchema, process
+from pipeline_core.publishing import Publisher, PubSubPublisher
+from pipeline_core.registry import ModelRegistry
+from pipeline_core.serving import ModelService, parse_instances
+from pipeline_core.settings import (
+    ProcessingSettings,
+    ServingSettings,
+    TrainingSettings,
+    TriggerSettings,
+    topic_path,
+)
+from pipeline_core.storage import GcsStorage, Storage
+from pipeline_core.training import TrainingRequest, train, utc_now
+from pipeline_core.workflow_trigger import ExecutionStarter, WorkflowsExecutionStarter, trigger
+
+EXECUTION_ID_HEADER = "X-Workflow-Execution-Id"
+
+
+@dataclass
+class Runtime:
+    """Clients shared by the requests of one instance, created on first use.
+
+    Tests replace ``storage``, ``publisher``, ``starter`` and ``clock`` with fakes.
+    """
+
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    storage: Storage | None = None
+    publisher: Publisher | None = None
+    starter: ExecutionStarter | None = None
+    model_service: ModelService | None = None
+    clock: Callable[[], datetime] = utc_now
+
+    def bucket(self, project: str, bucket: str) -> Storage:
+        if self.storage is None:
+            self.storage = GcsStorage(bucket, project)
+        return self.storage
+
+    def pubsub(self) -> Publisher:
+        if self.publisher is None:
+            self.publisher = PubSubPublisher()
+        return self.publisher
+
+    def executions(self, settings: TriggerSettings) -> ExecutionStarter:
+        if self.starter is None:
+            self.starter = WorkflowsExecutionStarter(settings.workflows_api_endpoint)
+        return self.starter
+
+    def models(self) -> ModelService:
+        if self.model_service is None:
+            settings = ServingSettings.from_env(self.environ)
+            registry = ModelRegistry(self.bucket(settings.project, settings.data_bucket))
+            self.model_service = ModelService(registry, refresh_seconds=settings.refresh_seconds)
+        return self.model_service
+
+
+runtime = Runtime()
+
+
+def _respond(body: Mapping[str, Any], status: int = 200) -> flask.Response:
+    return flask.Response(
+        json.dumps(body, sort_keys=True), status=status, mimetype="application/json"
+    )
+
+
+def _error_response(error: PipelineError) -> flask.Response:
+    if error.http_status >= 500:
+        log.error(error.message, code=error.code)
+    else:
+        log.warning(error.message, code=error.code)
+    return _respond(error.to_json(), error.http_status)
+
+
+def _json_body(request: flask.Request) -> Any:
+    data = request.get_data()
+    if not data.strip():
+        raise BadRequestError("the request body is empty; send JSON")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequestError(f"the request body is not valid JSON: {error}") from None
+
+
+def _http_handler(
+    handle: Callable[[flask.Request], flask.Response],
+) -> Callable[[flask.Request], flask.Response]:
+    """Ids in every log line; core errors -> their status; anything else -> logged 500."""
+
+    def wrapper(request: flask.Request) -> flask.Response:
+        with log.log_context(execution_id=request.headers.get(EXECUTION_ID_HEADER)):
+            try:
+                return handle(request)
+            except PipelineError as error:
+                return _error_response(error)
+            except Exception as error:
+                log.error(f"unexpected error: {error}", traceback=traceback.format_exc())
+                return _respond(
+                    {"error": {"code": "internal", "message": "internal error; see the logs"}},
+                    500,
+                )
+
+    wrapper.__name__ = handle.__name__
+    wrapper.__doc__ = handle.__doc__
+    return wrapper
+
+
+def _require_post(request: flask.Request) -> None:
+    if request.method != "POST":
+        raise _MethodNotAllowedError(request.method, ("POST",))
+
+
+class _MethodNotAllowedError(BadRequestError):
+    http_status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"method {method} is not allowed here; use {', '.join(allowed)}")
+
+
+@functions_framework.http
+@_http_handler
+def process_data(request: flask.Request) -> flask.Response:
+    """POST {bucket, object, generation} -> processed data + stats, or 422 rejected."""
+    _require_post(request)
+    ref = ObjectRef.from_request(_json_body(request))
+    settings = ProcessingSettings.from_env(runtime.environ)
+    storage = runtime.bucket(settings.project, settings.data_bucket)
+    return _respond(
+        process(storage, ref, _schema(settings), chunk_rows=settings.chunk_rows).to_json()
+    )
+
+
+@functions_framework.http
+@_http_handler
+def train_model(request: flask.Request) -> flask.Response:
+    """POST {bucket, object, generation, processed_object} -> model version + promotion."""
+    _require_post(request)
+    training_request = TrainingRequest.from_json(_json_body(request))
+    settings = TrainingSettings.from_env(runtime.environ)
+    storage = runtime.bucket(settings.project, settings.data_bucket)
+    return _respond(train(storage, training_request, settings, runtime.clock))
+
+
+@functions_framework.http
+@_http_handler
+def predict(request: flask.Request) -> flask.Response:
+    """POST / predictions; GET /health; GET /model; POST /reload."""
+    path = request.path.rstrip("/") or "/"
+    routes: dict[str, tuple[str, Callable[[flask.Request], flask.Response]]] = {
+        "/": ("POST", _predict),
+        "/health": ("GET", _health),
+        "/model": ("GET", _describe_model),
+        "/reload": ("POST", _reload),
+    }
+    if path not in routes:
+        return _respond(
+            {"error": {"code": "not_found", "message": f"no route {path}; use {sorted(routes)}"}},
+            404,
+        )
+    method, handle = routes[path]
+    if request.method != method:
+        raise _MethodNotAllowedError(request.method, (method,))
+    return handle(request)
+
+
+def _predict(request: flask.Request) -> flask.Response:
+    payload = _json_body(request)
+    service = runtime.models()
+    model = service.current()
+    max_batch = ServingSettings.from_env(runtime.environ).max_batch
+    rows = parse_instances(payload, model.feature_names, max_batch)
+    return _respond(model.predict(rows))
+
+
+def _health(_: flask.Request) -> flask.Response:
+    try:
+        model = runtime.models().current()
+    except PipelineError as error:
+        return _respond(
+            {"status": "ok", "model_loaded": False, "model_version": None, "detail": error.message}
+        )
+    return _respond({"status": "ok", "model_loaded": True, "model_version": model.version})
+
+
+def _describe_model(_: flask.Request) -> flask.Response:
+    return _respond(runtime.models().current().describe())
+
+
+def _reload(request: flask.Request) -> flask.Response:
+    data = request.get_data()
+    if data.strip():
+        # A Pub/Sub push envelope from model-serving-trigger; its content is only a nudge.
+        message = pubsub_message(_json_body(request))
+        log.info("reload requested by a push", message_id=message.message_id)
+    model = runtime.models().refresh()
+    if model is None:
+        return _respond(
+            {"error": {"code": "no_champion", "message": "no champion has been promoted yet"}},
+            503,
+        )
+    return _respond({"status": "serving", "model_version": model.version})
+
+
+@functions_framework.cloud_event
+def trigger_workflow(event: CloudEvent) -> None:
+    """Upload notification -> one Workflows execution per object generation."""
+    with log.log_context(event_id=event["id"]):
+        notification = _notification(event)
+        if notification is None:
+            return
+        settings = TriggerSettings.from_env(runtime.environ)
+        storage = runtime.bucket(settings.project, settings.data_bucket)
+        trigger(notification, storage, runtime.executions(settings), settings, runtime.clock)
+
+
+@functions_framework.cloud_event
+def process_data_event(event: CloudEvent) -> None:
+    """Events mode: notification -> process -> message on model-training-trigger."""
+    with log.log_context(event_id=event["id"]):
+        notification = _notification(event)
+        if notification is None:
+            return
+        skip = notification.skip_reason()
+        if skip is not None:
+            log.info(f"skipping notification: {skip}")
+            return
+        settings = ProcessingSettings.from_env(runtime.environ)
+        storage = runtime.bucket(settings.project, settings.data_bucket)
+        ref = notification.ref
+        try:
+            result = process(storage, ref, _schema(settings), chunk_rows=settings.chunk_rows)
+        except DataRejectedError as rejection:
+            _publish_summary(
+                settings.project,
+                settings.model_events_topic,
+                summaries.rejected(ref, "process_data", rejection),
+            )
+            return
+        except PermanentError as error:
+            log.error(f"processing failed permanently: {error.message}", object=ref.name)
+            _publish_summary(
+                settings.project,
+                settings.model_events_topic,
+                summaries.failed(ref, "process_data", error.message),
+            )
+            return
+        request = TrainingRequest(ref, result.to_json()["processed_object"])
+        runtime.pubsub().publish(
+            topic_path(settings.project, settings.model_training_topic),
+            request.to_json(),
+            {"object": ref.name, "generation": str(ref.generation)},
+        )
+
+
+@functions_framework.cloud_event
+def train_model_event(event: CloudEvent) -> None:
+    """Events mode: processed data message -> train -> model-serving-trigger + summary."""
+    with log.log_context(event_id=event["id"]):
+        try:
+            request = TrainingRequest.from_json(pubsub_message(event.data).json())
+        except BadRequestError as error:
+            log.error(f"acknowledging a malformed training message: {error.message}")
+            return
+        settings = TrainingSettings.from_env(runtime.environ)
+        storage = runtime.bucket(settings.project, settings.data_bucket)
+        try:
+            outcome = train(storage, request, settings, runtime.clock)
+        except PermanentError as error:
+            log.error(f"training failed permanently: {error.message}")
+            _publish_summary(
+                settings.project,
+                settings.model_events_topic,
+                summaries.failed(request.source, "train_model", error.message),
+            )
+            return
+        if outcome["promoted"]:
+            runtime.pubsub().publish(
+                topic_path(settings.project, settings.model_serving_topic),
+                {"model_version": outcome["model_version"]},
+                {"model_version": outcome["model_version"]},
+            )
+        _publish_summary(
+            settings.project,
+            settings.model_events_topic,
+            summaries.succeeded(request.source, outcome),
+        )
+
+
+def _notification(event: CloudEvent) -> StorageNotification | None:
+    """The typed notification, or None (acknowledged, logged) when it is malformed."""
+    try:
+        return StorageNotification.from_cloud_event(event["type"], event["id"], event.data)
+    except BadRequestError as error:
+        log.error(f"acknowledging a malformed notification: {error.message}")
+        return None
+
+
+def _publish_summary(project: str, topic: str, summary: dict[str, Any]) -> None:
+    runtime.pubsub().publish(topic_path(project, topic), summary, summaries.attributes(summary))
+
+
+def _schema(settings: ProcessingSettings) -> DatasetSchema:
+    return DatasetSchema(settings.target_column, settings.feature_columns, settings.min_rows)

@@ -1,0 +1,165 @@
+"""The model registry in the data bucket: versions, manifests and the champion pointer.
+
+``models/<version>/model.joblib`` and ``models/<version>/manifest.json`` are written
+before the pointer ``models/champion.json`` ever names them, and the pointer is only
+replaced with a generation precondition, so two trainings cannot both win and a reader
+never sees a champion without its artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pipeline_core import logging as log
+from pipeline_core.errors import PreconditionFailedError, TransientError
+from pipeline_core.events import ObjectRef
+from pipeline_core.settings import PromotionPolicy
+from pipeline_core.storage import Storage
+
+CHAMPION_OBJECT = "models/champion.json"
+JSON_CONTENT_TYPE = "application/json"
+ARTIFACT_CONTENT_TYPE = "application/octet-stream"
+PROMOTION_ATTEMPTS = 5
+
+
+def new_version(now: datetime) -> str:
+    """Sortable by time (UTC, microseconds) and unique (random suffix)."""
+    return f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(3)}"
+
+
+def artifact_object(version: str) -> str:
+    return f"models/{version}/model.joblib"
+
+
+def manifest_object(version: str) -> str:
+    return f"models/{version}/manifest.json"
+
+
+def lineage_object(ref: ObjectRef) -> str:
+    return f"models/by-source/{ref.name}/{ref.generation}.json"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Champion:
+    pointer: dict[str, Any]
+    generation: int
+
+    @property
+    def version(self) -> str:
+        return str(self.pointer["model_version"])
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promoted: bool
+    champion_version: str | None
+    reason: str
+
+
+def decide(
+    policy: PromotionPolicy, metrics: dict[str, Any], champion: Champion | None
+) -> PromotionDecision:
+    """The promotion policy, pure: minimum first, then the champion with tolerance."""
+    score = float(metrics[policy.metric])
+    current = champion.version if champion else None
+    if score < policy.minimum:
+        return PromotionDecision(
+            False, current, f"{policy.metric} {score:.4f} is below the minimum {policy.minimum}"
+        )
+    if champion is None:
+        return PromotionDecision(True, None, f"first model ({policy.metric} {score:.4f})")
+    champion_score = champion.pointer.get("metrics", {}).get(policy.metric)
+    if champion_score is None:
+        return PromotionDecision(
+            True, current, f"champion {current} has no {policy.metric}; replacing it"
+        )
+    comparison = (
+        f"{policy.metric} {score:.4f} vs champion {champion_score:.4f} "
+        f"(tolerance {policy.tolerance})"
+    )
+    if score < float(champion_score) - policy.tolerance:
+        return PromotionDecision(False, current, f"worse than the champion: {comparison}")
+    return PromotionDecision(True, current, f"not worse than the champion: {comparison}")
+
+
+class ModelRegistry:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def champion(self) -> Champion | None:
+        info = self.storage.stat(CHAMPION_OBJECT)
+        if info is None:
+            return None
+        stored = self.storage.read(CHAMPION_OBJECT, info.generation)
+        return Champion(json.loads(stored.data), stored.generation)
+
+    def champion_generation(self) -> int:
+        """The cheap check: one metadata call, 0 when there is no champion."""
+        info = self.storage.stat(CHAMPION_OBJECT)
+        return 0 if info is None else info.generation
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.storage.read(manifest_object(version)).data)
+        return document
+
+    def save_candidate(self, artifact: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Artifact first, manifest (with the artifact's SHA-256) second."""
+        version = manifest["model_version"]
+        complete = {
+            **manifest,
+            "artifact": artifact_object(version),
+            "sha256": sha256_hex(artifact),
+            "size_bytes": len(artifact),
+        }
+        self.storage.write(artifact_object(version), artifact, content_type=ARTIFACT_CONTENT_TYPE)
+        self.storage.write(
+            manifest_object(version),
+            json.dumps(complete, indent=2, sort_keys=True).encode(),
+            content_type=JSON_CONTENT_TYPE,
+        )
+        return complete
+
+    def promote(
+        self, manifest: dict[str, Any], policy: PromotionPolicy, promoted_at: datetime
+    ) -> PromotionDecision:
+        """Replace the pointer if the policy allows; re-decide whenever someone won first."""
+        version = manifest["model_version"]
+        for _ in range(PROMOTION_ATTEMPTS):
+            champion = self.champion()
+            decision = decide(policy, manifest["metrics"], champion)
+            if not decision.promoted:
+                return decision
+            pointer = {
+                "model_version": version,
+                "manifest": manifest_object(version),
+                "artifact": manifest["artifact"],
+                "sha256": manifest["sha256"],
+                "metrics": {key: manifest["metrics"][key] for key in ("accuracy", "f1_macro")},
+                "source": manifest["lineage"]["source"],
+                "previous_version": champion.version if champion else None,
+                "promoted_at": promoted_at.isoformat(),
+            }
+            try:
+                self.storage.write(
+                    CHAMPION_OBJECT,
+                    json.dumps(pointer, indent=2, sort_keys=True).encode(),
+                    content_type=JSON_CONTENT_TYPE,
+                    if_generation_match=champion.generation if champion else 0,
+                )
+            except PreconditionFailedError:
+                log.info("champion changed while promoting; deciding again", model_version=version)
+                continue
+            log.info("promoted a new champion", model_version=version, reason=decision.reason)
+            return PromotionDecision(True, version, decision.reason)
+        raise TransientError(
+            f"the champion pointer changed {PROMOTION_ATTEMPTS} times while promoting {version}"
+        )

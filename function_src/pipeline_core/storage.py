@@ -1,0 +1,232 @@
+"""The storage port: what the handlers need from a bucket, and two implementations.
+
+``GcsStorage`` talks to Cloud Storage (or to fake-gcs-server when STORAGE_EMULATOR_HOST
+is set: the client library honours it). ``InMemoryStorage`` is the fake the unit tests
+use; it keeps generations and enforces preconditions the way GCS does.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
+
+READ_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    generation: int
+    size: int
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    data: bytes
+    generation: int
+
+
+class Storage(Protocol):
+    """One bucket. ``if_generation_match=0`` means "only if the object does not exist"."""
+
+    bucket: str
+
+    def stat(self, name: str) -> ObjectInfo | None: ...
+
+    def open_read(self, name: str, generation: int) -> AbstractContextManager[IO[bytes]]:
+        """A binary reader of that exact generation (streams; never loads it whole)."""
+        ...
+
+    def read(self, name: str, generation: int | None = None) -> StoredObject: ...
+
+    def write(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        if_generation_match: int | None = None,
+    ) -> int: ...
+
+    def open_write(self, name: str, *, content_type: str) -> AbstractContextManager[IO[bytes]]:
+        """A binary writer; the object appears only if the block exits without an error."""
+        ...
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None: ...
+
+
+class InMemoryStorage:
+    """A bucket in memory with GCS semantics for generations and preconditions."""
+
+    def __init__(self, bucket: str = "test-bucket") -> None:
+        self.bucket = bucket
+        self._live: dict[str, int] = {}
+        self._versions: dict[tuple[str, int], bytes] = {}
+        self.content_types: dict[str, str] = {}
+        self._generations = itertools.count(1_700_000_000_000_001)
+        self._lock = threading.Lock()
+
+    def names(self, prefix: str = "") -> list[str]:
+        return sorted(name for name in self._live if name.startswith(prefix))
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        generation = self._live.get(name)
+        if generation is None:
+            return None
+        return ObjectInfo(name, generation, len(self._versions[(name, generation)]))
+
+    @contextmanager
+    def open_read(self, name: str, generation: int) -> Iterator[IO[bytes]]:
+        yield io.BytesIO(self.read(name, generation).data)
+
+    def read(self, name: str, generation: int | None = None) -> StoredObject:
+        wanted = self._live.get(name) if generation is None else generation
+        if wanted is None or (name, wanted) not in self._versions:
+            raise ObjectNotFoundError(_not_found(self.bucket, name, generation))
+        return StoredObject(self._versions[(name, wanted)], wanted)
+
+    def write(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        if_generation_match: int | None = None,
+    ) -> int:
+        with self._lock:
+            self._check(name, if_generation_match)
+            generation = next(self._generations)
+            self._live[name] = generation
+            self._versions[(name, generation)] = bytes(data)
+            self.content_types[name] = content_type
+            return generation
+
+    @contextmanager
+    def open_write(self, name: str, *, content_type: str) -> Iterator[IO[bytes]]:
+        buffer = io.BytesIO()
+        yield buffer
+        self.write(name, buffer.getvalue(), content_type=content_type)
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        with self._lock:
+            if name not in self._live:
+                return
+            self._check(name, if_generation_match)
+            del self._live[name]
+
+    def _check(self, name: str, if_generation_match: int | None) -> None:
+        if if_generation_match is None:
+            return
+        current = self._live.get(name, 0)
+        if current != if_generation_match:
+            raise PreconditionFailedError(
+                f"gs://{self.bucket}/{name} is at generation {current}, "
+                f"expected {if_generation_match}"
+            )
+
+
+class GcsStorage:
+    """Cloud Storage through google-cloud-storage; the client is created on first use."""
+
+    def __init__(self, bucket: str, project: str, client: Any = None) -> None:
+        self.bucket = bucket
+        self._project = project
+        self._client = client
+        self._bucket_handle: Any = None
+
+    def _bucket(self) -> Any:
+        if self._bucket_handle is None:
+            if self._client is None:
+                from google.cloud.storage import Client
+
+                self._client = Client(project=self._project)
+            self._bucket_handle = self._client.bucket(self.bucket)
+        return self._bucket_handle
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        with _translated(self.bucket, name):
+            blob = self._bucket().get_blob(name)
+        if blob is None:
+            return None
+        return ObjectInfo(name, int(blob.generation), int(blob.size or 0))
+
+    @contextmanager
+    def open_read(self, name: str, generation: int) -> Iterator[IO[bytes]]:
+        with _translated(self.bucket, name, generation):
+            blob = self._bucket().get_blob(name, generation=generation)
+            if blob is None:
+                raise ObjectNotFoundError(_not_found(self.bucket, name, generation))
+            with blob.open("rb", chunk_size=READ_CHUNK_BYTES) as reader:
+                yield reader
+
+    def read(self, name: str, generation: int | None = None) -> StoredObject:
+        with _translated(self.bucket, name, generation):
+            blob = self._bucket().blob(name, generation=generation)
+            data = blob.download_as_bytes()
+            return StoredObject(data, int(blob.generation))
+
+    def write(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        if_generation_match: int | None = None,
+    ) -> int:
+        with _translated(self.bucket, name):
+            blob = self._bucket().blob(name)
+            blob.upload_from_string(
+                data, content_type=content_type, if_generation_match=if_generation_match
+            )
+            return int(blob.generation)
+
+    @contextmanager
+    def open_write(self, name: str, *, content_type: str) -> Iterator[IO[bytes]]:
+        # A resumable upload: memory holds one chunk, and an error inside the block
+        # cancels the upload, so a half-written object never appears.
+        with (
+            _translated(self.bucket, name),
+            self._bucket()
+            .blob(name)
+            .open("wb", chunk_size=READ_CHUNK_BYTES, content_type=content_type) as writer,
+        ):
+            yield writer
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        try:
+            with _translated(self.bucket, name):
+                self._bucket().blob(name).delete(if_generation_match=if_generation_match)
+        except ObjectNotFoundError:
+            return
+
+
+@contextmanager
+def _translated(bucket: str, name: str, generation: int | None = None) -> Iterator[None]:
+    """Client-library errors become the core's hierarchy."""
+    from google.api_core import exceptions
+    from requests import exceptions as http_errors
+
+    try:
+        yield
+    except exceptions.NotFound:
+        raise ObjectNotFoundError(_not_found(bucket, name, generation)) from None
+    except exceptions.PreconditionFailed:
+        raise PreconditionFailedError(
+            f"gs://{bucket}/{name} changed (generation precondition)"
+        ) from None
+    except (exceptions.GoogleAPIError, http_errors.RequestException) as error:
+        raise TransientError(
+            f"Cloud Storage call for gs://{bucket}/{name} failed: {error}"
+        ) from error
+
+
+def _not_found(bucket: str, name: str, generation: int | None) -> str:
+    at = "" if generation is None else f" at generation {generation}"
+    return f"gs://{bucket}/{name}{at} does not exist"

@@ -1,0 +1,43 @@
+"""Run summaries published to the model-events topic (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline_core.errors import DataRejectedError
+from pipeline_core.events import ObjectRef
+
+
+def succeeded(ref: ObjectRef, training: dict[str, Any]) -> dict[str, Any]:
+    metrics = training["metrics"]
+    return {
+        "status": "succeeded",
+        **ref.to_json(),
+        "model_version": training["model_version"],
+        "promoted": training["promoted"],
+        "champion_version": training["champion_version"],
+        "metrics": {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]},
+        "reason": training["reason"],
+    }
+
+
+def rejected(ref: ObjectRef, stage: str, rejection: DataRejectedError) -> dict[str, Any]:
+    return {
+        "status": "rejected",
+        **ref.to_json(),
+        "stage": stage,
+        "reason": rejection.detail,
+        "rejection_object": rejection.rejection_object,
+    }
+
+
+def failed(ref: ObjectRef, stage: str, reason: str) -> dict[str, Any]:
+    return {"status": "failed", **ref.to_json(), "stage": stage, "reason": reason}
+
+
+def attributes(summary: dict[str, Any]) -> dict[str, str]:
+    return {
+        "status": summary["status"],
+        "object": summary["object"],
+        "generation": summary["generation"],
+    }
