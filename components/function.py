@@ -50,6 +50,8 @@ class CloudFunctionArgs:
     allow_public: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
     apis: tuple[pulumi.Resource, ...] = ()
+    # Accounts, their roles and the deployer's actAs, which the first deploy needs.
+    grants: tuple[pulumi.Resource, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.entry_point.isidentifier():
@@ -119,7 +121,7 @@ class CloudFunction(pulumi.ComponentResource):
                 if trigger is not None
                 else None
             ),
-            opts=needs_apis,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.apis, *args.grants]),
         )
         self.url = self.function.service_config.apply(_service_uri)
         self.service = self.function.service_config.apply(_service_name)

@@ -70,8 +70,9 @@ class WorkloadIdentities(pulumi.ComponentResource):
         self.accounts: dict[str, gcp.serviceaccount.Account] = {}
         for workload in args.workloads:
             purpose = WORKLOADS[workload]
+            label = workload.replace("_", "-")
             account = gcp.serviceaccount.Account(
-                f"{name}-{workload}",
+                f"{name}-{label}",
                 project=args.project,
                 account_id=f"{args.name_prefix}-{ACCOUNT_SUFFIXES[workload]}",
                 display_name=f"{args.name_prefix} {workload}",
@@ -82,7 +83,7 @@ class WorkloadIdentities(pulumi.ComponentResource):
             # Attaching an account to a function, trigger, subscription or workflow
             # requires actAs on it (pitfall 13).
             gcp.serviceaccount.IAMMember(
-                f"{name}-{workload}-deployer-user",
+                f"{name}-{label}-deployer-user",
                 service_account_id=account.name,
                 role="roles/iam.serviceAccountUser",
                 member=args.deployer,
@@ -90,7 +91,7 @@ class WorkloadIdentities(pulumi.ComponentResource):
             )
             for role in PROJECT_ROLES.get(workload, ()):
                 gcp.projects.IAMMember(
-                    f"{name}-{workload}-{role.removeprefix('roles/').replace('.', '-')}",
+                    f"{name}-{label}-{role.removeprefix('roles/').replace('.', '-')}",
                     project=args.project,
                     role=role,
                     member=account.member,

@@ -168,16 +168,12 @@ class MlPipeline(pulumi.ComponentResource):
                     source_bucket=source.name,
                     source_object=self.source_object.output_name,
                     topic_names=topic_names,
-                    apis=(
-                        *services.apis_for(
-                            "cloudfunctions", "run", "cloudbuild", "artifactregistry", "eventarc"
-                        ),
-                        # The runtime and build accounts, their roles and the deployer's
-                        # actAs must exist before the first deploy uses them.
-                        identities,
-                        data,
-                        source,
+                    apis=services.apis_for(
+                        "cloudfunctions", "run", "cloudbuild", "artifactregistry", "eventarc"
                     ),
+                    # The runtime and build accounts, their roles and the deployer's actAs
+                    # must exist before the first deploy uses them.
+                    grants=(identities, data, source),
                 ),
                 child,
             )
@@ -212,7 +208,8 @@ class MlPipeline(pulumi.ComponentResource):
                     call_log_level=config.workflow_call_log_level,
                     deletion_protection=config.workflow_deletion_protection,
                     labels=labels,
-                    apis=(*services.apis_for("workflows", "logging"), identities),
+                    apis=services.apis_for("workflows", "logging"),
+                    grants=(identities,),
                 ),
                 child,
             )
@@ -295,6 +292,7 @@ def _function_args(
     source_object: pulumi.Output[str],
     topic_names: Mapping[str, pulumi.Output[str]],
     apis: tuple[pulumi.Resource, ...],
+    grants: tuple[pulumi.Resource, ...],
 ) -> CloudFunctionArgs:
     deliveries = plan.deliveries_to(spec.key)
     invokers: list[Invoker] = []
@@ -340,6 +338,7 @@ def _function_args(
         allow_public=config.public_predict,
         labels=labels,
         apis=apis,
+        grants=grants,
     )
 
 

@@ -28,6 +28,7 @@ class PipelineWorkflowArgs:
     deletion_protection: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
     apis: tuple[pulumi.Resource, ...] = ()
+    grants: tuple[pulumi.Resource, ...] = ()  # e.g. the deployer's actAs on its account
 
     def __post_init__(self) -> None:
         if not self.source_path.is_file():
@@ -65,7 +66,7 @@ class PipelineWorkflow(pulumi.ComponentResource):
             # The provider defaults to true, which blocks `pulumi destroy` of dev stacks.
             deletion_protection=args.deletion_protection,
             labels=dict(args.labels),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.apis)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.apis, *args.grants]),
         )
         self.name = self.workflow.name
         self.register_outputs({"name": self.name, "region": args.region})
