@@ -42,6 +42,11 @@ class RunKey:
         return f"processed/{self.object}/{self.generation}/stats.json"
 
     @property
+    def training_outcome(self) -> str:
+        # Written by train_model per source generation (pipeline_core.registry).
+        return f"models/by-source/{self.object}/{self.generation}.json"
+
+    @property
     def rejection(self) -> str:
         return f"rejected/{self.object}/{self.generation}.json"
 
@@ -113,6 +118,7 @@ def follow(
     while time.monotonic() < deadline:
         summary = _take_summary(state, subscription, run)
         if summary is not None:
+            observer.poll()  # report the stages the summary overtook
             if summary.get("status") != "succeeded":
                 raise RunFailedError(summary)
             return summary
@@ -168,6 +174,9 @@ class _StageObserver:
         if stats is not None:
             rows = f"{stats.get('rows_in', '?')} rows in, {stats.get('rows_out', '?')} kept"
             self._report("processed", f"processed: {rows}")
+        outcome = self._read_json(self._run.training_outcome)
+        if outcome is not None:
+            self._report("trained", f"trained: {_describe_outcome(outcome)}")
         rejection = self._read_json(self._run.rejection)
         if rejection is not None:
             self._report("rejected", f"rejected: {rejection.get('reason', rejection)}")
@@ -207,6 +216,11 @@ class _StageObserver:
     def _champion_version(self) -> str | None:
         pointer = self._read_json(CHAMPION_OBJECT)
         return None if pointer is None else str(pointer.get("model_version"))
+
+
+def _describe_outcome(outcome: dict[str, Any]) -> str:
+    promoted = "promoted to champion" if outcome.get("promoted") else "not promoted"
+    return f"model {outcome.get('model_version')} {promoted} ({outcome.get('reason', '')})"
 
 
 def _executions_url(state: StackState) -> str:
@@ -276,12 +290,15 @@ def list_runs(state: StackState) -> list[RunRow]:
         row_state, detail = "received", ""
         if run.processed_stats in names:
             row_state = "processed"
+        if run.training_outcome in names:
+            outcome = json.loads(bucket.blob(run.training_outcome).download_as_bytes())
+            row_state, detail = "trained", _describe_outcome(outcome)
         if run.rejection in names:
             rejection = json.loads(bucket.blob(run.rejection).download_as_bytes())
             row_state, detail = "rejected", str(rejection.get("reason", ""))
         execution = _execution_of(executions, run)
         if execution is not None:
-            detail = f"execution {execution.get('state')} {execution.get('name', '')}"
+            detail = f"{detail}; execution {execution.get('state')} {execution.get('name', '')}"
         rows.append(RunRow(run.object, run.generation, row_state, detail))
     return rows
 
