@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack_options(up)
     up.add_argument("--detach", action="store_true", help="return once every service is healthy")
     commands.add_parser("down", help="stop everything 'up' started")
+    restart = commands.add_parser("restart", help="restart one service (e.g. after it died)")
+    restart.add_argument("service")
     commands.add_parser("endpoints", help="print the stack's addresses as JSON")
     upload = commands.add_parser("upload", help="upload a file under raw/ (starts a run)")
     upload.add_argument("file", type=Path)
@@ -124,6 +126,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         key = runs.upload_to_cloud(args.bucket, args.file, name=args.name)
         emit(dataclasses.asdict(key))
+        return 0
+    if args.command == "restart":
+        stack.restart_service(state_dir, args.service, progress)
         return 0
     state = stack.load_state(state_dir)
     if args.command == "endpoints":

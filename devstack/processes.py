@@ -28,19 +28,25 @@ _POLL_SECONDS = 0.25
 
 @dataclass
 class RunningService:
-    name: str
+    plan: ServicePlan  # how it was started, so it can be restarted the same way
     pid: int  # also the process group id: each service leads its own session
-    port: int
-    url: str
-    health_path: str
     log: Path
 
+    @property
+    def name(self) -> str:
+        return self.plan.name
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    @property
+    def port(self) -> int:
+        return self.plan.port
+
+    @property
+    def url(self) -> str:
+        return self.plan.url
+
+    @property
+    def health_path(self) -> str:
+        return self.plan.health_path
 
 
 def ensure_port_free(service: str, port: int) -> None:
@@ -67,14 +73,7 @@ def start_service(plan: ServicePlan, log_dir: Path) -> RunningService:
             env={**os.environ, **plan.env},
             start_new_session=True,
         )
-    return RunningService(
-        name=plan.name,
-        pid=process.pid,
-        port=plan.port,
-        url=plan.url,
-        health_path=plan.health_path,
-        log=log_path,
-    )
+    return RunningService(plan=plan, pid=process.pid, log=log_path)
 
 
 def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:

@@ -298,7 +298,8 @@ def list_runs(state: StackState) -> list[RunRow]:
             row_state, detail = "rejected", str(rejection.get("reason", ""))
         execution = _execution_of(executions, run)
         if execution is not None:
-            detail = f"{detail}; execution {execution.get('state')} {execution.get('name', '')}"
+            execution_detail = f"execution {execution.get('state')} {execution.get('name', '')}"
+            detail = f"{detail}; {execution_detail}" if detail else execution_detail
         rows.append(RunRow(run.object, run.generation, row_state, detail))
     return rows
 

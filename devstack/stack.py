@@ -127,7 +127,13 @@ class StackState:
     def from_json(cls, text: str) -> StackState:
         document = json.loads(text)
         services = [
-            RunningService(**{**item, "log": Path(item["log"])})
+            RunningService(
+                plan=stack_plan.ServicePlan(
+                    **{**item["plan"], "argv": tuple(item["plan"]["argv"])}
+                ),
+                pid=item["pid"],
+                log=Path(item["log"]),
+            )
             for item in document.pop("services")
         ]
         return cls(**document, services=services)
@@ -289,6 +295,20 @@ def down(state_dir: Path, progress: Progress) -> StackState:
     _stop_services(state, progress)
     (state_dir / STATE_FILE).unlink()
     return state
+
+
+def restart_service(state_dir: Path, name: str, progress: Progress) -> RunningService:
+    """Stop the service if it still runs and start it again, same port and settings."""
+    state = load_state(state_dir)
+    old = state.service(name)
+    if group_alive(old.pid):
+        stop_group(old)
+    new = start_service(old.plan, old.log.parent)
+    state.services[state.services.index(old)] = new
+    _write_state(state_dir, state)
+    wait_until_healthy([new], timeout=HEALTH_TIMEOUT_SECONDS, hints=_HINTS)
+    progress(f"restarted {name} on {new.url} (process group {new.pid})")
+    return new
 
 
 def dead_services(state: StackState) -> list[RunningService]:
