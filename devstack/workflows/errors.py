@@ -22,7 +22,12 @@ class WorkflowError(Exception):
 
     def __init__(self, payload: Any) -> None:
         self.payload = payload
+        # Where the error passed on its way out, innermost first: {routine, step, line}.
+        self.stack: list[dict[str, Any]] = []
         super().__init__(describe_error(payload))
+
+    def add_frame(self, routine: str, step: str, line: int) -> None:
+        self.stack.append({"routine": routine, "step": step, "line": line})
 
     @classmethod
     def tagged(cls, tags: str | Iterable[str], message: str, **extra: Any) -> WorkflowError:
