@@ -17,7 +17,7 @@ from typing import Any
 
 from components.config import ORCHESTRATIONS, ConfigError, StackConfig, load_stack_file
 from devstack import runs, stack
-from devstack.errors import DevstackError, RunFailedError
+from devstack.errors import DevstackError, RunFailedError, ServiceDiedError
 from devstack.plan import REPO_ROOT
 from devstack.processes import log_tail
 
@@ -131,6 +131,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         stack.restart_service(state_dir, args.service, progress)
         return 0
     state = stack.load_state(state_dir)
+    if args.command in ("upload", "predict"):
+        _require_all_running(state)
     if args.command == "endpoints":
         emit(state.endpoints())
     elif args.command == "upload":
@@ -176,6 +178,18 @@ def _upload(state: stack.StackState, args: argparse.Namespace) -> None:
         emit(failure.summary)
         raise
     emit(summary)
+
+
+def _require_all_running(state: stack.StackState) -> None:
+    dead = stack.dead_services(state)
+    if dead:
+        raise ServiceDiedError(
+            dead[0].name,
+            "is not running",
+            log_tail(dead[0].log),
+            f"restart it with 'python -m devstack restart {dead[0].name}' or restart the "
+            "stack with 'python -m devstack down' and 'up --detach'",
+        )
 
 
 def _print_runs(state: stack.StackState) -> None:

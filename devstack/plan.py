@@ -163,6 +163,10 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
     )
 
 
+def subscription_name(config: StackConfig, delivery: topology.Delivery) -> str:
+    return topology.resource_name(config, delivery.key.replace("_", "-"))
+
+
 def _delivery_subscription(
     config: StackConfig,
     wiring: topology.Topology,
@@ -180,7 +184,7 @@ def _delivery_subscription(
         path = delivery.push_path(config.project, topic_name)
     timeout = config.function(function.settings_key).timeout_seconds
     return SubscriptionPlan(
-        name=topology.resource_name(config, delivery.key.replace("_", "-")),
+        name=subscription_name(config, delivery),
         topic=topic_name,
         push_endpoint=function_urls[function.key] + path,
         dead_letter_topic=dead_letter_topic if delivery.dead_letter else None,
