@@ -32,11 +32,12 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, Protocol, get_args
 from urllib.parse import parse_qs, urlsplit
 
 import grpc  # type: ignore[import-untyped]
 from google.cloud.workflows.executions_v1 import types as executions_types
+from google.protobuf import json_format  # type: ignore[import-untyped]
 
 from devstack.workflows.engine import Cancelled, ExecutionContext, WorkflowProgram
 from devstack.workflows.errors import WorkflowError
@@ -104,12 +105,18 @@ def _invalid(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+class Program(Protocol):
+    """What the service runs: ``WorkflowProgram``, or a stand-in in the API's own tests."""
+
+    def run(self, argument: Any = None, *, context: ExecutionContext | None = None) -> Any: ...
+
+
 @dataclass(frozen=True)
 class DeployedWorkflow:
     """A workflow as deployed: its parsed program and a revision id derived from its source."""
 
     workflow_id: str
-    program: WorkflowProgram
+    program: Program
     revision_id: str
 
     @classmethod
@@ -560,8 +567,8 @@ def _execution_from_body(body: bytes) -> Execution:
     try:
         parsed: Execution = Execution.from_json(body.decode("utf-8"), ignore_unknown_fields=False)
         return parsed
-    except (ValueError, UnicodeError) as error:
-        # json_format's ParseError is a ValueError and names the offending field.
+    except (json_format.ParseError, ValueError, UnicodeError) as error:
+        # ParseError names the offending field.
         raise _invalid(f"invalid Execution in the request body: {error}") from error
 
 
@@ -654,16 +661,34 @@ class ExecutionsServer:
         grpc_port: int = 0,
         pubsub_emulator_host: str | None = None,
     ) -> None:
-        self._host = host
-        self._port = port
-        self._grpc_port = grpc_port
-        self.service = ExecutionService(
+        service = ExecutionService(
             workflows=load_workflows(workflows),
             env=env,
             project=project,
             location=location,
             pubsub_emulator_host=pubsub_emulator_host,
         )
+        self._attach(service, host, port, grpc_port)
+
+    @classmethod
+    def for_service(
+        cls,
+        service: ExecutionService,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        grpc_port: int = 0,
+    ) -> ExecutionsServer:
+        """Serve an already built service (its workflows loaded by the caller)."""
+        server = cls.__new__(cls)
+        server._attach(service, host, port, grpc_port)
+        return server
+
+    def _attach(self, service: ExecutionService, host: str, port: int, grpc_port: int) -> None:
+        self.service = service
+        self._host = host
+        self._port = port
+        self._grpc_port = grpc_port
         self._rest: _RestServer | None = None
         self._rest_thread: threading.Thread | None = None
         self._grpc: grpc.Server | None = None
