@@ -147,9 +147,9 @@ class GcpMocks(pulumi.runtime.Mocks):
             return {
                 "emailAddress": STORAGE_AGENT,
                 "member": f"serviceAccount:{STORAGE_AGENT}",
-            }, None
+            }, []
         if args.token == "gcp:organizations/getClientOpenIdUserInfo:getClientOpenIdUserInfo":
-            return {"email": DEPLOYER_EMAIL}, None
+            return {"email": DEPLOYER_EMAIL}, []
         raise NotImplementedError(f"the program made an unexpected call: {args.token}")
 
 
