@@ -367,7 +367,11 @@ def _text_lines(source: IO[bytes]) -> Iterator[str]:
     stream: IO[bytes] = io.BufferedReader(_Prefixed(head, source))
     if head == GZIP_MAGIC:
         stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
-    yield from io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    for line in io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""):
+        # Python's csv module accepts NUL; a NUL still means a binary file, not CSV.
+        if "\x00" in line:
+            raise _RejectError(NOT_CSV, "the file holds NUL bytes: it is binary, not CSV text")
+        yield line
 
 
 class _Prefixed(io.RawIOBase):

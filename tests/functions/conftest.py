@@ -1,0 +1,138 @@
+"""Shared fixtures: environment, in-memory bucket, fakes, data sets and event fixtures."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from functions_framework import create_app
+from sklearn.datasets import load_breast_cancer, load_iris, load_wine
+
+from pipeline_core import logging as log
+from pipeline_core.events import ObjectRef
+from pipeline_core.storage import InMemoryStorage
+from tests.functions.fakes import InMemoryPublisher, RecordingStarter
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "tests" / "events"
+SOURCE = str(ROOT / "function_src" / "main.py")
+BUCKET = "test-bucket"
+PROJECT = "test-project"
+ENVIRONMENT = {
+    "GOOGLE_CLOUD_PROJECT": PROJECT,
+    "DATA_BUCKET": BUCKET,
+    "TARGET_COLUMN": "target",
+    "FEATURE_COLUMNS": "[]",
+    "MIN_ROWS": "20",
+    "MODEL_TYPE": "random_forest",
+    "MODEL_HYPERPARAMETERS": '{"n_estimators": 10}',
+    "PROMOTION_METRIC": "f1_macro",
+    "PROMOTION_MINIMUM": "0.7",
+    "PROMOTION_TOLERANCE": "0.0",
+    "PREDICT_MAX_BATCH": "50",
+    "MODEL_REFRESH_SECONDS": "0",
+    "MODEL_EVENTS_TOPIC": "mlp-test-model-events",
+    "MODEL_TRAINING_TOPIC": "mlp-test-model-training-trigger",
+    "MODEL_SERVING_TOPIC": "mlp-test-model-serving-trigger",
+    "WORKFLOW_NAME": "mlp-test-ml-pipeline",
+    "WORKFLOW_LOCATION": "us-central1",
+}
+
+
+@pytest.fixture(autouse=True)
+def captured_logs() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    log.set_stream(stream)
+    yield stream
+    log.set_stream(None)
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name, value in ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WORKFLOWS_API_ENDPOINT", raising=False)
+    return dict(ENVIRONMENT)
+
+
+@pytest.fixture
+def storage() -> InMemoryStorage:
+    return InMemoryStorage(BUCKET)
+
+
+@pytest.fixture
+def publisher() -> InMemoryPublisher:
+    return InMemoryPublisher()
+
+
+@pytest.fixture
+def starter() -> RecordingStarter:
+    return RecordingStarter()
+
+
+def dataset_csv(loader: Callable[..., Any] = load_iris) -> bytes:
+    frame = loader(as_frame=True).frame
+    return frame.to_csv(index=False).encode()
+
+
+IRIS = dataset_csv(load_iris)
+WINE = dataset_csv(load_wine)
+BREAST_CANCER = dataset_csv(load_breast_cancer)
+
+
+def upload(storage: InMemoryStorage, name: str, data: bytes) -> ObjectRef:
+    generation = storage.write(name, data, content_type="text/csv")
+    return ObjectRef(storage.bucket, name, generation)
+
+
+def load_event(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return document
+
+
+def push_for(fixture: str, ref: ObjectRef, size: int) -> dict[str, Any]:
+    """A fixture envelope re-pointed at ``ref`` (same shape, our object)."""
+    envelope = copy.deepcopy(load_event(fixture))
+    message = envelope["message"]
+    resource = json.loads(base64.b64decode(message["data"]))
+    resource.update(
+        name=ref.name, bucket=ref.bucket, generation=str(ref.generation), size=str(size)
+    )
+    message["data"] = base64.b64encode(json.dumps(resource).encode()).decode()
+    message["attributes"].update(
+        objectId=ref.name, bucketId=ref.bucket, objectGeneration=str(ref.generation)
+    )
+    return envelope
+
+
+PUSH_PATH = f"/projects/{PROJECT}/topics/mlp-test-data-uploaded"
+
+
+class Function:
+    """One entry point loaded by functions-framework, with fakes in its runtime."""
+
+    def __init__(self, target: str, signature_type: str) -> None:
+        self.app = create_app(target=target, source=SOURCE, signature_type=signature_type)
+        self.module = sys.modules["main"]
+        self.client = self.app.test_client()
+
+    def use(self, **fakes: Any) -> Function:
+        for name, value in fakes.items():
+            setattr(self.module.runtime, name, value)
+        return self
+
+
+@pytest.fixture
+def function(environment: dict[str, str]) -> Callable[[str, str], Function]:
+    return Function

@@ -1,0 +1,185 @@
+"""process_data core: cleaning, statistics, every rejection reason, streaming, idempotency."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline_core.errors import BadRequestError, DataRejectedError, ObjectNotFoundError
+from pipeline_core.events import ObjectRef
+from pipeline_core.processing import DatasetSchema, process, rejection_object, stats_object
+from pipeline_core.storage import InMemoryStorage
+from tests.functions.conftest import IRIS, upload
+
+SCHEMA = DatasetSchema(min_rows=3)
+
+
+def read_parquet(storage: InMemoryStorage, name: str) -> pa.Table:
+    return pq.read_table(pa.BufferReader(storage.read(name).data))
+
+
+def rows_csv(header: str, *rows: str) -> bytes:
+    return ("\n".join([header, *rows]) + "\n").encode()
+
+
+def test_cleans_counts_every_row_reason_and_writes_stats(storage: InMemoryStorage) -> None:
+    data = rows_csv(
+        "a/b,c d,target",
+        "1,2,x",
+        "1,2,x",  # exact duplicate
+        "3,4,y",
+        "5,,y",  # missing feature
+        "5,abc,y",  # non-numeric
+        "5,inf,y",  # non-finite
+        "nan,1,y",  # non-finite
+        "6,7,",  # missing target
+        "6,7",  # wrong field count
+        "",  # blank line, not a row
+        "8,9,x",
+        "10,11,y",
+    )
+    ref = upload(storage, "raw/mixed.csv", data)
+    result = process(storage, ref, SCHEMA).to_json()
+    assert result["rows_in"] == 11
+    assert result["rows_out"] == 4
+    assert result["features"] == ["a/b", "c d"]
+    assert result["rejections"] == {
+        "duplicate": 1,
+        "missing_feature": 1,
+        "non_numeric_feature": 1,
+        "non_finite_feature": 2,
+        "missing_target": 1,
+        "wrong_field_count": 1,
+    }
+    table = read_parquet(storage, result["processed_object"])
+    assert table.column_names == ["a/b", "c d", "target"]
+    assert table.column("a/b").to_pylist() == [1.0, 3.0, 8.0, 10.0]
+    assert table.column("target").to_pylist() == ["x", "y", "x", "y"]
+    stats = json.loads(storage.read(stats_object(ref)).data)
+    assert stats["class_counts"] == {"x": 2, "y": 2}
+    assert stats["feature_stats"]["a/b"] == {
+        "min": 1.0,
+        "max": 10.0,
+        "mean": 5.5,
+        "std": pytest.approx(3.6401, abs=1e-4),
+    }
+    assert stats["source"] == ref.to_json()
+
+
+def test_streams_in_chunks_with_the_same_result_as_one_chunk(storage: InMemoryStorage) -> None:
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    chunked = InMemoryStorage(storage.bucket)
+    chunked_ref = upload(chunked, "raw/iris.csv", IRIS)
+    whole = process(storage, ref, SCHEMA, chunk_rows=1_000).to_json()
+    small = process(chunked, chunked_ref, SCHEMA, chunk_rows=7).to_json()
+    assert small["rows_out"] == whole["rows_out"] == 149  # iris holds one duplicate row
+    assert read_parquet(chunked, small["processed_object"]).equals(
+        read_parquet(storage, whole["processed_object"])
+    )
+    assert (
+        pq.ParquetFile(pa.BufferReader(chunked.read(small["processed_object"]).data)).num_row_groups
+        == 22
+    )
+    first = json.loads(storage.read(stats_object(ref)).data)["feature_stats"]
+    second = json.loads(chunked.read(stats_object(chunked_ref)).data)["feature_stats"]
+    for name, values in first.items():
+        assert second[name] == pytest.approx(values)
+
+
+def test_reads_gzip_and_a_byte_order_mark(storage: InMemoryStorage) -> None:
+    plain = upload(storage, "raw/plain.csv", IRIS)
+    gzipped = upload(storage, "raw/iris.csv.gz", gzip.compress(b"\xef\xbb\xbf" + IRIS))
+    expected = process(storage, plain, SCHEMA).to_json()
+    result = process(storage, gzipped, SCHEMA).to_json()
+    assert result["features"] == expected["features"]
+    assert result["rows_out"] == expected["rows_out"]
+
+
+def test_uses_configured_features_and_target(storage: InMemoryStorage) -> None:
+    ref = upload(
+        storage,
+        "raw/x.csv",
+        rows_csv("label,f1,skip,f2", *[f"c{i % 2},{i},z,{i * 2}" for i in range(6)]),
+    )
+    schema = DatasetSchema(target_column="label", feature_columns=("f2", "f1"), min_rows=3)
+    result = process(storage, ref, schema).to_json()
+    assert result["features"] == ["f2", "f1"]
+    assert read_parquet(storage, result["processed_object"]).column_names == ["f2", "f1", "label"]
+
+
+@pytest.mark.parametrize(
+    ("data", "schema", "reason", "words"),
+    [
+        (b"", SCHEMA, "empty", "empty"),
+        (b"\n\n", SCHEMA, "empty", "empty"),
+        (b"\xff\xfe\x00\x01garbage", SCHEMA, "not_csv", "UTF-8"),
+        (b"a,b\x00,target\n1,2,3\n", SCHEMA, "not_csv", "NUL"),
+        (b"\x1f\x8b\x08\x00broken", SCHEMA, "not_csv", "gzip"),
+        (rows_csv("1,2,3", "4,5,6"), SCHEMA, "no_header", "header"),
+        (rows_csv("a,a,target", "1,2,x"), SCHEMA, "bad_header", "repeats"),
+        (rows_csv("a,,target", "1,2,x"), SCHEMA, "bad_header", "empty column"),
+        (rows_csv("a,b,label", "1,2,x"), SCHEMA, "missing_target", "'target'"),
+        (
+            rows_csv("a,target", "1,x"),
+            DatasetSchema(feature_columns=("a", "b")),
+            "missing_features",
+            "'b'",
+        ),
+        (rows_csv("target", "x", "y"), SCHEMA, "no_features", "no feature"),
+        (rows_csv("a,target", "x,1", "y,2"), SCHEMA, "no_valid_rows", "no row survived"),
+        (rows_csv("a,target", "1,x", "2,y"), SCHEMA, "too_few_rows", "at least 3"),
+        (rows_csv("a,target", "1,x", "2,x", "3,x"), SCHEMA, "too_few_classes", "at least 2"),
+    ],
+)
+def test_rejects_a_whole_file_with_a_recorded_reason(
+    storage: InMemoryStorage, data: bytes, schema: DatasetSchema, reason: str, words: str
+) -> None:
+    ref = upload(storage, "raw/bad.csv", data)
+    with pytest.raises(DataRejectedError) as caught:
+        process(storage, ref, schema)
+    assert caught.value.reason_code == reason
+    assert words in caught.value.detail
+    assert caught.value.http_status == 422
+    record = json.loads(storage.read(rejection_object(ref)).data)
+    assert record["reason"] == reason
+    assert record["source"] == ref.to_json()
+    assert storage.names("processed/") == []  # nothing half-written
+    assert storage.read("raw/bad.csv").data == data  # raw data untouched
+
+
+def test_a_second_call_returns_the_recorded_outcome_without_reprocessing(
+    storage: InMemoryStorage,
+) -> None:
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    first = process(storage, ref, SCHEMA).to_json()
+    generation = storage.stat(first["processed_object"]).generation  # type: ignore[union-attr]
+    assert process(storage, ref, SCHEMA).to_json() == first
+    assert storage.stat(first["processed_object"]).generation == generation  # type: ignore[union-attr]
+
+    bad = upload(storage, "raw/bad.csv", b"")
+    with pytest.raises(DataRejectedError):
+        process(storage, bad, SCHEMA)
+    rejected_generation = storage.stat(rejection_object(bad)).generation  # type: ignore[union-attr]
+    with pytest.raises(DataRejectedError) as again:
+        process(storage, bad, SCHEMA)
+    assert again.value.reason_code == "empty"
+    assert storage.stat(rejection_object(bad)).generation == rejected_generation  # type: ignore[union-attr]
+
+
+def test_reads_the_exact_generation_not_the_latest(storage: InMemoryStorage) -> None:
+    old = upload(storage, "raw/iris.csv", IRIS)
+    upload(storage, "raw/iris.csv", b"")
+    assert process(storage, old, SCHEMA).to_json()["rows_out"] == 149
+
+
+def test_refuses_other_buckets_prefixes_and_missing_generations(storage: InMemoryStorage) -> None:
+    with pytest.raises(BadRequestError, match="data bucket"):
+        process(storage, ObjectRef("elsewhere", "raw/a.csv", 1), SCHEMA)
+    with pytest.raises(BadRequestError, match="outside raw/"):
+        process(storage, ObjectRef(storage.bucket, "models/champion.json", 1), SCHEMA)
+    with pytest.raises(ObjectNotFoundError, match="generation 5"):
+        process(storage, ObjectRef(storage.bucket, "raw/none.csv", 5), SCHEMA)

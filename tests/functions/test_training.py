@@ -1,0 +1,310 @@
+"""train_model core and the registry: real training, manifest, promotion policy, races."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pipeline_core.errors import (
+    BadRequestError,
+    PreconditionFailedError,
+    TrainingFailedError,
+    TransientError,
+)
+from pipeline_core.events import ObjectRef
+from pipeline_core.processing import DatasetSchema, process
+from pipeline_core.registry import (
+    CHAMPION_OBJECT,
+    Champion,
+    ModelRegistry,
+    decide,
+    new_version,
+)
+from pipeline_core.settings import PromotionPolicy, TrainingSettings
+from pipeline_core.storage import InMemoryStorage
+from pipeline_core.training import TrainingRequest, train
+from tests.functions.conftest import BREAST_CANCER, IRIS, WINE, upload
+
+SETTINGS = TrainingSettings(
+    project="p", data_bucket="test-bucket", hyperparameters={"n_estimators": 10}
+)
+
+
+def processed(storage: InMemoryStorage, name: str, data: bytes) -> TrainingRequest:
+    ref = upload(storage, name, data)
+    result = process(storage, ref, DatasetSchema())
+    return TrainingRequest(ref, result.to_json()["processed_object"])
+
+
+@pytest.mark.parametrize(
+    ("data", "model_type", "classes"),
+    [
+        (IRIS, "random_forest", 3),
+        (WINE, "logistic_regression", 3),
+        (BREAST_CANCER, "gradient_boosting", 2),
+    ],
+)
+def test_trains_registers_and_promotes_the_first_model(
+    storage: InMemoryStorage, data: bytes, model_type: str, classes: int
+) -> None:
+    request = processed(storage, "raw/data.csv", data)
+    settings = replace(SETTINGS, model_type=model_type, hyperparameters={})
+    if model_type != "logistic_regression":
+        settings = replace(settings, hyperparameters={"n_estimators": 10})
+    outcome = train(storage, request, settings)
+    assert outcome["promoted"] is True
+    assert outcome["champion_version"] == outcome["model_version"]
+    assert outcome["reason"].startswith("first model")
+    metrics = outcome["metrics"]
+    assert metrics["accuracy"] > 0.8
+    assert 0.8 < metrics["f1_macro"] <= 1.0
+    assert len(metrics["confusion_matrix"]["matrix"]) == classes
+    assert set(metrics["per_class"]) == set(metrics["confusion_matrix"]["labels"])
+    assert 1 <= len(outcome["smoke_instances"]) <= 5
+
+    registry = ModelRegistry(storage)
+    version = outcome["model_version"]
+    manifest = registry.manifest(version)
+    artifact = storage.read(manifest["artifact"]).data
+    assert manifest["sha256"] == hashlib.sha256(artifact).hexdigest()
+    assert manifest["model_type"] == model_type
+    assert manifest["hyperparameters"]["random_state"] == 42
+    assert set(manifest["libraries"]) >= {"scikit-learn", "numpy", "joblib", "python"}
+    assert manifest["lineage"]["source"] == request.source.to_json()
+    assert manifest["lineage"]["processed_object"] == request.processed_object
+    rows = manifest["lineage"]["rows"]
+    assert rows["train"] + rows["test"] == rows["total"]
+    assert len(manifest["classes"]) == classes
+    header = data.decode().splitlines()[0].split(",")
+    assert manifest["feature_names"] == [name for name in header if name != "target"]
+    champion = registry.champion()
+    assert champion is not None and champion.version == version
+
+
+def test_same_data_and_seed_give_the_same_metrics(storage: InMemoryStorage) -> None:
+    first = train(storage, processed(storage, "raw/a.csv", IRIS), SETTINGS)
+    second = train(storage, processed(storage, "raw/b.csv", IRIS), SETTINGS)
+    assert first["metrics"] == second["metrics"]
+    assert first["model_version"] != second["model_version"]
+    # Equal is "not worse by more than the tolerance": the newer model takes over.
+    assert second["promoted"] is True
+    pointer = json.loads(storage.read(CHAMPION_OBJECT).data)
+    assert pointer["previous_version"] == first["model_version"]
+
+
+def test_a_worse_candidate_is_registered_but_not_promoted(storage: InMemoryStorage) -> None:
+    good = train(storage, processed(storage, "raw/good.csv", IRIS), SETTINGS)
+    weak = replace(SETTINGS, hyperparameters={"n_estimators": 1, "max_depth": 1})
+    outcome = train(storage, processed(storage, "raw/weak.csv", IRIS), weak)
+    assert outcome["promoted"] is False
+    assert outcome["champion_version"] == good["model_version"]
+    assert (
+        "worse than the champion" in outcome["reason"] or "below the minimum" in outcome["reason"]
+    )
+    assert (
+        ModelRegistry(storage).manifest(outcome["model_version"])["metrics"] == outcome["metrics"]
+    )
+
+
+def test_below_the_minimum_is_never_promoted(storage: InMemoryStorage) -> None:
+    strict = replace(SETTINGS, promotion=PromotionPolicy(metric="accuracy", minimum=1.0))
+    outcome = train(
+        storage,
+        processed(storage, "raw/a.csv", WINE),
+        replace(strict, hyperparameters={"n_estimators": 1, "max_depth": 1}),
+    )
+    assert outcome["promoted"] is False
+    assert outcome["champion_version"] is None
+    assert "below the minimum 1.0" in outcome["reason"]
+    assert storage.stat(CHAMPION_OBJECT) is None
+
+
+def champion_with(score: float) -> Champion:
+    return Champion({"model_version": "v1", "metrics": {"f1_macro": score, "accuracy": score}}, 7)
+
+
+@pytest.mark.parametrize(
+    ("score", "champion", "tolerance", "promoted"),
+    [
+        (0.69, None, 0.0, False),
+        (0.70, None, 0.0, True),
+        (0.90, champion_with(0.90), 0.0, True),
+        (0.89, champion_with(0.90), 0.0, False),
+        (0.89, champion_with(0.90), 0.02, True),
+        (0.87, champion_with(0.90), 0.02, False),
+        (0.95, champion_with(0.90), 0.0, True),
+    ],
+)
+def test_promotion_policy(
+    score: float, champion: Champion | None, tolerance: float, promoted: bool
+) -> None:
+    policy = PromotionPolicy(metric="f1_macro", minimum=0.7, tolerance=tolerance)
+    decision = decide(policy, {"f1_macro": score}, champion)
+    assert decision.promoted is promoted
+    assert decision.champion_version == (champion.version if champion else None)
+
+
+class RacingStorage(InMemoryStorage):
+    """Another training swaps the champion right before our first pointer write."""
+
+    def __init__(self, bucket: str, rival: Callable[[InMemoryStorage], None]) -> None:
+        super().__init__(bucket)
+        self._rival: Callable[[InMemoryStorage], None] | None = rival
+        self.pointer_writes: list[int | None] = []
+
+    def write(
+        self, name: str, data: bytes, *, content_type: str, if_generation_match: int | None = None
+    ) -> int:
+        if name == CHAMPION_OBJECT:
+            self.pointer_writes.append(if_generation_match)
+            if self._rival is not None:
+                rival, self._rival = self._rival, None
+                rival(self)
+        return super().write(
+            name, data, content_type=content_type, if_generation_match=if_generation_match
+        )
+
+
+def test_two_promotions_racing_cannot_both_win() -> None:
+    def rival_wins_with_a_perfect_model(storage: InMemoryStorage) -> None:
+        pointer = {"model_version": "rival", "metrics": {"f1_macro": 1.0, "accuracy": 1.0}}
+        InMemoryStorage.write(
+            storage,
+            CHAMPION_OBJECT,
+            json.dumps(pointer).encode(),
+            content_type="application/json",
+            if_generation_match=0,
+        )
+
+    storage = RacingStorage("test-bucket", rival_wins_with_a_perfect_model)
+    weak = replace(
+        SETTINGS,
+        hyperparameters={"n_estimators": 1, "max_depth": 1},
+        promotion=PromotionPolicy(minimum=0.0),
+    )
+    outcome = train(storage, processed(storage, "raw/a.csv", BREAST_CANCER), weak)
+    assert outcome["metrics"]["f1_macro"] < 1.0
+    assert storage.pointer_writes == [0]  # our precondition failed, we re-read and re-decided
+    assert outcome["promoted"] is False
+    assert outcome["champion_version"] == "rival"
+    assert json.loads(storage.read(CHAMPION_OBJECT).data)["model_version"] == "rival"
+
+
+def test_a_lost_race_against_an_equal_model_retries_with_the_new_generation() -> None:
+    def rival_wins_with_a_weak_model(storage: InMemoryStorage) -> None:
+        pointer = {"model_version": "rival", "metrics": {"f1_macro": 0.75, "accuracy": 0.75}}
+        InMemoryStorage.write(
+            storage,
+            CHAMPION_OBJECT,
+            json.dumps(pointer).encode(),
+            content_type="application/json",
+            if_generation_match=0,
+        )
+
+    storage = RacingStorage("test-bucket", rival_wins_with_a_weak_model)
+    outcome = train(storage, processed(storage, "raw/a.csv", IRIS), SETTINGS)
+    rival_generation = storage.pointer_writes[1]
+    assert storage.pointer_writes[0] == 0 and rival_generation not in (None, 0)
+    assert outcome["promoted"] is True
+    pointer = json.loads(storage.read(CHAMPION_OBJECT).data)
+    assert pointer["model_version"] == outcome["model_version"]
+    assert pointer["previous_version"] == "rival"
+
+
+def test_retry_for_the_same_upload_returns_the_recorded_outcome(storage: InMemoryStorage) -> None:
+    request = processed(storage, "raw/a.csv", IRIS)
+    first = train(storage, request, SETTINGS)
+    models_before = storage.names("models/")
+    assert train(storage, request, SETTINGS) == first
+    assert storage.names("models/") == models_before
+
+
+def test_retry_after_a_crash_between_promotion_and_record_does_not_train_again(
+    storage: InMemoryStorage,
+) -> None:
+    request = processed(storage, "raw/a.csv", IRIS)
+    first = train(storage, request, SETTINGS)
+    storage.delete(f"models/by-source/{request.source.name}/{request.source.generation}.json")
+    models_before = storage.names("models/")
+    again = train(storage, request, SETTINGS)
+    assert again["model_version"] == first["model_version"]
+    assert again["promoted"] is True
+    assert "earlier attempt" in again["reason"]
+    assert storage.names("models/") == models_before
+
+
+def test_unknown_and_invalid_hyperparameters_are_permanent_errors(storage: InMemoryStorage) -> None:
+    request = processed(storage, "raw/a.csv", IRIS)
+    with pytest.raises(TrainingFailedError, match="unknown hyperparameter 'n_trees'"):
+        train(storage, request, replace(SETTINGS, hyperparameters={"n_trees": 5}))
+    with pytest.raises(TrainingFailedError, match="n_estimators"):
+        train(storage, request, replace(SETTINGS, hyperparameters={"n_estimators": -3}))
+    assert storage.names("models/") == []
+
+
+def test_refuses_data_it_cannot_split_or_read(storage: InMemoryStorage) -> None:
+    lonely = b"a,target\n" + b"".join(f"{i},x\n".encode() for i in range(25)) + b"99,y\n"
+    with pytest.raises(TrainingFailedError, match="single row"):
+        train(storage, processed(storage, "raw/lonely.csv", lonely), SETTINGS)
+    ref = upload(storage, "raw/a.csv", IRIS)
+    storage.write("processed/raw/a.csv/1/data.parquet", b"not parquet", content_type="x")
+    with pytest.raises(TrainingFailedError, match="not readable Parquet"):
+        train(storage, TrainingRequest(ref, "processed/raw/a.csv/1/data.parquet"), SETTINGS)
+    with pytest.raises(TrainingFailedError, match="no target column 'label'"):
+        train(
+            storage, processed(storage, "raw/b.csv", IRIS), replace(SETTINGS, target_column="label")
+        )
+
+
+def test_training_request_validation() -> None:
+    with pytest.raises(BadRequestError, match="processed_object"):
+        TrainingRequest.from_json({"bucket": "b", "object": "raw/a.csv", "generation": "1"})
+    with pytest.raises(BadRequestError, match="generation"):
+        TrainingRequest.from_json(
+            {
+                "bucket": "b",
+                "object": "raw/a.csv",
+                "generation": "x",
+                "processed_object": "processed/a",
+            }
+        )
+    with pytest.raises(BadRequestError, match="data bucket"):
+        train(
+            InMemoryStorage("test-bucket"),
+            TrainingRequest(ObjectRef("other", "raw/a", 1), "processed/a"),
+            SETTINGS,
+        )
+
+
+def test_versions_sort_by_time_and_are_unique() -> None:
+    early = datetime(2026, 1, 1, tzinfo=UTC)
+    versions = [new_version(early + timedelta(microseconds=n)) for n in (0, 1, 1_000_000)]
+    assert versions == sorted(versions)
+    assert len({new_version(early) for _ in range(50)}) == 50
+
+
+def test_promotion_gives_up_as_transient_when_the_pointer_never_settles() -> None:
+    class FlappingStorage(InMemoryStorage):
+        def write(
+            self,
+            name: str,
+            data: bytes,
+            *,
+            content_type: str,
+            if_generation_match: int | None = None,
+        ) -> int:
+            if name == CHAMPION_OBJECT:
+                raise PreconditionFailedError("someone else keeps winning")
+            return super().write(
+                name, data, content_type=content_type, if_generation_match=if_generation_match
+            )
+
+    flapping = FlappingStorage("test-bucket")
+    request = processed(flapping, "raw/a.csv", IRIS)
+    with pytest.raises(TransientError, match="changed 5 times"):
+        train(flapping, request, SETTINGS)
