@@ -136,6 +136,7 @@ class TryStep(Step):
     retry: RetrySpec | None
     error_variable: str | None
     handler: Block | None
+    inline_body: bool = False  # try: {call: ...} written without a steps list
 
 
 @dataclass
@@ -537,7 +538,8 @@ class _Parser:
             handler = self.block(raw_except["steps"], name, raw_except.line_of("steps"))
         if retry is None and handler is None:
             raise self.fail("'try' needs 'retry', 'except' or both", name, line)
-        return TryStep(name, line, try_block, retry, error_variable, handler)
+        inline = not (isinstance(raw_try, SourceMap) and set(raw_try) == {"steps"})
+        return TryStep(name, line, try_block, retry, error_variable, handler, inline)
 
     def retry(self, name: str, raw: Any, line: int) -> RetrySpec:
         reference = self.reference(raw)
@@ -614,7 +616,7 @@ def nested_blocks(step: Step) -> Iterator[tuple[Block, str]]:
     if isinstance(step, StepsStep):
         yield step.body, "same"
     elif isinstance(step, TryStep):
-        yield step.body, "same"
+        yield step.body, "inline" if step.inline_body else "same"
         if step.handler is not None:
             yield step.handler, "same"
     elif isinstance(step, ForStep):
