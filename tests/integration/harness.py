@@ -1,0 +1,113 @@
+"""Helpers of the integration tier: the devstack CLI as a subprocess, data sets, and
+reads of the local bucket and Pub/Sub emulator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+import requests
+import yaml
+
+from devstack.plan import REPO_ROOT
+from devstack.pubsub import ReceivedMessage
+from devstack.stack import StackState
+
+FEATURES = ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm")
+T = TypeVar("T")
+
+
+def devstack(state_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "devstack", "--state-dir", str(state_dir), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def write_test_stack_file(directory: Path) -> Path:
+    """Pulumi.dev.yaml with a small forest (speed) and no champion caching in predict,
+    so a promotion is served at once."""
+    document = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text(encoding="utf-8"))
+    document["config"]["ml-pipeline:hyperparameters"] = {"n_estimators": 10}
+    document["config"]["ml-pipeline:modelRefreshSeconds"] = 0
+    path = directory / "Pulumi.itest.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def separable_csv(path: Path, *, rows_per_class: int = 60, seed: int = 1) -> Path:
+    """Three classes far apart: any model scores 1.0."""
+    generator = np.random.default_rng(seed)
+    frames = []
+    for label in range(3):
+        centre = np.full(len(FEATURES), 10.0 * label)
+        values = centre + generator.normal(0, 0.1, size=(rows_per_class, len(FEATURES)))
+        frame = pd.DataFrame(values, columns=list(FEATURES))
+        frame["target"] = label
+        frames.append(frame)
+    pd.concat(frames).sample(frac=1.0, random_state=seed).to_csv(path, index=False)
+    return path
+
+
+def random_labels_csv(path: Path, *, rows: int = 180, seed: int = 2) -> Path:
+    """Labels independent of the features: no model can beat chance (about 1/3)."""
+    generator = np.random.default_rng(seed)
+    frame = pd.DataFrame(generator.normal(size=(rows, len(FEATURES))), columns=list(FEATURES))
+    frame["target"] = generator.integers(0, 3, size=rows)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def read_object(state: StackState, name: str) -> bytes | None:
+    blob = state.storage_client().bucket(state.bucket).get_blob(name)
+    return None if blob is None else bytes(blob.download_as_bytes())
+
+
+def object_resource(state: StackState, name: str) -> dict[str, Any]:
+    """The JSON API resource of an object, the payload of its notification."""
+    url = f"{state.storage_url}/storage/v1/b/{state.bucket}/o/{quote(name, safe='')}"
+    response = requests.get(url, timeout=10)
+    response.raise_for_status()
+    resource: dict[str, Any] = response.json()
+    return resource
+
+
+def model_versions(state: StackState) -> set[str]:
+    blobs = state.storage_client().list_blobs(state.bucket, prefix="models/")
+    return {blob.name.split("/")[1] for blob in blobs if blob.name.endswith("/manifest.json")}
+
+
+def champion_version(state: StackState) -> str | None:
+    data = read_object(state, "models/champion.json")
+    return None if data is None else str(json.loads(data)["model_version"])
+
+
+def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def pull_matching(
+    state: StackState, subscription: str, predicate: Callable[[ReceivedMessage], bool]
+) -> ReceivedMessage | None:
+    pubsub = state.pubsub()
+    messages = pubsub.pull(subscription)
+    pubsub.acknowledge(subscription, [message.ack_id for message in messages])
+    return next((message for message in messages if predicate(message)), None)

@@ -1,0 +1,216 @@
+"""The event-driven chain on the real local stack, in both orchestration modes.
+
+Tests of one mode share one stack (module-scoped fixture) and run in file order; each
+uploads under its own object name, so they do not depend on one another's data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.topology import build_topology
+from devstack import runs
+from devstack.demo import write_iris_csv
+from devstack.errors import RunFailedError
+from devstack.plan import subscription_name
+from devstack.processes import stop_group
+from tests.integration.conftest import LocalStack
+from tests.integration.harness import (
+    FEATURES,
+    champion_version,
+    devstack,
+    model_versions,
+    object_resource,
+    pull_matching,
+    random_labels_csv,
+    read_object,
+    separable_csv,
+    wait_for,
+)
+
+RUN_TIMEOUT = 180.0
+
+
+def no_progress(_line: str) -> None:
+    return None
+
+
+def run(local_stack: LocalStack, file: Path, name: str) -> dict[str, Any]:
+    return runs.upload_and_follow(
+        local_stack.state, file, name=name, timeout=RUN_TIMEOUT, progress=no_progress
+    )
+
+
+def test_upload_trains_a_champion_that_serves_predictions(
+    local_stack: LocalStack, tmp_path: Path
+) -> None:
+    data = tmp_path / "iris.csv"
+    sample = write_iris_csv(data, "target")
+
+    uploaded = devstack(local_stack.state_dir, "upload", str(data), "--wait")
+
+    assert uploaded.returncode == 0, uploaded.stderr
+    summary = json.loads(uploaded.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "succeeded"
+    assert summary["object"] == "raw/iris.csv"
+    assert summary["promoted"] is True
+    assert summary["champion_version"] == summary["model_version"]
+    assert summary["metrics"]["f1_macro"] > 0.7
+    assert "processed: 150 rows in" in uploaded.stderr
+    assert champion_version(local_stack.state) == summary["model_version"]
+    predicted = devstack(local_stack.state_dir, "predict", json.dumps({"instances": [sample]}))
+    assert predicted.returncode == 0, predicted.stderr
+    answer = json.loads(predicted.stdout)
+    assert answer["model_version"] == summary["model_version"]
+    assert answer["predictions"][0]["label"] == "0"  # the first iris row is a setosa
+
+
+def test_better_data_is_promoted_and_worse_data_is_not(
+    local_stack: LocalStack, tmp_path: Path
+) -> None:
+    better = run(local_stack, separable_csv(tmp_path / "better.csv"), "better.csv")
+    assert better["promoted"] is True
+    assert better["metrics"]["f1_macro"] == 1.0
+
+    worse = run(local_stack, random_labels_csv(tmp_path / "worse.csv"), "worse.csv")
+
+    assert worse["status"] == "succeeded"
+    assert worse["promoted"] is False
+    assert worse["champion_version"] == better["model_version"]
+    assert champion_version(local_stack.state) == better["model_version"]
+    served = runs.predict(local_stack.state, {"instances": [dict.fromkeys(FEATURES, 10.0)]})
+    assert served["model_version"] == better["model_version"]
+
+
+def test_corrupt_file_is_rejected_and_the_champion_untouched(
+    local_stack: LocalStack, tmp_path: Path
+) -> None:
+    before = read_object(local_stack.state, "models/champion.json")
+    corrupt = tmp_path / "corrupt.csv"
+    corrupt.write_bytes(b"\x00\xff\x13 not, a\ncsv\x00" * 40)
+
+    with pytest.raises(RunFailedError) as failure:
+        run(local_stack, corrupt, "corrupt.csv")
+
+    summary = failure.value.summary
+    assert summary["status"] == "rejected"
+    assert summary["stage"] == "process_data"
+    assert summary["reason"]
+    rejection = read_object(local_stack.state, summary["rejection_object"])
+    assert rejection is not None
+    assert read_object(local_stack.state, "models/champion.json") == before
+    assert read_object(local_stack.state, "raw/corrupt.csv") == corrupt.read_bytes()
+
+
+def test_a_notification_delivered_three_times_makes_one_run(
+    local_stack: LocalStack, tmp_path: Path
+) -> None:
+    state = local_stack.state
+    wiring = build_topology(local_stack.config.orchestration)
+    versions_before = model_versions(state)
+    data = separable_csv(tmp_path / "twice.csv", seed=7)
+
+    with runs.summary_watch(state) as subscription:
+        key = runs.upload(state, data, name="thrice.csv")
+        resource = object_resource(state, key.object)
+        attributes = {
+            "eventType": "OBJECT_FINALIZE",
+            "payloadFormat": "JSON_API_V1",
+            "bucketId": key.bucket,
+            "objectId": key.object,
+            "objectGeneration": key.generation,
+        }
+        topic = state.topics[wiring.notification_topic]
+        for _ in range(2):  # the bucket's own notification is the first delivery
+            state.pubsub().publish(topic, json.dumps(resource).encode(), attributes)
+        summary = runs.follow(
+            state, key, subscription=subscription, timeout=RUN_TIMEOUT, progress=no_progress
+        )
+        # Let the duplicates play out before counting what they produced.
+        time.sleep(8)
+
+    assert summary["status"] == "succeeded"
+    assert model_versions(state) - versions_before == {summary["model_version"]}
+    if wiring.workflow is not None:
+        executions = [
+            execution
+            for execution in runs.list_executions(state)
+            if json.loads(execution["argument"]).get("object") == key.object
+        ]
+        assert len(executions) == 1
+
+
+# The process whose absence makes a stage fail: in workflow mode the Executions API
+# (trigger_workflow cannot start the run), in events mode the training function.
+TRANSIENT_BREAK = {"workflow": "workflows", "events": "train_model_event"}
+
+
+def test_a_stage_failing_transiently_is_retried_to_success(
+    local_stack: LocalStack, tmp_path: Path
+) -> None:
+    state = local_stack.state
+    broken = state.service(TRANSIENT_BREAK[local_stack.config.orchestration])
+    stop_group(broken)
+    data = separable_csv(tmp_path / "retry.csv", seed=11)
+    try:
+        with runs.summary_watch(state) as subscription:
+            key = runs.upload(state, data, name="retry.csv")
+            # Let the first deliveries hit the stopped service before it comes back.
+            time.sleep(3)
+            restarted = devstack(local_stack.state_dir, "restart", broken.name)
+            assert restarted.returncode == 0, restarted.stderr
+            local_stack.refresh()
+            summary = runs.follow(
+                local_stack.state,
+                key,
+                subscription=subscription,
+                timeout=RUN_TIMEOUT,
+                progress=no_progress,
+            )
+    finally:
+        local_stack.refresh()
+    assert summary["status"] == "succeeded"
+    assert summary["object"] == "raw/retry.csv"
+
+
+# The process whose absence makes the dead-lettered delivery fail every time.
+PERMANENT_BREAK = {"workflow": "workflows", "events": "predict"}
+
+
+def test_a_message_that_keeps_failing_lands_on_the_dead_letter_topic(
+    local_stack: LocalStack, tmp_path: Path
+) -> None:
+    config = local_stack.config
+    wiring = build_topology(config.orchestration)
+    (delivery,) = [item for item in wiring.deliveries if item.dead_letter]
+    source_subscription = subscription_name(config, delivery)
+    broken = local_stack.state.service(PERMANENT_BREAK[config.orchestration])
+    stop_group(broken)
+    name = f"dead-{uuid.uuid4().hex[:6]}.csv"
+    try:
+        runs.upload(local_stack.state, separable_csv(tmp_path / name, seed=5), name=name)
+        dead = wait_for(
+            lambda: pull_matching(
+                local_stack.state,
+                local_stack.state.dead_letter_subscription,
+                lambda message: (
+                    message.attributes.get("CloudPubSubDeadLetterSourceSubscription")
+                    == source_subscription
+                ),
+            ),
+            timeout=120,
+            what=f"a dead-lettered message from {source_subscription}",
+        )
+    finally:
+        restarted = devstack(local_stack.state_dir, "restart", broken.name)
+        local_stack.refresh()
+    assert restarted.returncode == 0, restarted.stderr
+    assert dead.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == str(
+        config.dead_letter_max_attempts
+    )
