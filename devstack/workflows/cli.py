@@ -104,10 +104,12 @@ def run_file(
 ) -> int:
     """Run one workflow file; the exit code follows the contract in the module docstring."""
     try:
-        program = WorkflowProgram.from_file(path)
-    except OSError as error:
-        print(f"error: cannot read {path}: {error.strerror or error}", file=stderr)
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"error: cannot read {path}: {error}", file=stderr)
         return EXIT_USAGE
+    try:
+        program = WorkflowProgram.from_source(source, filename=str(path))
     except DefinitionError as error:
         print(f"definition error: {error}", file=stderr)
         return EXIT_WORKFLOW_FAILED
