@@ -1,0 +1,106 @@
+"""Stack configuration: defaults, and every invalid value names its key and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.config import ConfigError, StackConfig, load_stack_config
+from tests.infra.harness import GcpMocks, config_values
+
+
+def build(**values: Any) -> StackConfig:
+    return StackConfig.from_values(
+        project="p-123", region="us-central1", stack="dev", values=values
+    )
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    config = build()
+    assert config.orchestration == "workflow"
+    assert config.target_column == "target"
+    assert config.feature_columns == ()
+    assert config.model_type == "random_forest"
+    assert config.public_predict is False
+    assert config.force_destroy is False
+    assert config.workflow_deletion_protection is True
+    assert config.dead_letter_max_attempts == 5
+    assert config.deployer is None
+    assert config.bucket_location == "US-CENTRAL1"
+    assert config.trigger_region == "us-central1"
+    assert config.name_prefix == "mlp-dev"
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "fix"),
+    [
+        ({"orchestration": "saga"}, "ml-pipeline:orchestration", "workflow, events"),
+        ({"modelType": "svm"}, "ml-pipeline:modelType", "random_forest"),
+        ({"targetColumn": " "}, "ml-pipeline:targetColumn", "set a column name"),
+        ({"featureColumns": ["a", "a"]}, "ml-pipeline:featureColumns", "list each column once"),
+        ({"featureColumns": ["target"]}, "ml-pipeline:featureColumns", "remove the target"),
+        ({"promotion": {"metric": "auc"}}, "ml-pipeline:promotion.metric", "accuracy"),
+        ({"promotion": {"minimum": 2}}, "ml-pipeline:promotion.minimum", "from 0 to 1"),
+        (
+            {"functions": {"predict": {"memory": "3Gi"}}},
+            "ml-pipeline:functions.predict.memory",
+            "1Gi",
+        ),
+        (
+            {"functions": {"predict": {"minInstances": 9, "maxInstances": 2}}},
+            "ml-pipeline:functions.predict.minInstances",
+            "raise maxInstances",
+        ),
+        ({"functions": {"nope": {}}}, "ml-pipeline:functions.nope", "process_data"),
+        ({"predictMaxBatch": "many"}, "ml-pipeline:predictMaxBatch", "use 1..100000"),
+        ({"publicPredict": "yes"}, "ml-pipeline:publicPredict", "true or false"),
+        ({"predictInvokers": ["allUsers"]}, "ml-pipeline:predictInvokers", "publicPredict: true"),
+        ({"predictInvokers": ["alice"]}, "ml-pipeline:predictInvokers", "user:EMAIL"),
+        ({"deployer": "allUsers"}, "ml-pipeline:deployer", "serviceAccount:EMAIL"),
+        ({"deadLetterMaxAttempts": 3}, "ml-pipeline:deadLetterMaxAttempts", "from 5 to 100"),
+        ({"workflowCallLogLevel": "LOUD"}, "ml-pipeline:workflowCallLogLevel", "LOG_NONE"),
+        ({"bucketLocation": "europe-west4"}, "ml-pipeline:bucketLocation", "multi-region"),
+        ({"namePrefix": "Bad_Prefix"}, "ml-pipeline:namePrefix", "mlp-dev"),
+        ({"labels": {"Team": "ml"}}, "ml-pipeline:labels.Team", "lowercase"),
+        ({"labels": {"team": "ML!"}}, "ml-pipeline:labels.team", "quote it"),
+        ({"colour": "blue"}, "ml-pipeline:colour", "remove it"),
+    ],
+)
+def test_invalid_values_name_the_key_and_the_fix(
+    values: dict[str, Any], key: str, fix: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build(**values)
+    assert raised.value.key == key
+    assert fix in str(raised.value)
+
+
+def test_project_and_region_are_required() -> None:
+    with pytest.raises(ConfigError, match=r"gcp:project.*pulumi config set gcp:project"):
+        StackConfig.from_values(project=None, region="us-central1", stack="dev", values={})
+    with pytest.raises(ConfigError, match=r"gcp:region.*pulumi config set gcp:region"):
+        StackConfig.from_values(project="p", region="", stack="dev", values={})
+
+
+def test_pulumi_config_reads_scalars_as_text_and_structures_as_json() -> None:
+    import pulumi
+
+    pulumi.runtime.set_mocks(GcpMocks(), project="ml-pipeline", stack="dev")
+    pulumi.runtime.set_all_config(
+        config_values(
+            orchestration="events",
+            namePrefix="team-a",
+            publicPredict=True,
+            deadLetterMaxAttempts="9",
+            labels={"team": "ml"},
+            featureColumns=["x", "y"],
+        )
+    )
+    config = load_stack_config()
+    assert config.orchestration == "events"
+    assert config.name_prefix == "team-a"
+    assert config.public_predict is True
+    assert config.dead_letter_max_attempts == 9
+    assert config.labels == {"team": "ml"}
+    assert config.feature_columns == ("x", "y")
