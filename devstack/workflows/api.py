@@ -143,6 +143,7 @@ class _ExecutionRecord:
     argument: str
     call_log_level: Execution.CallLogLevel
     start_time: datetime
+    labels: dict[str, str] = field(default_factory=dict)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     state: ExecutionState = "ACTIVE"
     end_time: datetime | None = None
@@ -165,6 +166,7 @@ class _ExecutionRecord:
         if view == "BASIC":
             return message
         message.argument = self.argument
+        message.labels = self.labels
         message.call_log_level = self.call_log_level
         if self.result:
             message.result = self.result
@@ -236,6 +238,7 @@ class ExecutionService:
                 sequence=self._sequence,
                 argument=argument,
                 call_log_level=Execution.CallLogLevel(execution.call_log_level),
+                labels=dict(execution.labels),
                 start_time=_now(),
             )
             self._records[record.name] = record

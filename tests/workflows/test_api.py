@@ -129,7 +129,12 @@ def test_create_returns_active_then_succeeds_with_json_result(
     client: ExecutionsClient, programs: dict[str, StandInProgram]
 ) -> None:
     created = client.create_execution(
-        parent=f"{PARENT}/echo", execution=Execution(argument=json.dumps({"object": "raw/a.csv"}))
+        parent=f"{PARENT}/echo",
+        execution=Execution(
+            argument=json.dumps({"object": "raw/a.csv"}),
+            labels={"source": "test"},
+            call_log_level=Execution.CallLogLevel.LOG_ERRORS_ONLY,
+        ),
     )
     assert created.state == Execution.State.ACTIVE
     assert created.name.startswith(f"{PARENT}/echo/executions/")
@@ -148,6 +153,8 @@ def test_create_returns_active_then_succeeds_with_json_result(
     assert done.duration.total_seconds() >= 0
     assert done.workflow_revision_id == "000001-abc"
     assert json.loads(done.argument) == {"object": "raw/a.csv"}
+    assert dict(done.labels) == {"source": "test"}
+    assert done.call_log_level == Execution.CallLogLevel.LOG_ERRORS_ONLY
     context = programs["echo"].contexts[0]
     assert (context.workflow_id, context.project_id, context.location) == (
         "echo",
