@@ -83,7 +83,8 @@ def starter() -> RecordingStarter:
 
 def dataset_csv(loader: Callable[..., Any] = load_iris) -> bytes:
     frame = loader(as_frame=True).frame
-    return frame.to_csv(index=False).encode()
+    text: str = frame.to_csv(index=False)
+    return text.encode()
 
 
 IRIS = dataset_csv(load_iris)
@@ -123,7 +124,9 @@ class Function:
     """One entry point loaded by functions-framework, with fakes in its runtime."""
 
     def __init__(self, target: str, signature_type: str) -> None:
-        self.app = create_app(target=target, source=SOURCE, signature_type=signature_type)
+        self.app = create_app(  # type: ignore[no-untyped-call]
+            target=target, source=SOURCE, signature_type=signature_type
+        )
         self.module = sys.modules["main"]
         self.client = self.app.test_client()
 
