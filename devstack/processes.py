@@ -51,6 +51,9 @@ class RunningService:
 
 def ensure_port_free(service: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers themselves do, so connections in TIME_WAIT (from a service that
+        # just stopped) do not count as busy; a listening socket still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((LOOPBACK, port))
         except OSError:
