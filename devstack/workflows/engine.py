@@ -462,8 +462,8 @@ class _Execution:
             raise fatal[0]
         if not errors:
             return
-        if not step.continue_all:
-            raise errors[0][1]
+        # Under either policy the step fails with one UnhandledBranchError; the default
+        # policy only differs in stopping the other branches at once.
         raise WorkflowError.tagged(
             "UnhandledBranchError",
             "UnhandledBranchError: one or more branches or iterations encountered an unhandled "

@@ -1,11 +1,12 @@
 """The Workflows expression language: a tokenizer, a precedence-climbing parser and an
 evaluator. Nothing here uses Python's ``eval``.
 
-Precedence, loosest first: ``or``; ``and``; ``not``; comparisons and ``in``; ``+ -``;
-``* / // %``; unary ``-``; then member access ``a.b``, indexing ``a[i]`` and calls
-``pkg.func(...)``. Operands follow the data-types reference: numbers with numbers
-(int op int stays int except ``/``), ``+`` also joins two strings, comparisons need
-two numbers or two strings, ``and``/``or``/``not`` need booleans.
+Precedence (the data-types reference), loosest first: ``or``; ``and``; comparisons and
+``in``; ``+ -``; ``* / // %``; unary ``-``; ``not``; then member access ``a.b``,
+indexing ``a[i]`` and calls ``pkg.func(...)``. Operands follow the reference's tables:
+numbers with numbers (int op int stays int except ``/``), ``+`` with a string on either
+side concatenates a string, integer, double or boolean, comparisons need two numbers or
+two strings, ``and``/``or``/``not`` need booleans.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from devstack.workflows.values import (
     INT64_MAX,
     checked_double,
     checked_int,
+    format_double,
     is_int,
     is_number,
     type_name,
@@ -286,7 +288,8 @@ class _Parser:
         return token.kind == kind and (value is None or token.value == value)
 
     def at_keyword(self, word: str) -> bool:
-        return self.at("name", word)
+        # and/or/not may be written lower-case or upper-case, never mixed (datatypes page).
+        return self.at("name", word) or self.at("name", word.upper())
 
     def expect(self, kind: str, value: Any = None) -> Token:
         if not self.at(kind, value):
@@ -317,17 +320,11 @@ class _Parser:
         return node
 
     def parse_and(self) -> Node:
-        node = self.parse_not()
+        node = self.parse_comparison()
         while self.at_keyword("and"):
             self.advance()
-            node = Binary("and", node, self.parse_not())
+            node = Binary("and", node, self.parse_comparison())
         return node
-
-    def parse_not(self) -> Node:
-        if self.at_keyword("not"):
-            self.advance()
-            return Unary("not", self.parse_not())
-        return self.parse_comparison()
 
     def parse_comparison(self) -> Node:
         node = self.parse_additive()
@@ -351,6 +348,9 @@ class _Parser:
         return node
 
     def parse_unary(self) -> Node:
+        if self.at_keyword("not"):
+            self.advance()
+            return Unary("not", self.parse_unary())
         if self.at("op", "-"):
             self.advance()
             operand = self.parse_unary()
@@ -403,7 +403,7 @@ class _Parser:
             self.advance()
             if token.value in _KEYWORD_LITERALS:
                 return Literal(_KEYWORD_LITERALS[token.value])
-            if token.value in ("and", "or", "in"):
+            if token.value in ("and", "or", "in", "AND", "OR"):
                 raise ExpressionSyntaxError(
                     f"operator '{token.value}' needs a left operand (position {token.position})"
                 )
@@ -458,7 +458,7 @@ def parse_target(text: str) -> Target:
     """Parse ``name``, ``name.key``, ``name[expr]`` and chains of them."""
     parser = _Parser(text)
     variable = parser.expect("name").value
-    if variable in _KEYWORD_LITERALS or variable in ("and", "or", "not", "in"):
+    if variable in _KEYWORD_LITERALS or variable.lower() in ("and", "or", "not", "in"):
         raise ExpressionSyntaxError(f"'{variable}' is a keyword, not a variable name")
     path: list[str | Node] = []
     while not parser.at("end"):
@@ -504,6 +504,18 @@ def _evaluate_map(node: MapLiteral, scope: Scope) -> dict[str, Any]:
     return result
 
 
+def _evaluate_call(node: Call, scope: Scope) -> Any:
+    if node.function == "if" and len(node.args) == 3:
+        # if() evaluates only the chosen branch, so it can guard a failing expression.
+        condition = evaluate(node.args[0], scope)
+        if not isinstance(condition, bool):
+            raise WorkflowError.tagged(
+                "TypeError", f"if: the condition must be a boolean, got {type_name(condition)}"
+            )
+        return evaluate(node.args[1] if condition else node.args[2], scope)
+    return scope.call_function(node.function, [evaluate(arg, scope) for arg in node.args])
+
+
 def _evaluate_binary(node: Binary, scope: Scope) -> Any:
     if node.operator in ("and", "or"):
         return _logical(node, scope)
@@ -515,9 +527,7 @@ _EVALUATORS: dict[type[Node], Callable[[Any, Scope], Any]] = {
     Variable: lambda node, scope: scope.lookup(node.name),
     Member: lambda node, scope: get_member(evaluate(node.target, scope), node.name),
     Index: lambda node, scope: get_index(evaluate(node.target, scope), evaluate(node.index, scope)),
-    Call: lambda node, scope: scope.call_function(
-        node.function, [evaluate(arg, scope) for arg in node.args]
-    ),
+    Call: lambda node, scope: _evaluate_call(node, scope),
     Unary: lambda node, scope: _unary(node.operator, evaluate(node.operand, scope)),
     Binary: _evaluate_binary,
     ListLiteral: lambda node, scope: [evaluate(item, scope) for item in node.items],
@@ -592,14 +602,33 @@ def binary(operator: str, left: Any, right: Any) -> Any:
         return _contains(left, right)
     if operator in ("<", "<=", ">", ">="):
         return _compare(operator, left, right)
-    if operator == "+" and isinstance(left, str) and isinstance(right, str):
-        return left + right
+    if operator == "+" and (isinstance(left, str) or isinstance(right, str)):
+        return _concatenate(left, right)
     if not (is_number(left) and is_number(right)):
         raise WorkflowError.tagged(
             "TypeError",
             f"unsupported operand types for '{operator}': {type_name(left)} and {type_name(right)}",
         )
     return _arithmetic(operator, left, right)
+
+
+def _concatenate(left: Any, right: Any) -> str:
+    parts = []
+    for value in (left, right):
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, bool):
+            parts.append("true" if value else "false")
+        elif is_int(value):
+            parts.append(str(value))
+        elif isinstance(value, float):
+            parts.append(format_double(value))
+        else:
+            raise WorkflowError.tagged(
+                "TypeError",
+                f"unsupported operand types for '+': {type_name(left)} and {type_name(right)}",
+            )
+    return parts[0] + parts[1]
 
 
 def _arithmetic(symbol: str, left: int | float, right: int | float) -> int | float:

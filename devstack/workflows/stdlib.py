@@ -196,6 +196,12 @@ def _default(_: CallEnvironment, args: dict[str, Any]) -> Any:
     return args["default_value"] if args["value"] is None else args["value"]
 
 
+@_register("if", "condition", "if_true", "if_false")
+def _if(_: CallEnvironment, args: dict[str, Any]) -> Any:
+    require_type("if", "condition", args["condition"], "boolean")
+    return args["if_true"] if args["condition"] else args["if_false"]
+
+
 @_register("get_type", "value")
 def _get_type(_: CallEnvironment, args: dict[str, Any]) -> str:
     return type_name(args["value"])
@@ -602,7 +608,7 @@ def _time_format(_: CallEnvironment, args: dict[str, Any]) -> str:
         moment = datetime.fromtimestamp(args["seconds"], tz=zone)
     except (OverflowError, OSError, ValueError):
         raise _error("ValueError", f"time.format: {args['seconds']} is out of range") from None
-    text = moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds")
+    text = moment.isoformat(timespec="microseconds")
     return text.replace("+00:00", "Z") if zone is UTC else text
 
 

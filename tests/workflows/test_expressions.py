@@ -74,7 +74,14 @@ def error_of(text: str, **variables: Any) -> WorkflowError:
         ("[1, [2]] == [1, [2]]", True),
         ('{"a": 1} != {"a": 2}', True),
         ("not true", False),
-        ("not 1 == 2", True),
+        ("not true == false", True),
+        ('"n=" + 1', "n=1"),
+        ('2.5 + "x"', "2.5x"),
+        ('true + "!"', "true!"),
+        ("true AND false OR NOT false", True),
+        ("-2 * 3", -6),
+        ('if(1 < 2, "yes", 1 / 0)', "yes"),
+        ("if(false, 1 / 0, 2)", 2),
         ("true or false and false", True),
         ("(true or false) and false", False),
         ("2 in [1, 2, 3]", True),
@@ -117,7 +124,10 @@ def test_and_or_short_circuit_skip_the_failing_side() -> None:
         ("1 // 0", "ZeroDivisionError"),
         ("5 % 0", "ZeroDivisionError"),
         ("1.0 / 0.0", "ZeroDivisionError"),
-        ('1 + "a"', "TypeError"),
+        ('null + "a"', "TypeError"),
+        ("true + 1", "TypeError"),
+        ("not 1 == 2", "TypeError"),
+        ("if(1, 2, 3)", "TypeError"),
         ("[1] + [2]", "TypeError"),
         ('"a" * 2', "TypeError"),
         ('1 < "2"', "TypeError"),
@@ -174,7 +184,14 @@ def test_expression_length_limit() -> None:
 
 def test_never_uses_python_eval() -> None:
     # Python-only syntax must not work: the language is parsed, not eval'd.
-    for text in ("1 if true else 2", "[x for x in y]", "lambda: 1", "2 ** 3", "x is None"):
+    for text in (
+        "true And false",
+        "1 if true else 2",
+        "[x for x in y]",
+        "lambda: 1",
+        "2 ** 3",
+        "x is None",
+    ):
         with pytest.raises(ExpressionSyntaxError):
             parse_expression(text)
 
