@@ -527,7 +527,7 @@ _EVALUATORS: dict[type[Node], Callable[[Any, Scope], Any]] = {
     Variable: lambda node, scope: scope.lookup(node.name),
     Member: lambda node, scope: get_member(evaluate(node.target, scope), node.name),
     Index: lambda node, scope: get_index(evaluate(node.target, scope), evaluate(node.index, scope)),
-    Call: lambda node, scope: _evaluate_call(node, scope),
+    Call: _evaluate_call,
     Unary: lambda node, scope: _unary(node.operator, evaluate(node.operand, scope)),
     Binary: _evaluate_binary,
     ListLiteral: lambda node, scope: [evaluate(item, scope) for item in node.items],

@@ -649,7 +649,7 @@ def test_env_builtins_user_env_and_callbacks() -> None:
 
 def test_cancel_interrupts_a_long_sleep() -> None:
     cancel = threading.Event()
-    source = "main:\n  steps:\n    - wait:\n        call: sys.sleep\n        args:\n          seconds: 3600\n"
+    source = "- wait:\n    call: sys.sleep\n    args:\n      seconds: 3600\n"
     threading.Timer(0.05, cancel.set).start()
     with pytest.raises(Cancelled):
         program(source).run(context=ExecutionContext(cancel_event=cancel))
