@@ -464,44 +464,39 @@ class _RestHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-        enums_as_integers = "enum-encoding=int" in query.get("$alt", "")
-        service = self.server.service
+        if method == "GET" and url.path == "/healthz":
+            self._send(HTTPStatus.OK, {"status": "ok"})
+            return
         try:
-            body = self._read_body()
-            if method == "GET" and url.path == "/healthz":
-                self._send(HTTPStatus.OK, {"status": "ok"})
-                return
-            if method == "POST" and (match := _EXECUTIONS_PATH.match(url.path)):
-                _check_parameters(query, frozenset())
-                execution = _execution_from_body(body)
-                message = service.create(_parent(match), execution)
-            elif method == "GET" and (match := _EXECUTIONS_PATH.match(url.path)):
-                _check_parameters(query, _LIST_PARAMETERS)
-                response = service.list(
-                    _parent(match),
-                    page_size=_integer(query, "pageSize"),
-                    page_token=query.get("pageToken", ""),
-                    view=_view(query.get("view", "")),
-                    filter_expression=query.get("filter", ""),
-                    order_by=query.get("orderBy", ""),
-                )
-                self._send(HTTPStatus.OK, _to_json(response, enums_as_integers))
-                return
-            elif method == "GET" and (match := _EXECUTION_PATH.match(url.path)):
-                _check_parameters(query, _GET_PARAMETERS)
-                message = service.get(
-                    url.path.removeprefix("/v1/"),
-                    _view(query.get("view", "")),
-                )
-            elif method == "POST" and (match := _CANCEL_PATH.match(url.path)):
-                _check_parameters(query, frozenset())
-                message = service.cancel(url.path.removeprefix("/v1/").removesuffix(":cancel"))
-            else:
-                raise _not_found(f"{method} {url.path}: no such method; resource")
+            message = self._route(method, url.path, query, self._read_body())
         except ApiError as error:
             self._send(error.http_status, error.to_json())
             return
+        enums_as_integers = "enum-encoding=int" in query.get("$alt", "")
         self._send(HTTPStatus.OK, _to_json(message, enums_as_integers))
+
+    def _route(self, method: str, path: str, query: Mapping[str, str], body: bytes) -> Any:
+        service = self.server.service
+        if method == "POST" and (match := _EXECUTIONS_PATH.match(path)):
+            _check_parameters(query, frozenset())
+            return service.create(_parent(match), _execution_from_body(body))
+        if method == "GET" and (match := _EXECUTIONS_PATH.match(path)):
+            _check_parameters(query, _LIST_PARAMETERS)
+            return service.list(
+                _parent(match),
+                page_size=_integer(query, "pageSize"),
+                page_token=query.get("pageToken", ""),
+                view=_view(query.get("view", "")),
+                filter_expression=query.get("filter", ""),
+                order_by=query.get("orderBy", ""),
+            )
+        if method == "GET" and _EXECUTION_PATH.match(path):
+            _check_parameters(query, _GET_PARAMETERS)
+            return service.get(path.removeprefix("/v1/"), _view(query.get("view", "")))
+        if method == "POST" and _CANCEL_PATH.match(path):
+            _check_parameters(query, frozenset())
+            return service.cancel(path.removeprefix("/v1/").removesuffix(":cancel"))
+        raise ApiError(grpc.StatusCode.NOT_FOUND, f"no method {method} {path} in this API")
 
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length")

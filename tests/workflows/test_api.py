@@ -298,6 +298,9 @@ def test_rest_cancel_and_errors_in_google_format(server: ExecutionsServer, gate:
         f"{base}/echo/executions", params={"filter": "state=FAILED"}, timeout=10
     )
     assert filtered.status_code == 400 and "not supported" in filtered.json()["error"]["message"]
+    unknown_route = requests.get(f"{server.url}/v2/{PARENT}/echo", timeout=10)
+    assert unknown_route.status_code == 404
+    assert unknown_route.json()["error"]["status"] == "NOT_FOUND"
     assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
 
 
