@@ -63,34 +63,36 @@ class Storage(Protocol):
 
 
 class InMemoryStorage:
-    """A bucket in memory with GCS semantics for generations and preconditions."""
+    """A bucket in memory with GCS semantics for generations and preconditions.
+
+    Like a bucket without object versioning, only the live generation is readable.
+    """
 
     def __init__(self, bucket: str = "test-bucket") -> None:
         self.bucket = bucket
-        self._live: dict[str, int] = {}
-        self._versions: dict[tuple[str, int], bytes] = {}
+        self._objects: dict[str, StoredObject] = {}
         self.content_types: dict[str, str] = {}
         self._generations = itertools.count(1_700_000_000_000_001)
         self._lock = threading.Lock()
 
     def names(self, prefix: str = "") -> list[str]:
-        return sorted(name for name in self._live if name.startswith(prefix))
+        return sorted(name for name in self._objects if name.startswith(prefix))
 
     def stat(self, name: str) -> ObjectInfo | None:
-        generation = self._live.get(name)
-        if generation is None:
+        stored = self._objects.get(name)
+        if stored is None:
             return None
-        return ObjectInfo(name, generation, len(self._versions[(name, generation)]))
+        return ObjectInfo(name, stored.generation, len(stored.data))
 
     @contextmanager
     def open_read(self, name: str, generation: int) -> Iterator[IO[bytes]]:
         yield io.BytesIO(self.read(name, generation).data)
 
     def read(self, name: str, generation: int | None = None) -> StoredObject:
-        wanted = self._live.get(name) if generation is None else generation
-        if wanted is None or (name, wanted) not in self._versions:
+        stored = self._objects.get(name)
+        if stored is None or generation not in (None, stored.generation):
             raise ObjectNotFoundError(_not_found(self.bucket, name, generation))
-        return StoredObject(self._versions[(name, wanted)], wanted)
+        return stored
 
     def write(
         self,
@@ -102,11 +104,10 @@ class InMemoryStorage:
     ) -> int:
         with self._lock:
             self._check(name, if_generation_match)
-            generation = next(self._generations)
-            self._live[name] = generation
-            self._versions[(name, generation)] = bytes(data)
+            stored = StoredObject(bytes(data), next(self._generations))
+            self._objects[name] = stored
             self.content_types[name] = content_type
-            return generation
+            return stored.generation
 
     @contextmanager
     def open_write(self, name: str, *, content_type: str) -> Iterator[IO[bytes]]:
@@ -116,15 +117,16 @@ class InMemoryStorage:
 
     def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
         with self._lock:
-            if name not in self._live:
+            if name not in self._objects:
                 return
             self._check(name, if_generation_match)
-            del self._live[name]
+            del self._objects[name]
 
     def _check(self, name: str, if_generation_match: int | None) -> None:
         if if_generation_match is None:
             return
-        current = self._live.get(name, 0)
+        stored = self._objects.get(name)
+        current = stored.generation if stored else 0
         if current != if_generation_match:
             raise PreconditionFailedError(
                 f"gs://{self.bucket}/{name} is at generation {current}, "

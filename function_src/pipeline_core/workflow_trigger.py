@@ -41,8 +41,13 @@ class ExecutionStarter(Protocol):
 
 
 class WorkflowsExecutionStarter:
-    """google-cloud-workflows. With ``api_endpoint`` (the local stack) it speaks REST to
-    that address without credentials; otherwise it uses the runtime's identity."""
+    """Starts executions through google-cloud-workflows' ``ExecutionsClient``.
+
+    ``api_endpoint`` (set only by the local stack) overrides where: ``host:port`` uses the
+    client's gRPC transport on an insecure loopback channel; an ``http(s)://`` URL uses the
+    REST mapping of the same API (the pinned client ships no REST transport for
+    executions), with the client's own message types for the JSON.
+    """
 
     def __init__(self, api_endpoint: str = "", client: Any = None) -> None:
         self._api_endpoint = api_endpoint
@@ -52,13 +57,17 @@ class WorkflowsExecutionStarter:
         if self._client is None:
             from google.cloud.workflows import executions_v1
 
-            if self._api_endpoint:
-                from google.auth.credentials import AnonymousCredentials
+            if self._api_endpoint.startswith(("http://", "https://")):
+                self._client = _RestExecutions(self._api_endpoint)
+            elif self._api_endpoint:
+                import grpc  # type: ignore[import-untyped]
+                from google.cloud.workflows.executions_v1.services.executions.transports import (
+                    ExecutionsGrpcTransport,
+                )
 
+                channel = grpc.insecure_channel(self._api_endpoint)
                 self._client = executions_v1.ExecutionsClient(
-                    credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                    transport="rest",
-                    client_options={"api_endpoint": self._api_endpoint},
+                    transport=ExecutionsGrpcTransport(channel=channel)
                 )
             else:
                 self._client = executions_v1.ExecutionsClient()
@@ -77,6 +86,35 @@ class WorkflowsExecutionStarter:
         except exceptions.GoogleAPIError as error:
             raise TransientError(f"starting an execution of {workflow} failed: {error}") from error
         return str(execution.name)
+
+
+class _RestExecutions:
+    """``create_execution`` over the REST mapping (``POST /v1/{parent}/executions``)."""
+
+    TIMEOUT_SECONDS = 30.0
+
+    def __init__(self, endpoint: str) -> None:
+        self._endpoint = endpoint.rstrip("/")
+
+    def create_execution(self, *, parent: str, execution: Any) -> Any:
+        import requests
+        from google.api_core import exceptions
+        from google.cloud.workflows import executions_v1
+
+        try:
+            response = requests.post(
+                f"{self._endpoint}/v1/{parent}/executions",
+                data=executions_v1.Execution.to_json(execution),
+                headers={"Content-Type": "application/json"},
+                timeout=self.TIMEOUT_SECONDS,
+            )
+        except requests.RequestException as error:
+            raise exceptions.ServiceUnavailable(  # type: ignore[no-untyped-call]
+                f"{self._endpoint} unreachable: {error}"
+            ) from error
+        if response.status_code >= 400:
+            raise exceptions.from_http_response(response)  # type: ignore[no-untyped-call]
+        return executions_v1.Execution.from_json(response.text, ignore_unknown_fields=True)
 
 
 def marker_object(ref: ObjectRef) -> str:

@@ -170,10 +170,12 @@ def test_a_second_call_returns_the_recorded_outcome_without_reprocessing(
     assert storage.stat(rejection_object(bad)).generation == rejected_generation  # type: ignore[union-attr]
 
 
-def test_reads_the_exact_generation_not_the_latest(storage: InMemoryStorage) -> None:
+def test_a_replaced_generation_is_gone_and_a_permanent_error(storage: InMemoryStorage) -> None:
     old = upload(storage, "raw/iris.csv", IRIS)
-    upload(storage, "raw/iris.csv", b"")
-    assert process(storage, old, SCHEMA).to_json()["rows_out"] == 149
+    new = upload(storage, "raw/iris.csv", IRIS)
+    with pytest.raises(ObjectNotFoundError, match=f"generation {old.generation}"):
+        process(storage, old, SCHEMA)
+    assert process(storage, new, SCHEMA).to_json()["rows_out"] == 149
 
 
 def test_refuses_other_buckets_prefixes_and_missing_generations(storage: InMemoryStorage) -> None:
