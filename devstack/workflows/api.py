@@ -715,7 +715,11 @@ class ExecutionsServer:
         self._grpc = grpc_server
         self._bound_grpc_port = bound
         self._rest_thread = threading.Thread(
-            target=self._rest.serve_forever, name="executions-rest", daemon=True
+            target=self._rest.serve_forever,
+            # A short poll lets stop() return promptly.
+            kwargs={"poll_interval": 0.05},
+            name="executions-rest",
+            daemon=True,
         )
         self._rest_thread.start()
 
