@@ -41,7 +41,7 @@ from devstack.workflows.errors import DefinitionError, WorkflowError
 from devstack.workflows.expressions import Target, evaluate, get_index, get_member
 from devstack.workflows.services import Services
 from devstack.workflows.stdlib import FUNCTIONS, CallEnvironment, sleep_for
-from devstack.workflows.values import estimated_size, is_int, is_number, type_name
+from devstack.workflows.values import estimated_size, is_int, is_number, to_json_text, type_name
 
 __all__ = [
     "Cancelled",
@@ -121,7 +121,16 @@ class WorkflowProgram:
         execution = _Execution(self._program, context, self.revision_id)
         main = self._program.main
         arguments = {main.params[0].name: copy.deepcopy(argument)} if main.params else {}
-        return execution.call_subworkflow(main, arguments, _Frame.root_marker())
+        result = execution.call_subworkflow(main, arguments, depth=0)
+        try:
+            to_json_text(result)
+        except WorkflowError:
+            raise WorkflowError.tagged(
+                "TypeError",
+                "the workflow result contains bytes, which cannot be returned; "
+                "encode them with base64.encode or text.decode",
+            ) from None
+        return result
 
 
 # ---------------------------------------------------------------- control flow
@@ -195,10 +204,6 @@ class _Frame:
     aborts: tuple[threading.Event, ...] = ()
     in_parallel: bool = False
 
-    @staticmethod
-    def root_marker() -> int:
-        return 0
-
 
 # ---------------------------------------------------------------- execution
 
@@ -233,7 +238,7 @@ class _Execution:
     # -- subworkflows and functions
 
     def call_subworkflow(
-        self, subworkflow: Subworkflow, arguments: dict[str, Any], depth: int
+        self, subworkflow: Subworkflow, arguments: dict[str, Any], *, depth: int
     ) -> Any:
         if depth >= MAX_CALL_DEPTH:
             raise WorkflowError.tagged(
@@ -268,7 +273,7 @@ class _Execution:
         if subworkflow is not None:
             arguments = dict(zip((p.name for p in subworkflow.params), positional, strict=False))
             arguments.update(named)
-            return self.call_subworkflow(subworkflow, copy.deepcopy(arguments), frame.depth)
+            return self.call_subworkflow(subworkflow, copy.deepcopy(arguments), depth=frame.depth)
         function = FUNCTIONS[name]
         result = function.invoke(self.environment, positional, named)
         self.check_running(frame)
@@ -333,11 +338,7 @@ class _Execution:
         args = {name: template.evaluate(scope) for name, template in step.args.items()}
         result = self.call_function(step.function, [], args, frame)
         if step.result is not None:
-            if frame.in_parallel:
-                with self.shared_lock:
-                    self.store(frame, step.result, result)
-            else:
-                self.store(frame, step.result, result)
+            self.store(frame, step.result, result)
 
     def run_switch(self, step: SwitchStep, frame: _Frame) -> str | None:
         scope = _Scope(self, frame)
@@ -357,7 +358,7 @@ class _Execution:
 
     def run_for(self, step: ForStep, frame: _Frame) -> None:
         for index, value in enumerate(self.loop_values(step.loop, frame)):
-            iteration = self.loop_frame(step.loop, frame, index, value, frame.variables.shared)
+            iteration = self.loop_frame(step.loop, frame, index, value, shared=None)
             try:
                 self.run_block(step.loop.body, iteration)
             except _Jump as jump:
@@ -391,7 +392,7 @@ class _Execution:
         return [start + offset if both_int else float(start + offset) for offset in range(count)]
 
     def loop_frame(
-        self, loop: Loop, frame: _Frame, index: int, value: Any, shared: frozenset[str] | None
+        self, loop: Loop, frame: _Frame, index: int, value: Any, *, shared: frozenset[str] | None
     ) -> _Frame:
         # Loop variables and any variable first created in the body are local to it.
         variables = _Variables(frame.variables, shared=shared)
@@ -425,7 +426,7 @@ class _Execution:
         else:
             assert step.loop is not None
             for index, value in enumerate(self.loop_values(step.loop, frame)):
-                iteration = self.loop_frame(step.loop, frame, index, value, shared)
+                iteration = self.loop_frame(step.loop, frame, index, value, shared=shared)
                 iteration.aborts, iteration.in_parallel = aborts, True
                 tasks.append((str(index), _bind_loop_body(self, step.loop.body, iteration)))
         self.run_concurrently(step, tasks, abort)
@@ -541,7 +542,13 @@ class _Execution:
 
     def store(self, frame: _Frame, target: Target, value: Any, *, local: bool = False) -> None:
         """Assign with value semantics: the stored value is a copy of ``value``."""
-        value = copy.deepcopy(value)
+        if frame.in_parallel:
+            with self.shared_lock:
+                self.store_unlocked(frame, target, copy.deepcopy(value), local=local)
+        else:
+            self.store_unlocked(frame, target, copy.deepcopy(value), local=local)
+
+    def store_unlocked(self, frame: _Frame, target: Target, value: Any, *, local: bool) -> None:
         variables = frame.variables
         owner = variables if local else (variables.owner_of(target.variable) or variables)
         if target.path:

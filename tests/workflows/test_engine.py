@@ -813,3 +813,47 @@ def test_call_missing_subworkflow_argument_is_a_definition_error() -> None:
             return: ${needed}
     """
     assert "needs argument 'needed'" in str(definition_error(source))
+
+
+def test_loop_inside_a_branch_updates_the_branch_variable() -> None:
+    source = """
+    main:
+      steps:
+        - init:
+            assign:
+              - sums: {}
+        - fan_out:
+            parallel:
+              shared: [sums]
+              branches:
+                - small:
+                    steps:
+                      - start_small:
+                          assign:
+                            - acc: 0
+                      - loop_small:
+                          for:
+                            value: n
+                            range: [1, 3]
+                            steps:
+                              - add_small:
+                                  assign:
+                                    - acc: ${acc + n}
+                      - save_small:
+                          assign:
+                            - sums.small: ${acc}
+                - big:
+                    steps:
+                      - save_big:
+                          assign:
+                            - sums.big: 100
+        - out:
+            return: ${sums}
+    """
+    assert run(source) == {"small": 6, "big": 100}
+
+
+def test_bytes_cannot_be_the_result() -> None:
+    error = failure('- a:\n    return: ${text.encode("x")}\n')
+    assert error.tags == ["TypeError"]
+    assert "base64" in error.message
