@@ -607,15 +607,24 @@ def _set_item(container: Any, key: Any, value: Any) -> None:
 
 
 def _bind_block(execution: _Execution, block: Block, frame: _Frame) -> Callable[[], None]:
-    return lambda: execution.run_block(block, frame)
+    return _bind_loop_body(execution, block, frame, ends=("end",))
 
 
-def _bind_loop_body(execution: _Execution, block: Block, frame: _Frame) -> Callable[[], None]:
+def _bind_loop_body(
+    execution: _Execution,
+    block: Block,
+    frame: _Frame,
+    *,
+    ends: tuple[str, ...] = ("end", "continue"),
+) -> Callable[[], None]:
+    """A branch or iteration as a task; ``next: end`` (and ``continue`` in a loop) only
+    finish that branch or iteration."""
+
     def run() -> None:
         try:
             execution.run_block(block, frame)
         except _Jump as jump:
-            if jump.target != "continue":
+            if jump.target not in ends:
                 raise
 
     return run

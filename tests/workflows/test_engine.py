@@ -857,3 +857,30 @@ def test_bytes_cannot_be_the_result() -> None:
     error = failure('- a:\n    return: ${text.encode("x")}\n')
     assert error.tags == ["TypeError"]
     assert "base64" in error.message
+
+
+def test_next_end_finishes_only_its_parallel_branch() -> None:
+    source = """
+    main:
+      steps:
+        - init:
+            assign:
+              - marks: []
+        - fan_out:
+            parallel:
+              shared: [marks]
+              for:
+                value: n
+                in: [1, 2]
+                steps:
+                  - stop_early:
+                      switch:
+                        - condition: ${n == 1}
+                          next: end
+                  - mark:
+                      assign:
+                        - marks: ${list.concat(marks, n)}
+        - out:
+            return: ${marks}
+    """
+    assert run(source) == [2]
