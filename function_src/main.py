@@ -216,11 +216,12 @@ def _describe_model(_: flask.Request) -> flask.Response:
 
 
 def _reload(request: flask.Request) -> flask.Response:
+    # The body is only a nudge: empty, {} (the workflow) or a Pub/Sub push envelope.
     data = request.get_data()
     if data.strip():
-        # A Pub/Sub push envelope from model-serving-trigger; its content is only a nudge.
-        message = pubsub_message(_json_body(request))
-        log.info("reload requested by a push", message_id=message.message_id)
+        body = _json_body(request)
+        if isinstance(body, dict) and "message" in body:
+            log.info("reload pushed", message_id=pubsub_message(body).message_id)
     model = runtime.models().refresh()
     if model is None:
         return _respond(
