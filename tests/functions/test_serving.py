@@ -7,12 +7,15 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline_core.errors import (
     BadRequestError,
     InvalidInputError,
     NoChampionError,
     PayloadTooLargeError,
+    PipelineError,
 )
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry, sha256_hex
@@ -173,3 +176,25 @@ def test_describe_reports_what_the_model_needs(storage: InMemoryStorage) -> None
     assert description["metrics"] == outcome["metrics"]
     assert description["lineage"]["source"]["object"] == "raw/wine.csv"
     assert description["trained_at"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from([*FEATURES, "instances", "features", "x"]), children, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES)
+def test_client_input_never_causes_a_server_error(payload: Any) -> None:
+    try:
+        rows = parse_instances(payload, FEATURES, 3)
+    except PipelineError as error:
+        assert 400 <= error.http_status < 500
+    else:
+        assert all(len(row) == len(FEATURES) and all(math.isfinite(v) for v in row) for row in rows)
