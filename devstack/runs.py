@@ -179,7 +179,7 @@ class _StageObserver:
             self._report("trained", f"trained: {_describe_outcome(outcome)}")
         rejection = self._read_json(self._run.rejection)
         if rejection is not None:
-            self._report("rejected", f"rejected: {rejection.get('reason', rejection)}")
+            self._report("rejected", f"rejected: {_describe_rejection(rejection)}")
         champion = self._champion_version()
         if champion != self._champion:
             self._champion = champion
@@ -216,6 +216,11 @@ class _StageObserver:
     def _champion_version(self) -> str | None:
         pointer = self._read_json(CHAMPION_OBJECT)
         return None if pointer is None else str(pointer.get("model_version"))
+
+
+def _describe_rejection(rejection: dict[str, Any]) -> str:
+    # process_data records a reason code and a sentence (pipeline_core.processing).
+    return " - ".join(str(rejection[key]) for key in ("reason", "detail") if rejection.get(key))
 
 
 def _describe_outcome(outcome: dict[str, Any]) -> str:
@@ -295,7 +300,7 @@ def list_runs(state: StackState) -> list[RunRow]:
             row_state, detail = "trained", _describe_outcome(outcome)
         if run.rejection in names:
             rejection = json.loads(bucket.blob(run.rejection).download_as_bytes())
-            row_state, detail = "rejected", str(rejection.get("reason", ""))
+            row_state, detail = "rejected", _describe_rejection(rejection)
         execution = _execution_of(executions, run)
         if execution is not None:
             execution_detail = f"execution {execution.get('state')} {execution.get('name', '')}"
