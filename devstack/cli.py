@@ -149,12 +149,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _up(config: StackConfig, stack_file: Path, state_dir: Path, *, detach: bool) -> int:
     progress(f"starting the {config.orchestration}-mode stack of {stack_file.name}")
     state = stack.up(config, stack_file, state_dir, progress)
-    emit(state.endpoints())
     if detach:
+        emit(state.endpoints())
         progress("all services healthy; stop them with 'python -m devstack down'")
         return 0
-    progress("all services healthy; press Ctrl-C to stop")
+    # From here on an interrupt, wherever it lands, must stop the stack.
     try:
+        emit(state.endpoints())
+        progress("all services healthy; press Ctrl-C to stop")
         dead = stack.watch(state)
     except KeyboardInterrupt:
         progress("stopping")

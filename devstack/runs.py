@@ -192,7 +192,9 @@ class _StageObserver:
             return None
         state = execution.get("state", "?")
         steps = execution.get("status", {}).get("currentSteps", [])
-        where = f" at {steps[-1].get('step')}" if steps and state == "ACTIVE" else ""
+        where = ""
+        if steps and state == "ACTIVE":
+            where = f" at {steps[-1].get('routine')}.{steps[-1].get('step')}"
         self._report("workflow", f"workflow execution {state}{where}")
         if state in ("FAILED", "CANCELLED"):
             payload = execution.get("error", {}).get("payload", "")

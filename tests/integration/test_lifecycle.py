@@ -68,9 +68,9 @@ def test_foreground_up_stops_everything_on_ctrl_c(stack_file: Path, tmp_path: Pa
     assert endpoints["predict_url"] == state.service("predict").url
 
     process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
+    _, stderr = process.communicate(timeout=60)
 
-    assert process.returncode == 0
+    assert process.returncode == 0, stderr
     assert all(group_members(service.pid) == [] for service in state.services)
     assert not (tmp_path / STATE_FILE).exists()
 
