@@ -20,6 +20,7 @@ import requests
 
 from components.topology import RAW_PREFIX
 from devstack.errors import DevstackError, RunFailedError, RunTimeoutError
+from devstack.pubsub import PubSubEmulator
 from devstack.stack import StackState
 
 CHAMPION_OBJECT = "models/champion.json"
@@ -113,10 +114,11 @@ def follow(
     arrives in time.
     """
     observer = _StageObserver(state, run, progress)
+    pubsub = state.pubsub()
     deadline = time.monotonic() + timeout
     failed_at: float | None = None
     while time.monotonic() < deadline:
-        summary = _take_summary(state, subscription, run)
+        summary = _take_summary(pubsub, subscription, run)
         if summary is not None:
             observer.poll()  # report the stages the summary overtook
             if summary.get("status") != "succeeded":
@@ -135,8 +137,7 @@ def follow(
     )
 
 
-def _take_summary(state: StackState, subscription: str, run: RunKey) -> dict[str, Any] | None:
-    pubsub = state.pubsub()
+def _take_summary(pubsub: PubSubEmulator, subscription: str, run: RunKey) -> dict[str, Any] | None:
     messages = pubsub.pull(subscription)
     # A private subscription: messages of other runs are of no use to anyone here.
     pubsub.acknowledge(subscription, [message.ack_id for message in messages])

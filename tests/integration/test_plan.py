@@ -1,0 +1,74 @@
+"""The local wiring is derived from the topology and the stack config (no processes)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from components import topology
+from components.config import Orchestration, load_stack_file
+from devstack.plan import REPO_ROOT, plan_stack, service_names, subscription_name
+
+
+@pytest.mark.parametrize("mode", ["workflow", "events"])
+def test_plan_follows_the_topology_and_config(mode: Orchestration, tmp_path: Path) -> None:
+    config = replace(
+        load_stack_file(REPO_ROOT / "Pulumi.dev.yaml"),
+        orchestration=mode,
+        dead_letter_max_attempts=7,
+    )
+    wiring = topology.build_topology(mode)
+    ports = {name: 20000 + index for index, name in enumerate(service_names(config))}
+
+    plan = plan_stack(config, ports, data_dir=tmp_path)
+
+    assert set(plan.topics.values()) == {
+        topology.resource_name(config, spec.suffix) for spec in wiring.topics
+    }
+    by_name = {subscription.name: subscription for subscription in plan.subscriptions}
+    for delivery in wiring.deliveries:
+        subscription = by_name[subscription_name(config, delivery)]
+        function = wiring.function(delivery.function)
+        assert subscription.topic == plan.topics[delivery.topic]
+        assert subscription.push_endpoint is not None
+        assert subscription.push_endpoint.startswith(f"http://127.0.0.1:{ports[function.key]}/")
+        if function.signature == "cloudevent":
+            assert subscription.push_endpoint.endswith(
+                f"/projects/{config.project}/topics/{subscription.topic}"
+            )
+        if delivery.dead_letter:
+            assert subscription.dead_letter_topic == plan.topics["dead_letter"]
+            assert subscription.max_delivery_attempts == 7
+        else:
+            assert subscription.dead_letter_topic is None
+        assert subscription.ack_deadline_seconds == min(
+            config.function(function.settings_key).timeout_seconds, 600
+        )
+    dead_letter = by_name[plan.dead_letter_subscription]
+    assert (dead_letter.topic, dead_letter.push_endpoint) == (plan.topics["dead_letter"], None)
+
+    for function in wiring.functions:
+        environment = plan.service(function.key).env
+        expected = topology.function_environment(
+            config,
+            function,
+            bucket=plan.bucket,
+            topic_names=plan.topics,
+            workflow_name=topology.workflow_name(config),
+        )
+        assert expected.items() <= environment.items()
+        assert environment["PUBSUB_EMULATOR_HOST"] == plan.pubsub_host
+        assert environment["STORAGE_EMULATOR_HOST"] == plan.storage_url
+        starts_executions = mode == "workflow" and function.key == "trigger_workflow"
+        assert ("WORKFLOWS_API_ENDPOINT" in environment) is starts_executions
+    assert (plan.workflows_url is not None) is (mode == "workflow")
+
+
+def test_plan_refuses_a_missing_port(tmp_path: Path) -> None:
+    config = load_stack_file(REPO_ROOT / "Pulumi.dev.yaml")
+    ports = dict.fromkeys(service_names(config)[:-1], 20000)
+
+    with pytest.raises(ValueError, match="no port for service"):
+        plan_stack(config, ports, data_dir=tmp_path)
