@@ -62,14 +62,21 @@ def test_foreground_up_stops_everything_on_ctrl_c(stack_file: Path, tmp_path: Pa
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
-    # The endpoints line comes once every service is healthy.
-    endpoints = json.loads(process.stdout.readline())
-    state = load_state(tmp_path)
+    try:
+        # The endpoints line comes once every service is healthy.
+        endpoints = json.loads(process.stdout.readline())
+        state = load_state(tmp_path)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        # Whatever failed above, leave nothing running behind.
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if (tmp_path / STATE_FILE).exists():
+            devstack(tmp_path, "down")
+
     assert endpoints["predict_url"] == state.service("predict").url
-
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-
     assert process.returncode == 0, stderr
     assert all(group_members(service.pid) == [] for service in state.services)
     assert not (tmp_path / STATE_FILE).exists()
