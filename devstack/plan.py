@@ -20,6 +20,9 @@ LOOPBACK = "127.0.0.1"
 PUBSUB = "pubsub"
 STORAGE = "storage"
 WORKFLOWS = "workflows"
+# The Executions API listens twice: REST for devstack and people, gRPC for the client
+# trigger_workflow uses (the pinned google-cloud-workflows speaks only gRPC).
+WORKFLOWS_GRPC = "workflows_grpc"
 NON_FUNCTION_SERVICES = frozenset({PUBSUB, STORAGE, WORKFLOWS})
 
 # Eventarc delivers CloudEvents itself; a plain emulator push reaches functions-framework
@@ -48,10 +51,19 @@ class ServicePlan:
     argv: tuple[str, ...]
     env: Mapping[str, str]  # added to the parent's environment
     health_path: str
+    grpc_port: int | None = None  # a second, gRPC listener, health-checked as well
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def grpc_target(self) -> str | None:
+        return None if self.grpc_port is None else f"{LOOPBACK}:{self.grpc_port}"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port,) if self.grpc_port is None else (self.port, self.grpc_port)
 
 
 @dataclass(frozen=True)
@@ -92,13 +104,19 @@ def service_names(config: StackConfig) -> tuple[str, ...]:
     return tuple(names)
 
 
+def port_names(config: StackConfig) -> tuple[str, ...]:
+    """One name per port to allocate: each service's, plus the Executions API's gRPC."""
+    names = service_names(config)
+    return (*names, WORKFLOWS_GRPC) if WORKFLOWS in names else names
+
+
 def bucket_name(config: StackConfig) -> str:
     return topology.resource_name(config, "data")
 
 
 def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path) -> StackPlan:
     """Everything to start for ``config``, on the given port per service name."""
-    missing = sorted(set(service_names(config)) - set(ports))
+    missing = sorted(set(port_names(config)) - set(ports))
     if missing:
         raise ValueError(f"no port for service(s) {', '.join(missing)}")
     wiring = topology.build_topology(config.orchestration)
@@ -114,7 +132,7 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
         _storage_service(config, ports[STORAGE], pubsub_host, topics[wiring.notification_topic]),
     ]
     emulators = {"PUBSUB_EMULATOR_HOST": pubsub_host, "STORAGE_EMULATOR_HOST": storage_url}
-    workflows_url = f"http://{LOOPBACK}:{ports[WORKFLOWS]}" if wiring.workflow else None
+    workflows_grpc = f"{LOOPBACK}:{ports[WORKFLOWS_GRPC]}" if wiring.workflow else None
     for function in wiring.functions:
         env: dict[str, str] = dict(
             topology.function_environment(
@@ -126,15 +144,21 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
             )
         )
         env.update(emulators)
-        if workflows_url is not None and topology.Env.WORKFLOW_NAME in function.env:
-            env[topology.Env.WORKFLOWS_API_ENDPOINT] = workflows_url
+        if workflows_grpc is not None and topology.Env.WORKFLOW_NAME in function.env:
+            env[topology.Env.WORKFLOWS_API_ENDPOINT] = workflows_grpc
         services.append(_function_service(function, ports[function.key], env))
     if wiring.workflow is not None:
         workflow_env = topology.workflow_environment(
             function_urls=function_urls, topic_names=topics
         )
         services.append(
-            _workflows_service(config, ports[WORKFLOWS], wiring.workflow, workflow_env, pubsub_host)
+            _workflows_service(
+                config,
+                (ports[WORKFLOWS], ports[WORKFLOWS_GRPC]),
+                wiring.workflow,
+                workflow_env,
+                pubsub_host,
+            )
         )
     dead_letter_topic = topics["dead_letter"]
     subscriptions = [
@@ -283,11 +307,12 @@ def _function_service(
 
 def _workflows_service(
     config: StackConfig,
-    port: int,
+    rest_and_grpc_ports: tuple[int, int],
     workflow: topology.WorkflowSpec,
     workflow_env: Mapping[str, str],
     pubsub_host: str,
 ) -> ServicePlan:
+    port, grpc_port = rest_and_grpc_ports
     argv = [
         sys.executable,
         "-m",
@@ -297,6 +322,8 @@ def _workflows_service(
         LOOPBACK,
         "--port",
         str(port),
+        "--grpc-port",
+        str(grpc_port),
         "--project",
         config.project,
         "--location",
@@ -312,4 +339,5 @@ def _workflows_service(
         argv=tuple(argv),
         env={"PUBSUB_EMULATOR_HOST": pubsub_host, "PYTHONPATH": str(REPO_ROOT)},
         health_path="/healthz",
+        grpc_port=grpc_port,
     )

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc  # type: ignore[import-untyped]
 import requests
 
 from devstack.errors import PortBusyError, ServiceDiedError
@@ -48,6 +49,10 @@ class RunningService:
     def health_path(self) -> str:
         return self.plan.health_path
 
+    @property
+    def grpc_target(self) -> str | None:
+        return self.plan.grpc_target
+
 
 def ensure_port_free(service: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -65,7 +70,8 @@ def ensure_port_free(service: str, port: int) -> None:
 
 
 def start_service(plan: ServicePlan, log_dir: Path) -> RunningService:
-    ensure_port_free(plan.name, plan.port)
+    for port in plan.ports:
+        ensure_port_free(plan.name, port)
     log_path = log_dir / f"{plan.name}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -88,11 +94,21 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 
 
 def answers(service: RunningService, timeout: float = 2.0) -> bool:
-    """Any HTTP answer means the service is listening (the functions have no health path)."""
+    """Any HTTP answer means the service is listening (the functions have no health path);
+    a service with a gRPC listener must also complete an HTTP/2 handshake there."""
     try:
         requests.get(service.url + service.health_path, timeout=timeout)
     except requests.RequestException:
         return False
+    return service.grpc_target is None or grpc_answers(service.grpc_target, timeout)
+
+
+def grpc_answers(target: str, timeout: float) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
     return True
 
 
@@ -125,7 +141,7 @@ def _died(service: RunningService, problem: str, hints: Mapping[str, str]) -> Se
     if "address already in use" in tail.lower():
         return ServiceDiedError(
             service.name,
-            f"could not bind port {service.port}",
+            f"could not bind port {' or '.join(map(str, service.plan.ports))}",
             tail,
             "another process took the port; run the command again to pick a free one",
         )

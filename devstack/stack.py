@@ -88,6 +88,10 @@ class StackState:
     def workflows_url(self) -> str | None:
         return self.service(stack_plan.WORKFLOWS).url if self.workflow_name else None
 
+    @property
+    def workflows_grpc_target(self) -> str | None:
+        return self.service(stack_plan.WORKFLOWS).grpc_target if self.workflow_name else None
+
     def endpoints(self) -> dict[str, Any]:
         return {
             "orchestration": self.orchestration,
@@ -97,6 +101,7 @@ class StackState:
             "pubsub_emulator_host": self.pubsub_host,
             "storage_emulator_host": self.storage_url,
             "workflows_api": self.workflows_url,
+            "workflows_grpc": self.workflows_grpc_target,
             "workflow_name": self.workflow_name,
             "functions": {
                 service.name: service.url
@@ -206,7 +211,7 @@ def up(
     # The emulator writes its env.yaml there and fails if the folder is missing.
     (state_dir / stack_plan.PUBSUB).mkdir(exist_ok=True)
     plan = stack_plan.plan_stack(
-        config, allocate_ports(stack_plan.service_names(config)), data_dir=state_dir
+        config, allocate_ports(stack_plan.port_names(config)), data_dir=state_dir
     )
     state = StackState(
         config_path=str(config_path),

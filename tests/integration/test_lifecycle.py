@@ -20,6 +20,7 @@ ENDPOINT_KEYS = {
     "pubsub_emulator_host",
     "storage_emulator_host",
     "workflows_api",
+    "workflows_grpc",
 }
 
 

@@ -9,7 +9,14 @@ import pytest
 
 from components import topology
 from components.config import Orchestration, load_stack_file
-from devstack.plan import REPO_ROOT, plan_stack, service_names, subscription_name
+from devstack.plan import (
+    REPO_ROOT,
+    WORKFLOWS,
+    plan_stack,
+    port_names,
+    service_names,
+    subscription_name,
+)
 
 
 @pytest.mark.parametrize("mode", ["workflow", "events"])
@@ -20,7 +27,7 @@ def test_plan_follows_the_topology_and_config(mode: Orchestration, tmp_path: Pat
         dead_letter_max_attempts=7,
     )
     wiring = topology.build_topology(mode)
-    ports = {name: 20000 + index for index, name in enumerate(service_names(config))}
+    ports = {name: 20000 + index for index, name in enumerate(port_names(config))}
 
     plan = plan_stack(config, ports, data_dir=tmp_path)
 
@@ -63,12 +70,24 @@ def test_plan_follows_the_topology_and_config(mode: Orchestration, tmp_path: Pat
         assert environment["STORAGE_EMULATOR_HOST"] == plan.storage_url
         starts_executions = mode == "workflow" and function.key == "trigger_workflow"
         assert ("WORKFLOWS_API_ENDPOINT" in environment) is starts_executions
+        if starts_executions:
+            # The real ExecutionsClient speaks gRPC: host:port of the gRPC listener.
+            workflows = plan.service(WORKFLOWS)
+            assert workflows.grpc_port is not None
+            assert environment["WORKFLOWS_API_ENDPOINT"] == f"127.0.0.1:{workflows.grpc_port}"
+            assert workflows.grpc_port != workflows.port
+            assert ("--grpc-port", str(workflows.grpc_port)) in zip(
+                workflows.argv, workflows.argv[1:], strict=False
+            )
     assert (plan.workflows_url is not None) is (mode == "workflow")
+    assert sorted(ports.values()) == sorted(
+        port for service in plan.services for port in service.ports
+    )
 
 
 def test_plan_refuses_a_missing_port(tmp_path: Path) -> None:
     config = load_stack_file(REPO_ROOT / "Pulumi.dev.yaml")
-    ports = dict.fromkeys(service_names(config)[:-1], 20000)
+    ports = dict.fromkeys(service_names(config)[:-1], 20000)  # workflows' ports left out
 
     with pytest.raises(ValueError, match="no port for service"):
         plan_stack(config, ports, data_dir=tmp_path)
