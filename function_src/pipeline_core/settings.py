@@ -190,7 +190,7 @@ class TriggerSettings:
             data_bucket=env.required("DATA_BUCKET"),
             workflow_name=env.required("WORKFLOW_NAME"),
             workflow_location=env.required("WORKFLOW_LOCATION"),
-            workflows_api_endpoint=env.optional("WORKFLOWS_API_ENDPOINT", ""),
+            workflows_api_endpoint=_grpc_target(env.optional("WORKFLOWS_API_ENDPOINT", "")),
         )
 
     @property
@@ -199,6 +199,24 @@ class TriggerSettings:
             f"projects/{self.project}/locations/{self.workflow_location}"
             f"/workflows/{self.workflow_name}"
         )
+
+
+def _grpc_target(endpoint: str) -> str:
+    """Empty (Google's endpoint) or ``host:port``, the form a gRPC channel dials."""
+    if not endpoint:
+        return endpoint
+    if "://" in endpoint:
+        raise ConfigurationError(
+            f"environment variable WORKFLOWS_API_ENDPOINT={endpoint!r} has a scheme; "
+            "pass the gRPC target of the Executions API as host:port, e.g. 127.0.0.1:8081"
+        )
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(
+            f"environment variable WORKFLOWS_API_ENDPOINT={endpoint!r} is not host:port "
+            "(the gRPC target of the Executions API, e.g. 127.0.0.1:8081)"
+        )
+    return endpoint
 
 
 def topic_path(project: str, topic: str) -> str:

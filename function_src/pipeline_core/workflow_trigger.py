@@ -43,10 +43,9 @@ class ExecutionStarter(Protocol):
 class WorkflowsExecutionStarter:
     """Starts executions through google-cloud-workflows' ``ExecutionsClient``.
 
-    ``api_endpoint`` (set only by the local stack) overrides where: ``host:port`` uses the
-    client's gRPC transport on an insecure loopback channel; an ``http(s)://`` URL uses the
-    REST mapping of the same API (the pinned client ships no REST transport for
-    executions), with the client's own message types for the JSON.
+    ``api_endpoint`` (set only by the local stack) is a gRPC target ``host:port``: the
+    client's own gRPC transport then talks to it over an insecure loopback channel.
+    Empty means Google's endpoint with the default credentials.
     """
 
     def __init__(self, api_endpoint: str = "", client: Any = None) -> None:
@@ -57,9 +56,7 @@ class WorkflowsExecutionStarter:
         if self._client is None:
             from google.cloud.workflows import executions_v1
 
-            if self._api_endpoint.startswith(("http://", "https://")):
-                self._client = _RestExecutions(self._api_endpoint)
-            elif self._api_endpoint:
+            if self._api_endpoint:
                 import grpc  # type: ignore[import-untyped]
                 from google.cloud.workflows.executions_v1.services.executions.transports import (
                     ExecutionsGrpcTransport,
@@ -86,35 +83,6 @@ class WorkflowsExecutionStarter:
         except exceptions.GoogleAPIError as error:
             raise TransientError(f"starting an execution of {workflow} failed: {error}") from error
         return str(execution.name)
-
-
-class _RestExecutions:
-    """``create_execution`` over the REST mapping (``POST /v1/{parent}/executions``)."""
-
-    TIMEOUT_SECONDS = 30.0
-
-    def __init__(self, endpoint: str) -> None:
-        self._endpoint = endpoint.rstrip("/")
-
-    def create_execution(self, *, parent: str, execution: Any) -> Any:
-        import requests
-        from google.api_core import exceptions
-        from google.cloud.workflows import executions_v1
-
-        try:
-            response = requests.post(
-                f"{self._endpoint}/v1/{parent}/executions",
-                data=executions_v1.Execution.to_json(execution),
-                headers={"Content-Type": "application/json"},
-                timeout=self.TIMEOUT_SECONDS,
-            )
-        except requests.RequestException as error:
-            raise exceptions.ServiceUnavailable(  # type: ignore[no-untyped-call]
-                f"{self._endpoint} unreachable: {error}"
-            ) from error
-        if response.status_code >= 400:
-            raise exceptions.from_http_response(response)  # type: ignore[no-untyped-call]
-        return executions_v1.Execution.from_json(response.text, ignore_unknown_fields=True)
 
 
 def marker_object(ref: ObjectRef) -> str:

@@ -146,14 +146,13 @@ def test_settings_read_the_topology_names() -> None:
     assert training.promotion.metric == "f1_macro"
     serving = ServingSettings.from_env(ENVIRONMENT)
     assert (serving.max_batch, serving.refresh_seconds) == (50, 0)
-    trigger = TriggerSettings.from_env(
-        {**ENVIRONMENT, "WORKFLOWS_API_ENDPOINT": "http://127.0.0.1:9"}
-    )
+    trigger = TriggerSettings.from_env({**ENVIRONMENT, "WORKFLOWS_API_ENDPOINT": "127.0.0.1:9"})
     assert (
         trigger.workflow_path
         == "projects/test-project/locations/us-central1/workflows/mlp-test-ml-pipeline"
     )
-    assert trigger.workflows_api_endpoint == "http://127.0.0.1:9"
+    assert trigger.workflows_api_endpoint == "127.0.0.1:9"
+    assert TriggerSettings.from_env(ENVIRONMENT).workflows_api_endpoint == ""
 
 
 @pytest.mark.parametrize(
@@ -184,6 +183,14 @@ def test_settings_read_the_topology_names() -> None:
         (TrainingSettings, {"PROMOTION_METRIC": "auc"}, "PROMOTION_METRIC='auc'"),
         (ServingSettings, {"PREDICT_MAX_BATCH": "0"}, "PREDICT_MAX_BATCH=0 is outside"),
         (TriggerSettings, {"WORKFLOW_NAME": " "}, "WORKFLOW_NAME is not set"),
+        (
+            TriggerSettings,
+            {"WORKFLOWS_API_ENDPOINT": "http://127.0.0.1:9"},
+            "has a scheme; pass the gRPC target of the Executions API as host:port",
+        ),
+        (TriggerSettings, {"WORKFLOWS_API_ENDPOINT": "127.0.0.1"}, "is not host:port"),
+        (TriggerSettings, {"WORKFLOWS_API_ENDPOINT": ":8081"}, "is not host:port"),
+        (TriggerSettings, {"WORKFLOWS_API_ENDPOINT": "localhost:99999"}, "is not host:port"),
     ],
 )
 def test_bad_settings_name_the_variable(reader: Any, override: dict[str, str], words: str) -> None:

