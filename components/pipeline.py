@@ -32,15 +32,18 @@ _READ = "roles/storage.objectViewer"
 # no workload can touch raw/ uploads beyond reading them.
 _WRITE = "roles/storage.objectUser"
 
-# Data-bucket access per workload: (role, object prefix or None for the whole bucket).
-DATA_BUCKET_ACCESS: Mapping[str, tuple[tuple[str, str | None], ...]] = {
+# Data-bucket access per workload: (role, object prefix). Every grant is narrowed to a
+# prefix: the handlers get objects by name (and raw/ at a given generation, which
+# objectViewer's storage.objects.get covers) and never list, so no workload needs the
+# whole bucket. objectUser includes reading, so a written prefix is also readable.
+DATA_BUCKET_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "processing": (
-        (_READ, None),
+        (_READ, topology.RAW_PREFIX),
         (_WRITE, topology.PROCESSED_PREFIX),
         (_WRITE, topology.REJECTED_PREFIX),
     ),
-    "training": ((_READ, None), (_WRITE, topology.MODELS_PREFIX)),
-    "prediction": ((_READ, None),),
+    "training": ((_READ, topology.PROCESSED_PREFIX), (_WRITE, topology.MODELS_PREFIX)),
+    "prediction": ((_READ, topology.MODELS_PREFIX),),
     "workflow_trigger": ((_WRITE, topology.RUNS_PREFIX),),
 }
 
@@ -363,7 +366,7 @@ def _publishers(
 def _data_grants(identities: WorkloadIdentities) -> tuple[BucketGrant, ...]:
     return tuple(
         BucketGrant(
-            f"{workload}-{role.rsplit('.', 1)[1]}-{(prefix or 'all').rstrip('/')}",
+            f"{workload}-{role.rsplit('.', 1)[1]}-{prefix.rstrip('/')}",
             role,
             identities.member(workload),
             prefix,

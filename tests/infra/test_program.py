@@ -11,7 +11,7 @@ import pytest
 from components import topology
 from components.config import StackConfig
 from components.packaging import package_source
-from components.pipeline import FUNCTION_SOURCE_DIR
+from components.pipeline import DATA_BUCKET_ACCESS, FUNCTION_SOURCE_DIR
 from policy.guardrails import check_resource
 from tests.infra.harness import (
     DEPLOYER_EMAIL,
@@ -27,7 +27,7 @@ from tests.infra.harness import (
 
 DATA_BUCKET = f"mlp-dev-data-{PROJECT}"
 DEPLOYER = f"user:{DEPLOYER_EMAIL}"
-RAW_GRANT = f"projects/_/buckets/{DATA_BUCKET}/objects/"
+OBJECTS = f"projects/_/buckets/{DATA_BUCKET}/objects/"
 
 
 def grants_by_member(deployment: Deployment) -> dict[str, set[tuple[str, str, str]]]:
@@ -150,31 +150,45 @@ def test_each_workload_has_its_own_account_and_only_its_roles(workflow_stack: De
     run = f"projects/{PROJECT}/locations/{REGION}/services/"
     expected = {
         member["proc"]: {
-            ("storage/bucketIAMMember", DATA_BUCKET, "roles/storage.objectViewer"),
             (
                 "storage/bucketIAMMember",
-                f'{DATA_BUCKET} if "{RAW_GRANT}processed/"',
+                f'{DATA_BUCKET} if "{OBJECTS}raw/"',
+                "roles/storage.objectViewer",
+            ),
+            (
+                "storage/bucketIAMMember",
+                f'{DATA_BUCKET} if "{OBJECTS}processed/"',
                 "roles/storage.objectUser",
             ),
             (
                 "storage/bucketIAMMember",
-                f'{DATA_BUCKET} if "{RAW_GRANT}rejected/"',
+                f'{DATA_BUCKET} if "{OBJECTS}rejected/"',
                 "roles/storage.objectUser",
             ),
         },
         member["train"]: {
-            ("storage/bucketIAMMember", DATA_BUCKET, "roles/storage.objectViewer"),
             (
                 "storage/bucketIAMMember",
-                f'{DATA_BUCKET} if "{RAW_GRANT}models/"',
+                f'{DATA_BUCKET} if "{OBJECTS}processed/"',
+                "roles/storage.objectViewer",
+            ),
+            (
+                "storage/bucketIAMMember",
+                f'{DATA_BUCKET} if "{OBJECTS}models/"',
                 "roles/storage.objectUser",
             ),
         },
-        member["pred"]: {("storage/bucketIAMMember", DATA_BUCKET, "roles/storage.objectViewer")},
+        member["pred"]: {
+            (
+                "storage/bucketIAMMember",
+                f'{DATA_BUCKET} if "{OBJECTS}models/"',
+                "roles/storage.objectViewer",
+            )
+        },
         member["wftrig"]: {
             (
                 "storage/bucketIAMMember",
-                f'{DATA_BUCKET} if "{RAW_GRANT}runs/"',
+                f'{DATA_BUCKET} if "{OBJECTS}runs/"',
                 "roles/storage.objectUser",
             ),
             ("projects/iAMMember", PROJECT, "roles/workflows.invoker"),
@@ -199,6 +213,41 @@ def test_each_workload_has_its_own_account_and_only_its_roles(workflow_stack: De
     grants = grants_by_member(workflow_stack)
     for account, roles in expected.items():
         assert grants[account] == roles, account
+
+
+def test_objects_the_handlers_write_lie_under_their_workload_write_prefixes() -> None:
+    from pipeline_core import processing, registry, workflow_trigger
+    from pipeline_core.events import ObjectRef
+
+    upload = ObjectRef(DATA_BUCKET, "raw/iris.csv", 17)
+    written = {
+        "processing": [
+            processing.processed_object(upload),
+            processing.stats_object(upload),
+            processing.rejection_object(upload),
+        ],
+        "training": [
+            registry.artifact_object("v1"),
+            registry.manifest_object("v1"),
+            registry.lineage_object(upload),
+            registry.CHAMPION_OBJECT,
+        ],
+        "workflow_trigger": [workflow_trigger.marker_object(upload)],
+    }
+    for workload, objects in written.items():
+        writable = [
+            prefix
+            for role, prefix in DATA_BUCKET_ACCESS[workload]
+            if role == "roles/storage.objectUser"
+        ]
+        for name in objects:
+            assert any(name.startswith(prefix) for prefix in writable), (workload, name)
+    readable = {
+        workload: [prefix for _, prefix in access]
+        for workload, access in DATA_BUCKET_ACCESS.items()
+    }
+    assert any(upload.name.startswith(p) for p in readable["processing"])
+    assert not any(upload.name.startswith(p) for p in readable["prediction"])
 
 
 def test_events_mode_accounts_publish_only_to_their_topics(events_stack: Deployment) -> None:
