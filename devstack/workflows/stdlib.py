@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from devstack.workflows.errors import WorkflowError
+from devstack.workflows.re2 import compile_re2
 from devstack.workflows.services import (
     HttpRequest,
     Services,
@@ -368,13 +369,6 @@ def _text_args(function: str, args: dict[str, Any], *names: str) -> list[str]:
     return [args[name] for name in names]
 
 
-def _regex(function: str, pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as error:
-        raise _error("ValueError", f"{function}: invalid regular expression: {error}") from None
-
-
 def _codec(function: str, charset: Any) -> str:
     require_type(function, "charset", charset, "string")
     try:
@@ -406,24 +400,25 @@ def _text_find_all(_: CallEnvironment, args: dict[str, Any]) -> list[int]:
     source, substr = _text_args("text.find_all", args, "source", "substr")
     if not substr:
         raise _error("ValueError", "text.find_all: 'substr' must not be empty")
+    # Only non-overlapping matches, leftmost first: "00000" and "00" give [0, 2].
     found, start = [], source.find(substr)
     while start != -1:
         found.append(start)
-        start = source.find(substr, start + 1)
+        start = source.find(substr, start + len(substr))
     return found
 
 
 @_register("text.find_all_regex", "source", "regexp")
 def _text_find_all_regex(_: CallEnvironment, args: dict[str, Any]) -> list[dict[str, Any]]:
     source, pattern = _text_args("text.find_all_regex", args, "source", "regexp")
-    regex = _regex("text.find_all_regex", pattern)
+    regex = compile_re2("text.find_all_regex", pattern)
     return [{"index": m.start(), "match": m.group(0)} for m in regex.finditer(source)]
 
 
 @_register("text.match_regex", "source", "regexp")
 def _text_match_regex(_: CallEnvironment, args: dict[str, Any]) -> bool:
     source, pattern = _text_args("text.match_regex", args, "source", "regexp")
-    return _regex("text.match_regex", pattern).search(source) is not None
+    return compile_re2("text.match_regex", pattern).search(source) is not None
 
 
 @_register("text.replace_all", "source", "substr", "repl")
@@ -437,11 +432,9 @@ def _text_replace_all(_: CallEnvironment, args: dict[str, Any]) -> str:
 @_register("text.replace_all_regex", "source", "regexp", "repl")
 def _text_replace_all_regex(_: CallEnvironment, args: dict[str, Any]) -> str:
     source, pattern, repl = _text_args("text.replace_all_regex", args, "source", "regexp", "repl")
-    regex = _regex("text.replace_all_regex", pattern)
-    try:
-        return regex.sub(repl, source)
-    except re.error as error:
-        raise _error("ValueError", f"text.replace_all_regex: bad replacement: {error}") from None
+    regex = compile_re2("text.replace_all_regex", pattern)
+    # The reference: backreferences are not supported, so repl is inserted as it is.
+    return regex.sub(lambda _: repl, source)
 
 
 @_register("text.split", "source", "separator")

@@ -122,7 +122,7 @@ def error_of(name: str, *args: Any, **named: Any) -> WorkflowError:
         ("text.match_regex", ["hello world", "wor"], True),
         ("text.match_regex", ["hello", "^x"], False),
         ("text.replace_all", ["a-b-c", "-", "+"], "a+b+c"),
-        ("text.replace_all_regex", ["a1b2", "([0-9])", "<\\1>"], "a<1>b<2>"),
+        ("text.replace_all_regex", ["a1b2", "([0-9])", "<\\1>"], "a<\\1>b<\\1>"),
         ("text.split", ["a,b,,c", ","], ["a", "b", "", "c"]),
         ("text.substring", ["workflows", 0, 4], "work"),
         ("text.substring", ["abc", 1, 99], "bc"),
