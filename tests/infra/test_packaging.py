@@ -22,6 +22,8 @@ def make_tree(root: Path) -> Path:
         "pipeline_core/stale.pyc": "bytecode",
         "tests/test_main.py": "def test(): ...\n",
         ".venv/lib/site.py": "",
+        ".env": "SECRET=1\n",
+        "pipeline_core/.serving.py.swp": "editor state",
         "test_local.py": "",
     }
     for name, text in files.items():
@@ -58,7 +60,7 @@ def test_a_changed_handler_changes_the_hash_and_object_name(tmp_path: Path) -> N
     assert after.object_name() == f"functions/source-{after.sha256}.zip"
 
 
-def test_caches_tests_and_virtualenvs_are_excluded(tmp_path: Path) -> None:
+def test_caches_tests_virtualenvs_and_hidden_files_are_excluded(tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "src")
     archive = package_source(tree)
     assert archive.files == (
@@ -79,6 +81,8 @@ def test_entries_are_sorted_with_fixed_time_and_mode(tmp_path: Path) -> None:
         assert [e.filename for e in entries] == sorted(e.filename for e in entries)
         assert {e.date_time for e in entries} == {FIXED_TIMESTAMP}
         assert {e.external_attr >> 16 for e in entries} == {0o100644}
+        # Stored, not deflated: the bytes must not depend on the zlib build.
+        assert {e.compress_type for e in entries} == {zipfile.ZIP_STORED}
         assert opened.read("main.py").startswith(b"def predict")
 
 
@@ -96,3 +100,19 @@ def test_write_to_names_the_file_by_content(tmp_path: Path) -> None:
     path = archive.write_to(tmp_path / "build")
     assert path.name == f"function-source-{archive.sha256}.zip"
     assert path.read_bytes() == archive.content
+
+
+def test_write_to_repairs_a_partial_file_and_drops_earlier_archives(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "src")
+    build = tmp_path / "build"
+    earlier = package_source(tree).write_to(build)
+    (tree / "main.py").write_text("def predict(request):\n    return 'v2'\n", encoding="utf-8")
+    archive = package_source(tree)
+    current = build / f"function-source-{archive.sha256}.zip"
+    current.write_bytes(archive.content[:10])
+    unrelated = build / "notes.txt"
+    unrelated.write_text("kept", encoding="utf-8")
+    assert archive.write_to(build) == current
+    assert current.read_bytes() == archive.content
+    assert not earlier.exists()
+    assert sorted(p.name for p in build.iterdir()) == sorted([current.name, "notes.txt"])
