@@ -59,6 +59,8 @@ class Env:
     MODEL_SERVING_TOPIC = "MODEL_SERVING_TOPIC"
     WORKFLOW_NAME = "WORKFLOW_NAME"
     WORKFLOW_LOCATION = "WORKFLOW_LOCATION"
+    # The function's own timeout: how long its claim on a run (a lease) may live.
+    FUNCTION_TIMEOUT_SECONDS = "FUNCTION_TIMEOUT_SECONDS"
     # Set only by the local stack: where the Executions API is served.
     WORKFLOWS_API_ENDPOINT = "WORKFLOWS_API_ENDPOINT"
 
@@ -147,9 +149,16 @@ WORKLOADS: Mapping[str, str] = {
 _PUSH_TO_CLOUDEVENT = "/projects/{project}/topics/{topic}"
 
 _BASE_ENV = (Env.PROJECT, Env.DATA_BUCKET)
-_PROCESSING_ENV = (*_BASE_ENV, Env.TARGET_COLUMN, Env.FEATURE_COLUMNS, Env.MIN_ROWS)
+_PROCESSING_ENV = (
+    *_BASE_ENV,
+    Env.TARGET_COLUMN,
+    Env.FEATURE_COLUMNS,
+    Env.MIN_ROWS,
+    Env.FUNCTION_TIMEOUT_SECONDS,
+)
 _TRAINING_ENV = (
     *_BASE_ENV,
+    Env.FUNCTION_TIMEOUT_SECONDS,
     Env.TARGET_COLUMN,
     Env.MODEL_TYPE,
     Env.MODEL_HYPERPARAMETERS,
@@ -311,6 +320,7 @@ def function_environment(
         Env.MODEL_SERVING_TOPIC: topic_names.get("model_serving_trigger"),
         Env.WORKFLOW_NAME: workflow_name,
         Env.WORKFLOW_LOCATION: config.region,
+        Env.FUNCTION_TIMEOUT_SECONDS: str(config.function(function.settings_key).timeout_seconds),
     }
     environment: dict[str, T | str] = {}
     for name in function.env:

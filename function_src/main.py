@@ -28,7 +28,8 @@ from pipeline_core.errors import (
     PipelineError,
 )
 from pipeline_core.events import ObjectRef, StorageNotification, pubsub_message
-from pipeline_core.processing import DatasetSchema, process
+from pipeline_core.leases import utc_now
+from pipeline_core.processing import DatasetSchema, ProcessingResult, process
 from pipeline_core.publishing import Publisher, PubSubPublisher
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import ModelService, parse_instances
@@ -40,7 +41,7 @@ from pipeline_core.settings import (
     topic_path,
 )
 from pipeline_core.storage import GcsStorage, Storage
-from pipeline_core.training import TrainingRequest, train, utc_now
+from pipeline_core.training import TrainingRequest, train
 from pipeline_core.workflow_trigger import ExecutionStarter, WorkflowsExecutionStarter, trigger
 
 EXECUTION_ID_HEADER = "X-Workflow-Execution-Id"
@@ -152,11 +153,7 @@ def process_data(request: flask.Request) -> flask.Response:
     """POST {bucket, object, generation} -> processed data + stats, or 422 rejected."""
     _require_post(request)
     ref = ObjectRef.from_request(_json_body(request))
-    settings = ProcessingSettings.from_env(runtime.environ)
-    storage = runtime.bucket(settings.project, settings.data_bucket)
-    return _respond(
-        process(storage, ref, _schema(settings), chunk_rows=settings.chunk_rows).to_json()
-    )
+    return _respond(_process(ProcessingSettings.from_env(runtime.environ), ref).to_json())
 
 
 @functions_framework.http
@@ -255,10 +252,9 @@ def process_data_event(event: CloudEvent) -> None:
             log.info(f"skipping notification: {skip}")
             return
         settings = ProcessingSettings.from_env(runtime.environ)
-        storage = runtime.bucket(settings.project, settings.data_bucket)
         ref = notification.ref
         try:
-            result = process(storage, ref, _schema(settings), chunk_rows=settings.chunk_rows)
+            result = _process(settings, ref)
         except DataRejectedError as rejection:
             _publish_summary(
                 settings.project,
@@ -329,5 +325,12 @@ def _publish_summary(project: str, topic: str, summary: dict[str, Any]) -> None:
     runtime.pubsub().publish(topic_path(project, topic), summary, summaries.attributes(summary))
 
 
-def _schema(settings: ProcessingSettings) -> DatasetSchema:
-    return DatasetSchema(settings.target_column, settings.feature_columns, settings.min_rows)
+def _process(settings: ProcessingSettings, ref: ObjectRef) -> ProcessingResult:
+    return process(
+        runtime.bucket(settings.project, settings.data_bucket),
+        ref,
+        DatasetSchema(settings.target_column, settings.feature_columns, settings.min_rows),
+        chunk_rows=settings.chunk_rows,
+        lease_seconds=settings.timeout_seconds,
+        clock=runtime.clock,
+    )

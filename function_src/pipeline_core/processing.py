@@ -26,6 +26,8 @@ import pyarrow.parquet as pq
 from pipeline_core import logging as log
 from pipeline_core.errors import BadRequestError, DataRejectedError, PreconditionFailedError
 from pipeline_core.events import ObjectRef
+from pipeline_core.leases import Clock, acquire, utc_now
+from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
 from pipeline_core.storage import Storage
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -72,6 +74,10 @@ def rejection_object(ref: ObjectRef) -> str:
     return f"rejected/{ref.name}/{ref.generation}.json"
 
 
+def lease_object(ref: ObjectRef) -> str:
+    return f"processed/{ref.name}/{ref.generation}/lease.json"
+
+
 @dataclass(frozen=True)
 class ProcessingResult:
     stats: dict[str, Any]
@@ -97,17 +103,37 @@ class _RejectError(Exception):
 
 
 def process(
-    storage: Storage, ref: ObjectRef, schema: DatasetSchema, *, chunk_rows: int = 50_000
+    storage: Storage,
+    ref: ObjectRef,
+    schema: DatasetSchema,
+    *,
+    chunk_rows: int = 50_000,
+    lease_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+    clock: Clock = utc_now,
 ) -> ProcessingResult:
-    """Clean one raw object generation; safe to call twice (the second call reads back)."""
+    """Clean one raw object generation once; a later call returns the recorded outcome.
+
+    Concurrent deliveries of one generation process it once: the first takes the lease,
+    the others get ``LeaseHeldError`` (transient) and, redelivered, the outcome.
+    """
     if ref.bucket != storage.bucket:
         raise BadRequestError(f"bucket {ref.bucket!r} is not this pipeline's data bucket")
     if not ref.name.startswith("raw/"):
         raise BadRequestError(f"object {ref.name!r} is outside raw/; only uploads are processed")
     previous = _previous_outcome(storage, ref)
     if previous is not None:
-        log.info("already processed; returning the recorded outcome", object=ref.name)
         return previous
+    lease = acquire(storage, lease_object(ref), seconds=lease_seconds, clock=clock)
+    try:
+        # The attempt that held the lease before us may have finished since our check.
+        return _previous_outcome(storage, ref) or _clean(storage, ref, schema, chunk_rows)
+    finally:
+        lease.release()
+
+
+def _clean(
+    storage: Storage, ref: ObjectRef, schema: DatasetSchema, chunk_rows: int
+) -> ProcessingResult:
     cleaner = _Cleaner(schema)
     try:
         with (
@@ -119,15 +145,7 @@ def process(
     except _RejectError as rejection:
         raise _record_rejection(storage, ref, rejection, cleaner) from None
     stats = cleaner.stats_document(ref)
-    try:
-        storage.write(
-            stats_object(ref),
-            _json_bytes(stats),
-            content_type=JSON_CONTENT_TYPE,
-            if_generation_match=0,
-        )
-    except PreconditionFailedError:
-        log.info("a concurrent run wrote the stats first", object=ref.name)
+    _write_once(storage, stats_object(ref), stats)
     log.info(
         "processed upload",
         object=ref.name,
@@ -138,10 +156,23 @@ def process(
     return ProcessingResult(stats)
 
 
+def _write_once(storage: Storage, name: str, document: dict[str, Any]) -> None:
+    """The first outcome recorded stays: one written by an attempt whose lease expired
+    while it ran is as good as ours (processing is deterministic)."""
+    try:
+        storage.write(
+            name, _json_bytes(document), content_type=JSON_CONTENT_TYPE, if_generation_match=0
+        )
+    except PreconditionFailedError:
+        log.info("another attempt recorded the outcome first", outcome=name)
+
+
 def _previous_outcome(storage: Storage, ref: ObjectRef) -> ProcessingResult | None:
     if storage.stat(stats_object(ref)) is not None:
+        log.info("already processed; returning the recorded outcome", object=ref.name)
         return ProcessingResult(json.loads(storage.read(stats_object(ref)).data))
     if storage.stat(rejection_object(ref)) is not None:
+        log.info("already rejected; returning the recorded rejection", object=ref.name)
         record = json.loads(storage.read(rejection_object(ref)).data)
         raise DataRejectedError(
             record["reason"], rejection_object=rejection_object(ref), detail=record["detail"]
@@ -159,15 +190,7 @@ def _record_rejection(
         "rows_in": cleaner.rows_in,
         "row_rejections": dict(sorted(cleaner.rejections.items())),
     }
-    try:
-        storage.write(
-            rejection_object(ref),
-            _json_bytes(record),
-            content_type=JSON_CONTENT_TYPE,
-            if_generation_match=0,
-        )
-    except PreconditionFailedError:
-        log.info("a concurrent run recorded the rejection first", object=ref.name)
+    _write_once(storage, rejection_object(ref), record)
     log.warning(
         "rejected upload", object=ref.name, generation=ref.generation, reason=rejection.reason
     )

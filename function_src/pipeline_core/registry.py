@@ -44,6 +44,10 @@ def lineage_object(ref: ObjectRef) -> str:
     return f"models/by-source/{ref.name}/{ref.generation}.json"
 
 
+def training_lease_object(ref: ObjectRef) -> str:
+    return f"models/by-source/{ref.name}/{ref.generation}.lease.json"
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from pipeline_core.errors import ConfigurationError
 
+# The default function timeout in the stack config; a lease lives as long as its holder.
+DEFAULT_TIMEOUT_SECONDS = 540
 MODEL_TYPES = ("random_forest", "logistic_regression", "gradient_boosting")
 PROMOTION_METRICS = ("accuracy", "f1_macro")
 
@@ -59,6 +61,10 @@ class _Environment:
             raise ConfigurationError(f"environment variable {name}={raw!r} is outside 0..1")
         return value
 
+    def timeout_seconds(self) -> int:
+        # 3600 s is the longest timeout Cloud Functions (2nd gen) allows.
+        return self.integer("FUNCTION_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, low=1, high=3600)
+
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
         value = self.optional(name, default)
         if value not in options:
@@ -85,6 +91,7 @@ class ProcessingSettings:
     feature_columns: tuple[str, ...] = ()  # empty: every column but the target
     min_rows: int = 20
     chunk_rows: int = 50_000
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     model_training_topic: str = ""  # events mode only
     model_events_topic: str = ""  # events mode only
 
@@ -109,6 +116,7 @@ class ProcessingSettings:
             target_column=target,
             feature_columns=tuple(features),
             min_rows=env.integer("MIN_ROWS", 20, low=2, high=10_000_000),
+            timeout_seconds=env.timeout_seconds(),
             model_training_topic=env.optional("MODEL_TRAINING_TOPIC", ""),
             model_events_topic=env.optional("MODEL_EVENTS_TOPIC", ""),
         )
@@ -129,6 +137,7 @@ class TrainingSettings:
     model_type: str = "random_forest"
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     promotion: PromotionPolicy = field(default_factory=PromotionPolicy)
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     model_serving_topic: str = ""  # events mode only
     model_events_topic: str = ""  # events mode only
 
@@ -151,6 +160,7 @@ class TrainingSettings:
                 minimum=env.fraction("PROMOTION_MINIMUM", 0.7),
                 tolerance=env.fraction("PROMOTION_TOLERANCE", 0.0),
             ),
+            timeout_seconds=env.timeout_seconds(),
             model_serving_topic=env.optional("MODEL_SERVING_TOPIC", ""),
             model_events_topic=env.optional("MODEL_EVENTS_TOPIC", ""),
         )

@@ -6,9 +6,8 @@ import io
 import json
 import math
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import joblib
@@ -32,18 +31,19 @@ from sklearn.preprocessing import StandardScaler
 from pipeline_core import logging as log
 from pipeline_core.errors import BadRequestError, TrainingFailedError
 from pipeline_core.events import ObjectRef
-from pipeline_core.registry import ModelRegistry, lineage_object, new_version
+from pipeline_core.leases import Clock, acquire, utc_now
+from pipeline_core.registry import (
+    ModelRegistry,
+    lineage_object,
+    new_version,
+    training_lease_object,
+)
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import Storage
 
 SEED = 42
 TEST_FRACTION = 0.2
 SMOKE_ROWS = 5
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,11 @@ def train(
     settings: TrainingSettings,
     clock: Clock = utc_now,
 ) -> dict[str, Any]:
-    """Train, register and maybe promote; a retry for the same upload returns the outcome."""
+    """Train, register and maybe promote; a retry for the same upload returns the outcome.
+
+    Concurrent deliveries for one upload train once: the first takes the lease, the
+    others get ``LeaseHeldError`` (transient) and, redelivered, the recorded outcome.
+    """
     if request.source.bucket != storage.bucket:
         raise BadRequestError(
             f"bucket {request.source.bucket!r} is not this pipeline's data bucket"
@@ -129,8 +133,30 @@ def train(
     registry = ModelRegistry(storage)
     recorded = _recorded_outcome(registry, request.source)
     if recorded is not None:
-        log.info("already trained from this upload", model_version=recorded["model_version"])
         return recorded
+    lease = acquire(
+        storage,
+        training_lease_object(request.source),
+        seconds=settings.timeout_seconds,
+        clock=clock,
+    )
+    try:
+        # The attempt that held the lease before us may have finished since our check.
+        recorded = _recorded_outcome(registry, request.source)
+        if recorded is not None:
+            return recorded
+        return _train_and_record(storage, registry, request, settings, clock)
+    finally:
+        lease.release()
+
+
+def _train_and_record(
+    storage: Storage,
+    registry: ModelRegistry,
+    request: TrainingRequest,
+    settings: TrainingSettings,
+    clock: Clock,
+) -> dict[str, Any]:
     features, labels, feature_names = _load(storage, request.processed_object, settings)
     train_x, test_x, train_y, test_y = _split(features, labels)
     estimator = build_estimator(settings.model_type, settings.hyperparameters)
@@ -196,10 +222,12 @@ def _recorded_outcome(registry: ModelRegistry, source: ObjectRef) -> dict[str, A
     storage = registry.storage
     if storage.stat(lineage_object(source)) is not None:
         recorded: dict[str, Any] = json.loads(storage.read(lineage_object(source)).data)
+        log.info("already trained from this upload", model_version=recorded["model_version"])
         return recorded
     champion = registry.champion()
     if champion is None or champion.pointer.get("source") != source.to_json():
         return None
+    log.info("already the champion from this upload", model_version=champion.version)
     manifest = registry.manifest(champion.version)
     return {
         "model_version": champion.version,

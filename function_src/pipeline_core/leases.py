@@ -1,0 +1,89 @@
+"""Leases: at most one live attempt per run, even when deliveries arrive at once.
+
+A lease is a small JSON object created with if-generation-match=0, so exactly one of
+several concurrent attempts creates it. It records who holds it and until when. An
+attempt that finds a live lease raises ``LeaseHeldError`` (transient: the platform
+redelivers later, and that delivery finds the recorded outcome). A lease past its
+expiry belonged to an attempt that crashed or was killed at its timeout; it is taken
+over with a generation precondition, so of several late attempts only one wins.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pipeline_core import logging as log
+from pipeline_core.errors import PreconditionFailedError, TransientError
+from pipeline_core.storage import Storage
+
+JSON_CONTENT_TYPE = "application/json"
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LeaseHeldError(TransientError):
+    """Another attempt holds the run; retry later."""
+
+    code = "run_in_progress"
+
+
+@dataclass(frozen=True)
+class Lease:
+    storage: Storage
+    name: str
+    generation: int
+    holder: str
+
+    def release(self) -> None:
+        """Delete the lease if it is still ours (a takeover may have replaced it)."""
+        try:
+            self.storage.delete(self.name, if_generation_match=self.generation)
+        except PreconditionFailedError:
+            log.warning("the lease was taken over before release", lease=self.name)
+
+
+def acquire(storage: Storage, name: str, *, seconds: int, clock: Clock) -> Lease:
+    """The lease ``name`` for ``seconds``, or ``LeaseHeldError`` while another holds it."""
+    holder = secrets.token_hex(8)
+    now = clock()
+    body = json.dumps(
+        {
+            "holder": holder,
+            "claimed_at": now.isoformat(),
+            "expires_at": (now + timedelta(seconds=seconds)).isoformat(),
+        },
+        sort_keys=True,
+    ).encode()
+    try:
+        generation = storage.write(
+            name, body, content_type=JSON_CONTENT_TYPE, if_generation_match=0
+        )
+        return Lease(storage, name, generation, holder)
+    except PreconditionFailedError:
+        existing = storage.read(name)
+    record: dict[str, Any] = json.loads(existing.data)
+    expires_at = datetime.fromisoformat(record["expires_at"])
+    if now < expires_at:
+        raise LeaseHeldError(
+            f"attempt {record['holder']} has held {name} since {record['claimed_at']} "
+            f"(until {record['expires_at']}); retry later"
+        )
+    log.warning("taking over an expired lease", lease=name, previous_holder=record["holder"])
+    try:
+        generation = storage.write(
+            name, body, content_type=JSON_CONTENT_TYPE, if_generation_match=existing.generation
+        )
+    except PreconditionFailedError:
+        raise LeaseHeldError(
+            f"the expired lease {name} changed while taking it over "
+            "(another attempt was first); retry later"
+        ) from None
+    return Lease(storage, name, generation, holder)
