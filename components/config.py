@@ -9,9 +9,10 @@ Every invalid value raises ``ConfigError`` naming the key and how to fix it.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,14 @@ ALLOWED_MEMORY: tuple[str, ...] = (
     "16Gi",
     "32Gi",
 )
+# The scikit-learn estimator behind each model type (pipeline_core.training builds the
+# same ones; tests/infra checks the two agree), imported only to check hyperparameter
+# names, so that a misspelt one fails `pulumi up` instead of every training run.
+ESTIMATORS: Mapping[str, tuple[str, str]] = {
+    "random_forest": ("sklearn.ensemble", "RandomForestClassifier"),
+    "logistic_regression": ("sklearn.linear_model", "LogisticRegression"),
+    "gradient_boosting": ("sklearn.ensemble", "GradientBoostingClassifier"),
+}
 # Workflows call-log levels accepted by the service.
 CALL_LOG_LEVELS: tuple[str, ...] = ("LOG_ALL_CALLS", "LOG_ERRORS_ONLY", "LOG_NONE")
 
@@ -135,14 +144,7 @@ class StackConfig:
         cls, *, project: str | None, region: str | None, stack: str, values: Mapping[str, Any]
     ) -> StackConfig:
         """Validate raw config values (camelCase keys, without the namespace)."""
-        known = set(_KEYS)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"{PROJECT_NAMESPACE}:{unknown[0]}",
-                "is not a known key",
-                f"remove it or use one of: {', '.join(sorted(known))}",
-            )
+        _reject_unknown(values, _KEYS)
         if not project:
             raise ConfigError(
                 "gcp:project", "is not set", "pulumi config set gcp:project MY_PROJECT"
@@ -171,6 +173,7 @@ class StackConfig:
                 f"'{name_prefix}' is not 2-20 lowercase letters, digits or dashes",
                 "start with a letter, end with a letter or digit, e.g. 'mlp-dev'",
             )
+        model_type: ModelType = reader.choice("modelType", MODEL_TYPES, "random_forest")
         config = cls(
             project=project,
             region=region,
@@ -180,8 +183,8 @@ class StackConfig:
             orchestration=reader.choice("orchestration", ORCHESTRATIONS, "workflow"),
             target_column=reader.nonempty_string("targetColumn", "target"),
             feature_columns=reader.string_list("featureColumns"),
-            model_type=reader.choice("modelType", MODEL_TYPES, "random_forest"),
-            hyperparameters=reader.mapping("hyperparameters"),
+            model_type=model_type,
+            hyperparameters=_hyperparameters(reader, model_type),
             promotion=_promotion(reader),
             min_rows=reader.integer("minRows", 20, low=2, high=10_000_000),
             functions=_functions(reader),
@@ -338,14 +341,46 @@ def as_fraction(key: str, value: Any) -> float:
     return number
 
 
+def _reject_unknown(
+    values: Mapping[str, Any],
+    allowed: Iterable[str],
+    parent: str | None = None,
+    what: str = "a known key",
+) -> None:
+    """Refuse keys outside ``allowed``; ``parent`` is the full key of a nested map."""
+    unknown = sorted(set(values) - set(allowed), key=str)
+    if unknown:
+        raise ConfigError(
+            f"{parent}.{unknown[0]}" if parent else _Reader.full(unknown[0]),
+            f"is not {what}",
+            f"remove it or use one of: {', '.join(sorted(allowed))}",
+        )
+
+
+def hyperparameter_names(model_type: str) -> frozenset[str]:
+    """The parameters the model type's scikit-learn estimator accepts."""
+    module, name = ESTIMATORS[model_type]
+    estimator = getattr(importlib.import_module(module), name)()
+    return frozenset(estimator.get_params())
+
+
+def _hyperparameters(reader: _Reader, model_type: str) -> dict[str, Any]:
+    raw = reader.mapping("hyperparameters")
+    key = reader.full("hyperparameters")
+    if raw:
+        _reject_unknown(
+            raw,
+            hyperparameter_names(model_type),
+            key,
+            f"a hyperparameter of {model_type} (modelType)",
+        )
+    return raw
+
+
 def _promotion(reader: _Reader) -> PromotionPolicy:
     raw = reader.mapping("promotion")
     key = reader.full("promotion")
-    unknown = sorted(set(raw) - {"metric", "minimum", "tolerance"})
-    if unknown:
-        raise ConfigError(
-            f"{key}.{unknown[0]}", "is not a known key", "use metric, minimum, tolerance"
-        )
+    _reject_unknown(raw, ("metric", "minimum", "tolerance"), key)
     metric = raw.get("metric", "f1_macro")
     if metric not in PROMOTION_METRICS:
         raise ConfigError(
@@ -363,11 +398,7 @@ def _promotion(reader: _Reader) -> PromotionPolicy:
 def _functions(reader: _Reader) -> dict[str, FunctionSettings]:
     raw = reader.mapping("functions")
     key = reader.full("functions")
-    unknown = sorted(set(raw) - set(FUNCTION_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{key}.{unknown[0]}", "is not a function", f"use one of: {', '.join(FUNCTION_KEYS)}"
-        )
+    _reject_unknown(raw, FUNCTION_KEYS, key, "a function")
     result = dict(_DEFAULT_FUNCTIONS)
     for name, overrides in raw.items():
         where = f"{key}.{name}"
@@ -375,14 +406,11 @@ def _functions(reader: _Reader) -> dict[str, FunctionSettings]:
             raise ConfigError(
                 where, "must be a map", "set memory, timeoutSeconds, minInstances, maxInstances"
             )
-        allowed = {"memory", "timeoutSeconds", "minInstances", "maxInstances"}
-        extra = sorted(set(overrides) - allowed)
-        if extra:
-            raise ConfigError(
-                f"{where}.{extra[0]}",
-                "is not a known key",
-                f"use one of: {', '.join(sorted(allowed))}",
-            )
+        _reject_unknown(
+            overrides,
+            ("memory", "timeoutSeconds", "minInstances", "maxInstances"),
+            where,
+        )
         base = result[name]
         memory = overrides.get("memory", base.memory)
         if memory not in ALLOWED_MEMORY:

@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from components.config import ConfigError, StackConfig, load_stack_config
+from components.config import (
+    MODEL_TYPES,
+    ConfigError,
+    StackConfig,
+    hyperparameter_names,
+    load_stack_config,
+)
 from tests.infra.harness import GcpMocks, config_values
 
 
@@ -65,6 +71,42 @@ def test_defaults_match_the_documented_ones() -> None:
         ({"labels": {"Team": "ml"}}, "ml-pipeline:labels.Team", "lowercase"),
         ({"labels": {"team": "ML!"}}, "ml-pipeline:labels.team", "quote it"),
         ({"colour": "blue"}, "ml-pipeline:colour", "remove it"),
+        ({"targetColumn": 3}, "ml-pipeline:targetColumn", "quote it"),
+        ({"featureColumns": "a,b"}, "ml-pipeline:featureColumns", "YAML list"),
+        ({"hyperparameters": [1]}, "ml-pipeline:hyperparameters", "YAML map"),
+        (
+            {"hyperparameters": {"n_estimator": 10}},
+            "ml-pipeline:hyperparameters.n_estimator",
+            "n_estimators",
+        ),
+        (
+            {"modelType": "logistic_regression", "hyperparameters": {"n_estimators": 10}},
+            "ml-pipeline:hyperparameters.n_estimators",
+            "max_iter",
+        ),
+        ({"promotion": {"threshold": 1}}, "ml-pipeline:promotion.threshold", "tolerance"),
+        ({"promotion": {"tolerance": -0.1}}, "ml-pipeline:promotion.tolerance", "from 0 to 1"),
+        ({"minRows": 1}, "ml-pipeline:minRows", "from 2 to"),
+        ({"modelRefreshSeconds": 7200}, "ml-pipeline:modelRefreshSeconds", "from 0 to 3600"),
+        ({"functions": {"predict": 512}}, "ml-pipeline:functions.predict", "set memory"),
+        (
+            {"functions": {"predict": {"cpu": 2}}},
+            "ml-pipeline:functions.predict.cpu",
+            "maxInstances",
+        ),
+        (
+            {"functions": {"predict": {"timeoutSeconds": 0}}},
+            "ml-pipeline:functions.predict.timeoutSeconds",
+            "from 1 to 3600",
+        ),
+        ({"predictInvokers": "user:a@b.c"}, "ml-pipeline:predictInvokers", "YAML list"),
+        (
+            {"workflowDeletionProtection": "no"},
+            "ml-pipeline:workflowDeletionProtection",
+            "true or false",
+        ),
+        ({"forceDestroy": 1}, "ml-pipeline:forceDestroy", "true or false"),
+        ({"labels": ["team"]}, "ml-pipeline:labels", "YAML map"),
     ],
 )
 def test_invalid_values_name_the_key_and_the_fix(
@@ -104,3 +146,22 @@ def test_pulumi_config_reads_scalars_as_text_and_structures_as_json() -> None:
     assert config.dead_letter_max_attempts == 9
     assert config.labels == {"team": "ml"}
     assert config.feature_columns == ("x", "y")
+
+
+def test_hyperparameter_names_are_those_training_accepts() -> None:
+    from pipeline_core.errors import TrainingFailedError
+    from pipeline_core.training import build_estimator
+
+    for model_type in MODEL_TYPES:
+        names = hyperparameter_names(model_type)
+        config = build(modelType=model_type, hyperparameters=dict.fromkeys(names))
+        assert set(config.hyperparameters) == names
+        with pytest.raises(TrainingFailedError, match="unknown hyperparameter"):
+            build_estimator(model_type, {"not_a_parameter": 1})
+        estimator = build_estimator(model_type, {})
+        classifier = (
+            estimator.named_steps["classifier"]
+            if model_type == "logistic_regression"
+            else estimator
+        )
+        assert frozenset(classifier.get_params()) == names
