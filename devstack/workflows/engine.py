@@ -37,11 +37,18 @@ from devstack.workflows.definition import (
     TryStep,
     parse_program,
 )
-from devstack.workflows.errors import DefinitionError, WorkflowError
+from devstack.workflows.errors import Cancelled, DefinitionError, WorkflowError
 from devstack.workflows.expressions import Target, evaluate, get_index, get_member
 from devstack.workflows.services import Services
 from devstack.workflows.stdlib import FUNCTIONS, CallEnvironment, sleep_for
-from devstack.workflows.values import estimated_size, is_int, is_number, to_json_text, type_name
+from devstack.workflows.values import (
+    estimated_size,
+    is_int,
+    is_number,
+    reject_long_strings,
+    to_json_text,
+    type_name,
+)
 
 __all__ = [
     "Cancelled",
@@ -56,10 +63,6 @@ MAX_CALL_DEPTH = 20
 MAX_VARIABLE_BYTES = 512 * 1024
 MAX_ARGUMENT_BYTES = 32 * 1024
 MAX_UNHANDLED_BRANCH_ERRORS = 100
-
-
-class Cancelled(Exception):  # noqa: N818 - the name is part of the shared contract
-    """The execution was cancelled through ``ExecutionContext.cancel_event``."""
 
 
 @dataclass
@@ -122,6 +125,7 @@ class WorkflowProgram:
         main = self._program.main
         arguments = {main.params[0].name: copy.deepcopy(argument)} if main.params else {}
         result = execution.call_subworkflow(main, arguments, depth=0)
+        reject_long_strings(result)
         try:
             to_json_text(result)
         except WorkflowError:
@@ -549,6 +553,7 @@ class _Execution:
             self.store_unlocked(frame, target, copy.deepcopy(value), local=local)
 
     def store_unlocked(self, frame: _Frame, target: Target, value: Any, *, local: bool) -> None:
+        reject_long_strings(value)
         variables = frame.variables
         owner = variables if local else (variables.owner_of(target.variable) or variables)
         if target.path:

@@ -50,6 +50,10 @@ class WorkflowError(Exception):
         return describe_error(self.payload)
 
 
+class Cancelled(Exception):  # noqa: N818 - the name is part of the shared contract
+    """The execution was cancelled through ``ExecutionContext.cancel_event``."""
+
+
 class DefinitionError(Exception):
     """Invalid workflow source (found before running); the message names the step and line."""
 

@@ -27,10 +27,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from devstack.workflows.errors import WorkflowError
+from devstack.workflows.errors import Cancelled, WorkflowError
 from devstack.workflows.re2 import compile_re2
 from devstack.workflows.services import (
     HttpRequest,
+    HttpResponse,
     Services,
     TransportConnectionBrokenError,
     TransportConnectionFailedError,
@@ -52,6 +53,8 @@ _log = logging.getLogger("devstack.workflows")
 
 HTTP_DEFAULT_TIMEOUT = 300.0
 HTTP_MAX_TIMEOUT = 1800.0
+HTTP_MAX_RESPONSE_BYTES = 2 * 1024 * 1024
+_CANCEL_POLL_SECONDS = 0.05
 LOG_SEVERITIES = (
     "DEFAULT",
     "DEBUG",
@@ -802,6 +805,30 @@ def _check_auth(auth: Any) -> None:
         raise _error("ValueError", f"http: unknown auth option '{sorted(unknown)[0]}'")
 
 
+def _send_until_cancelled(environment: CallEnvironment, request: HttpRequest) -> HttpResponse:
+    """Send on a worker thread so that cancelling the execution abandons a request in
+    flight (the thread ends with the request's own timeout) instead of waiting for it."""
+    outcome: list[HttpResponse | BaseException] = []
+    done = threading.Event()
+
+    def send() -> None:
+        try:
+            outcome.append(environment.services.transport(request))
+        except BaseException as error:  # handed to the waiting thread, which re-raises
+            outcome.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=send, name=f"http {request.method} {request.url}", daemon=True).start()
+    while not done.wait(_CANCEL_POLL_SECONDS):
+        if environment.cancel_event.is_set():
+            raise Cancelled(f"cancelled during {request.method} {request.url}")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
 def http_request(environment: CallEnvironment, method: str, args: dict[str, Any]) -> Any:
     """Perform one HTTP call as the ``http.*`` functions do, returning the response map
     ``{code, headers, body}`` or raising HttpError / ConnectionError / TimeoutError."""
@@ -827,7 +854,7 @@ def http_request(environment: CallEnvironment, method: str, args: dict[str, Any]
         timeout=float(timeout),
     )
     try:
-        response = environment.services.transport(request)
+        response = _send_until_cancelled(environment, request)
     except TransportTimeoutError as error:
         raise _error("TimeoutError", f"HTTP request to {url} timed out: {error}") from None
     except TransportConnectionFailedError as error:
@@ -836,6 +863,12 @@ def http_request(environment: CallEnvironment, method: str, args: dict[str, Any]
         ) from None
     except TransportConnectionBrokenError as error:
         raise _error("ConnectionError", f"connection to {url} broke: {error}") from None
+    if len(response.body) > HTTP_MAX_RESPONSE_BYTES:
+        raise _error(
+            "ResourceLimitError",
+            f"HTTP response from {url} is {len(response.body)} bytes, over the limit of "
+            f"{HTTP_MAX_RESPONSE_BYTES // (1024 * 1024)} MB",
+        )
     body = _decode_body(response.body, response.headers)
     if response.status >= 400:
         raise WorkflowError.tagged(

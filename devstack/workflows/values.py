@@ -120,6 +120,27 @@ def estimated_size(value: Any) -> int:
     return 8
 
 
+MAX_STRING_BYTES = 256 * 1024
+
+
+def reject_long_strings(value: Any) -> None:
+    """Strings are limited to 256 KB (UTF-8) in Workflows: a ResourceLimitError past it."""
+    if isinstance(value, str):
+        # At most 4 UTF-8 bytes a character: shorter strings need no encoding to check.
+        if len(value) > MAX_STRING_BYTES // 4 and len(value.encode("utf-8")) > MAX_STRING_BYTES:
+            raise WorkflowError.tagged(
+                "ResourceLimitError",
+                f"a string of {len(value.encode('utf-8'))} bytes exceeds the limit of "
+                f"{MAX_STRING_BYTES // 1024} KB",
+            )
+    elif isinstance(value, list):
+        for item in value:
+            reject_long_strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            reject_long_strings(item)
+
+
 def require_type(function: str, argument: str, value: Any, *expected: str) -> None:
     """A TypeError naming the function, the argument and the types it accepts."""
     actual = type_name(value)

@@ -717,27 +717,6 @@ def test_step_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert failure(source).tags == ["ResourceLimitError"]
 
 
-def test_variable_memory_limit() -> None:
-    source = """
-    main:
-      steps:
-        - init:
-            assign:
-              - s: "0123456789abcdef"
-        - grow:
-            for:
-              value: n
-              range: [1, 20]
-              steps:
-                - double:
-                    assign:
-                      - s: ${s + s}
-    """
-    error = failure(source)
-    assert error.tags == ["ResourceLimitError"]
-    assert "512 KB" in error.message
-
-
 def test_argument_size_limit() -> None:
     assert failure("- a:\n    return: 1\n", "x" * 40_000).tags == ["ResourceLimitError"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from devstack.workflows.errors import WorkflowError
+from devstack.workflows.errors import Cancelled, WorkflowError
 from devstack.workflows.services import (
     HttpRequest,
     HttpResponse,
@@ -307,6 +307,44 @@ def test_http_transport_failures_map_to_tags(failure: Exception, tag: str) -> No
     with pytest.raises(WorkflowError) as caught:
         call("http.get", _env=environment(FakeTransport(failure)), url="http://svc/x")
     assert caught.value.tags == [tag]
+
+
+def test_http_response_over_two_megabytes_is_a_resource_limit_error() -> None:
+    limit = 2 * 1024 * 1024
+    transport = FakeTransport(
+        HttpResponse(200, {"Content-Type": "text/plain"}, b"x" * limit),
+        HttpResponse(200, {"Content-Type": "text/plain"}, b"x" * (limit + 1)),
+    )
+    env = environment(transport)
+    assert len(call("http.get", _env=env, url="http://svc/x")["body"]) == limit
+    with pytest.raises(WorkflowError, match="over the limit of 2 MB") as caught:
+        call("http.get", _env=env, url="http://svc/x")
+    assert caught.value.tags == ["ResourceLimitError"]
+
+
+def test_cancelling_abandons_a_request_in_flight() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def hanging_transport(request: HttpRequest) -> HttpResponse:
+        started.set()
+        release.wait()
+        return json_response(200, {})
+
+    env = environment()
+    env.services = Services(transport=hanging_transport)
+
+    def cancel_once_sent() -> None:
+        started.wait()
+        env.cancel_event.set()
+
+    canceller = threading.Thread(target=cancel_once_sent)
+    canceller.start()
+    try:
+        with pytest.raises(Cancelled, match="GET http://svc/slow"):
+            call("http.get", _env=env, url="http://svc/slow")
+    finally:
+        release.set()
+        canceller.join()
 
 
 def test_http_rejects_bad_arguments() -> None:
