@@ -81,21 +81,24 @@ class Messaging(pulumi.ComponentResource):
             labels=dict(args.labels),
             opts=needs_apis,
         )
-        self.dead_letter_grant = gcp.pubsub.TopicIAMMember(
-            f"{name}-dead-letter-agent-publisher",
-            project=args.project,
-            topic=dead_letter.name,
-            role="roles/pubsub.publisher",
-            member=args.pubsub_agent,
-            opts=needs_apis,
+
+        def grant_publisher(
+            suffix: str, topic_key: str, member: pulumi.Input[str]
+        ) -> gcp.pubsub.TopicIAMMember:
+            return gcp.pubsub.TopicIAMMember(
+                f"{name}-{suffix}",
+                project=args.project,
+                topic=self.topics[topic_key].name,
+                role="roles/pubsub.publisher",
+                member=member,
+                opts=needs_apis,
+            )
+
+        self.dead_letter_grant = grant_publisher(
+            "dead-letter-agent-publisher", args.dead_letter_topic, args.pubsub_agent
         )
-        self.notification_grant = gcp.pubsub.TopicIAMMember(
-            f"{name}-storage-agent-publisher",
-            project=args.project,
-            topic=self.topics[args.notification_topic].name,
-            role="roles/pubsub.publisher",
-            member=args.storage_agent,
-            opts=needs_apis,
+        self.notification_grant = grant_publisher(
+            "storage-agent-publisher", args.notification_topic, args.storage_agent
         )
         # Pub/Sub mints the OIDC tokens of push subscriptions as the push identity.
         self.token_creator_grant = gcp.serviceaccount.IAMMember(
@@ -106,14 +109,7 @@ class Messaging(pulumi.ComponentResource):
             opts=needs_apis,
         )
         for publisher in args.publishers:
-            gcp.pubsub.TopicIAMMember(
-                f"{name}-{publisher.key}",
-                project=args.project,
-                topic=self.topics[publisher.topic].name,
-                role="roles/pubsub.publisher",
-                member=publisher.member,
-                opts=needs_apis,
-            )
+            grant_publisher(publisher.key, publisher.topic, publisher.member)
         self.register_outputs(
             {
                 "topics": {key: topic.name for key, topic in self.topics.items()},
