@@ -176,7 +176,8 @@ class _ExecutionRecord:
                 context=self.error_context,
                 stack_trace=self._stack_trace(),
             )
-        if self.state == "ACTIVE" and self.current_step is not None:
+        # Once the run has ended, currentSteps keeps the last step attempted (the reference).
+        if self.current_step is not None:
             routine, step = self.current_step
             message.status = Execution.Status(
                 current_steps=[Execution.Status.Step(routine=routine, step=step)]

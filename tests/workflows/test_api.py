@@ -178,6 +178,7 @@ def test_uncaught_error_fails_with_payload_and_context(client: ExecutionsClient)
     assert [(e.routine, e.step) for e in done.error.stack_trace.elements] == [
         ("main", "call_stage")
     ]
+    assert [(s.routine, s.step) for s in done.status.current_steps] == [("main", "call_stage")]
     assert done.result == ""
 
 
