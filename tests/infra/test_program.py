@@ -225,11 +225,13 @@ def test_objects_the_handlers_write_lie_under_their_workload_write_prefixes() ->
             processing.processed_object(upload),
             processing.stats_object(upload),
             processing.rejection_object(upload),
+            processing.lease_object(upload),
         ],
         "training": [
             registry.artifact_object("v1"),
             registry.manifest_object("v1"),
             registry.lineage_object(upload),
+            registry.training_lease_object(upload),
             registry.CHAMPION_OBJECT,
         ],
         "workflow_trigger": [workflow_trigger.marker_object(upload)],
