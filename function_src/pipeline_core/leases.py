@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline_core import logging as log
-from pipeline_core.errors import PreconditionFailedError, TransientError
-from pipeline_core.storage import Storage
+from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
+from pipeline_core.storage import Storage, StoredObject
 
 JSON_CONTENT_TYPE = "application/json"
 Clock = Callable[[], datetime]
@@ -68,7 +68,7 @@ def acquire(storage: Storage, name: str, *, seconds: int, clock: Clock) -> Lease
         )
         return Lease(storage, name, generation, holder)
     except PreconditionFailedError:
-        existing = storage.read(name)
+        existing = _read_existing(storage, name)
     record: dict[str, Any] = json.loads(existing.data)
     expires_at = datetime.fromisoformat(record["expires_at"])
     if now < expires_at:
@@ -87,3 +87,11 @@ def acquire(storage: Storage, name: str, *, seconds: int, clock: Clock) -> Lease
             "(another attempt was first); retry later"
         ) from None
     return Lease(storage, name, generation, holder)
+
+
+def _read_existing(storage: Storage, name: str) -> StoredObject:
+    try:
+        return storage.read(name)
+    except ObjectNotFoundError:
+        # Released between our create and this read: its holder has just finished.
+        raise LeaseHeldError(f"{name} was released while we read it; retry later") from None
