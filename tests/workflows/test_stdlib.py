@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -451,3 +453,15 @@ def test_pubsub_publish_validates_the_topic_and_reports_api_errors() -> None:
             body={"messages": []},
         )
     assert caught.value.payload["code"] == 404
+
+
+def test_the_engine_docs_list_exactly_the_registered_functions_and_their_arguments() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "WORKFLOWS_ENGINE.md").read_text("utf-8")
+    table = docs.split("| Module | Functions | Notes |", 1)[1].split("\n\n", 1)[0]
+    documented = {
+        name: tuple(filter(None, (arg.strip() for arg in arguments.split(","))))
+        for row in table.splitlines()[2:]
+        for name, arguments in re.findall(r"`([\w.]+)\(([^)]*)\)`", row.split("|")[2])
+    }
+    registered = {name: function.parameter_names for name, function in FUNCTIONS.items()}
+    assert documented == registered
