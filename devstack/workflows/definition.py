@@ -281,15 +281,21 @@ class _Parser:
     def block(self, raw: Any, owner: str, line: int) -> Block:
         if not isinstance(raw, SourceList) or not raw:
             raise self.fail("'steps' must be a non-empty list of steps", owner, line)
-        steps: list[Step] = []
+        items = self.single_key_items(
+            raw, owner, "step is a map with exactly one key, the step name"
+        )
+        return Block([self.step(name, body, line) for name, body, line in items])
+
+    def single_key_items(
+        self, raw: SourceList, owner: str, shape: str
+    ) -> Iterator[tuple[str, Any, int]]:
+        """The (key, value, line) of each one-key map of a list of steps, assignments or
+        branches; any other item is a definition error saying what ``shape`` it needs."""
         for item, item_line in zip(raw, raw.item_lines, strict=True):
             if not isinstance(item, SourceMap) or len(item) != 1:
-                raise self.fail(
-                    "each step is a map with exactly one key, the step name", owner, item_line
-                )
-            ((name, body),) = item.items()
-            steps.append(self.step(name, body, item.line_of(name)))
-        return Block(steps)
+                raise self.fail(f"each {shape}", owner, item_line)
+            ((key, value),) = item.items()
+            yield key, value, item.line_of(key)
 
     def step(self, name: str, body: Any, line: int) -> Step:
         if not isinstance(body, SourceMap):
@@ -352,12 +358,8 @@ class _Parser:
                 line,
             )
         assignments = []
-        for item, item_line in zip(raw, raw.item_lines, strict=True):
-            if not isinstance(item, dict) or len(item) != 1:
-                raise self.fail(
-                    "each assignment is a single-key map {variable: value}", name, item_line
-                )
-            ((text, value),) = item.items()
+        items = self.single_key_items(raw, name, "assignment is a single-key map {variable: value}")
+        for text, value, item_line in items:
             assignments.append(
                 Assignment(
                     self.target(text, name, item_line), text, self.template(value, name, item_line)
@@ -497,12 +499,8 @@ class _Parser:
                 f"a parallel step has at most {MAX_PARALLEL_BRANCHES} branches", name, line
             )
         branches = []
-        for item, item_line in zip(raw, raw.item_lines, strict=True):
-            if not isinstance(item, SourceMap) or len(item) != 1:
-                raise self.fail(
-                    "each branch is a map {branch_name: {steps: [...]}}", name, item_line
-                )
-            ((branch_name, branch_body),) = item.items()
+        items = self.single_key_items(raw, name, "branch is a map {branch_name: {steps: [...]}}")
+        for branch_name, branch_body, item_line in items:
             if not isinstance(branch_body, SourceMap) or set(branch_body) != {"steps"}:
                 raise self.fail("a branch holds only 'steps'", branch_name, item_line)
             branches.append(

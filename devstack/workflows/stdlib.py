@@ -347,20 +347,17 @@ def _math_floor(_: CallEnvironment, args: dict[str, Any]) -> int:
     return checked_int(math.floor(args["x"]))
 
 
-@_register("math.max", "x", "y")
-def _math_max(_: CallEnvironment, args: dict[str, Any]) -> int | float:
-    require_type("math.max", "x", args["x"], "integer", "double")
-    require_type("math.max", "y", args["y"], "integer", "double")
-    larger: int | float = max(args["x"], args["y"])
-    return larger
+def _pick_number(name: str, pick: Callable[[float, float], float]) -> Implementation:
+    def implementation(_: CallEnvironment, args: dict[str, Any]) -> int | float:
+        require_type(name, "x", args["x"], "integer", "double")
+        require_type(name, "y", args["y"], "integer", "double")
+        return pick(args["x"], args["y"])
+
+    return implementation
 
 
-@_register("math.min", "x", "y")
-def _math_min(_: CallEnvironment, args: dict[str, Any]) -> int | float:
-    require_type("math.min", "x", args["x"], "integer", "double")
-    require_type("math.min", "y", args["y"], "integer", "double")
-    smaller: int | float = min(args["x"], args["y"])
-    return smaller
+_register("math.max", "x", "y")(_pick_number("math.max", max))
+_register("math.min", "x", "y")(_pick_number("math.min", min))
 
 
 # ---------------------------------------------------------------- text
