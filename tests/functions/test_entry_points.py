@@ -6,10 +6,14 @@ import base64
 import io
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from pipeline_core.events import ObjectRef
+from pipeline_core.leases import acquire
+from pipeline_core.registry import training_lease_object
 from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import (
     IRIS,
@@ -267,6 +271,19 @@ def test_trigger_workflow_acknowledges_what_it_skips(
     assert starter.started == []
     severities = {line["severity"] for line in log_lines(captured_logs)}
     assert ("ERROR" in severities) is (fixture == "malformed_payload_push.json")
+
+
+def test_train_model_during_a_live_attempt_is_a_503_to_retry(
+    function: Loader, storage: InMemoryStorage
+) -> None:
+    body = processed(function, storage)
+    source = ObjectRef.from_request(body)
+    acquire(storage, training_lease_object(source), seconds=540, clock=lambda: datetime.now(UTC))
+    request = {key: body[key] for key in ("bucket", "object", "generation", "processed_object")}
+    response = http(function, "train_model", storage).post("/", json=request)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "run_in_progress"
+    assert storage.names("models/") == [training_lease_object(source)]
 
 
 def test_trigger_workflow_api_failure_is_retried(
