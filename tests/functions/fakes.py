@@ -46,10 +46,10 @@ class InterleavedStorage(InMemoryStorage):
 
     def __init__(self, bucket: str = "test-bucket") -> None:
         super().__init__(bucket)
-        self._cues: list[tuple[str, str, Callable[[], None]]] = []
+        self._cues: list[tuple[str, str, Callable[[], object]]] = []
 
     def before(
-        self, operation: str, name: str, action: Callable[[], None], *, skip: int = 0
+        self, operation: str, name: str, action: Callable[[], object], *, skip: int = 0
     ) -> None:
         """Run ``action`` once, before the call of ``operation`` ("read", "write",
         "delete") on ``name`` that follows ``skip`` such calls."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +28,7 @@ from pipeline_core.settings import PromotionPolicy, TrainingSettings
 from pipeline_core.storage import InMemoryStorage
 from pipeline_core.training import TrainingRequest, train
 from tests.functions.conftest import BREAST_CANCER, IRIS, WINE, upload
+from tests.functions.fakes import InterleavedStorage
 
 SETTINGS = TrainingSettings(
     project="p", data_bucket="test-bucket", hyperparameters={"n_estimators": 10}
@@ -149,67 +149,43 @@ def test_promotion_policy(
     assert decision.champion_version == (champion.version if champion else None)
 
 
-class RacingStorage(InMemoryStorage):
-    """Another training swaps the champion right before our first pointer write."""
-
-    def __init__(self, bucket: str, rival: Callable[[InMemoryStorage], None]) -> None:
-        super().__init__(bucket)
-        self._rival: Callable[[InMemoryStorage], None] | None = rival
-        self.pointer_writes: list[int | None] = []
-
-    def write(
-        self, name: str, data: bytes, *, content_type: str, if_generation_match: int | None = None
-    ) -> int:
-        if name == CHAMPION_OBJECT:
-            self.pointer_writes.append(if_generation_match)
-            if self._rival is not None:
-                rival, self._rival = self._rival, None
-                rival(self)
-        return super().write(
-            name, data, content_type=content_type, if_generation_match=if_generation_match
-        )
-
-
-def test_two_promotions_racing_cannot_both_win() -> None:
-    def rival_wins_with_a_perfect_model(storage: InMemoryStorage) -> None:
-        pointer = {"model_version": "rival", "metrics": {"f1_macro": 1.0, "accuracy": 1.0}}
-        InMemoryStorage.write(
-            storage,
+def rival_promotes_first(storage: InterleavedStorage, f1_macro: float) -> None:
+    """Another training swaps the champion in right before our first pointer write."""
+    pointer = {"model_version": "rival", "metrics": {"f1_macro": f1_macro, "accuracy": f1_macro}}
+    storage.before(
+        "write",
+        CHAMPION_OBJECT,
+        lambda: storage.write(
             CHAMPION_OBJECT,
             json.dumps(pointer).encode(),
             content_type="application/json",
             if_generation_match=0,
-        )
+        ),
+    )
 
-    storage = RacingStorage("test-bucket", rival_wins_with_a_perfect_model)
+
+def test_two_promotions_racing_cannot_both_win() -> None:
+    storage = InterleavedStorage()
+    request = processed(storage, "raw/a.csv", BREAST_CANCER)
+    rival_promotes_first(storage, 1.0)
     weak = replace(
         SETTINGS,
         hyperparameters={"n_estimators": 1, "max_depth": 1},
         promotion=PromotionPolicy(minimum=0.0),
     )
-    outcome = train(storage, processed(storage, "raw/a.csv", BREAST_CANCER), weak)
+    outcome = train(storage, request, weak)
     assert outcome["metrics"]["f1_macro"] < 1.0
-    assert storage.pointer_writes == [0]  # our precondition failed, we re-read and re-decided
+    # Our precondition (no champion yet) failed, so we re-read and re-decided.
     assert outcome["promoted"] is False
     assert outcome["champion_version"] == "rival"
     assert json.loads(storage.read(CHAMPION_OBJECT).data)["model_version"] == "rival"
 
 
 def test_a_lost_race_against_an_equal_model_retries_with_the_new_generation() -> None:
-    def rival_wins_with_a_weak_model(storage: InMemoryStorage) -> None:
-        pointer = {"model_version": "rival", "metrics": {"f1_macro": 0.75, "accuracy": 0.75}}
-        InMemoryStorage.write(
-            storage,
-            CHAMPION_OBJECT,
-            json.dumps(pointer).encode(),
-            content_type="application/json",
-            if_generation_match=0,
-        )
-
-    storage = RacingStorage("test-bucket", rival_wins_with_a_weak_model)
-    outcome = train(storage, processed(storage, "raw/a.csv", IRIS), SETTINGS)
-    rival_generation = storage.pointer_writes[1]
-    assert storage.pointer_writes[0] == 0 and rival_generation not in (None, 0)
+    storage = InterleavedStorage()
+    request = processed(storage, "raw/a.csv", IRIS)
+    rival_promotes_first(storage, 0.75)
+    outcome = train(storage, request, SETTINGS)
     assert outcome["promoted"] is True
     pointer = json.loads(storage.read(CHAMPION_OBJECT).data)
     assert pointer["model_version"] == outcome["model_version"]
