@@ -438,3 +438,27 @@ def test_config_errors_stop_the_program(deploy: Callable[..., Deployment]) -> No
 
     with pytest.raises(ConfigError, match="ml-pipeline:orchestration"):
         deploy(orchestration="choreography")
+
+
+def test_event_triggers_name_their_topic_region_account_and_retry(
+    events_stack: Deployment,
+) -> None:
+    trigger_email = account_member(events_stack, "evtrig").removeprefix("serviceAccount:")
+    triggers = {
+        f.inputs["name"]: f.inputs["eventTrigger"]
+        for f in events_stack.of_type(Types.FUNCTION)
+        if "eventTrigger" in f.inputs
+    }
+    expected_topics = {
+        "mlp-dev-process-data-event": "mlp-dev-data-processing-trigger",
+        "mlp-dev-train-model-event": "mlp-dev-model-training-trigger",
+    }
+    assert set(triggers) == set(expected_topics)
+    for function, trigger in triggers.items():
+        assert trigger == {
+            "eventType": "google.cloud.pubsub.topic.v1.messagePublished",
+            "pubsubTopic": f"projects/{PROJECT}/topics/{expected_topics[function]}",
+            "triggerRegion": REGION,
+            "serviceAccountEmail": trigger_email,
+            "retryPolicy": "RETRY_POLICY_RETRY",
+        }
