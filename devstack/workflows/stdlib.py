@@ -802,6 +802,33 @@ def _check_auth(auth: Any) -> None:
         raise _error("ValueError", f"http: unknown auth option '{sorted(unknown)[0]}'")
 
 
+def _base64url_json(part: Mapping[str, Any]) -> str:
+    encoded = base64.urlsafe_b64encode(json.dumps(part, sort_keys=True).encode())
+    return encoded.rstrip(b"=").decode()
+
+
+def _stand_in_token(auth: Any, url: str, env: Mapping[str, str]) -> str | None:
+    """An unsigned JWT (``alg: none``) standing in for the token the service would mint.
+
+    No Google credentials exist locally and local services verify no caller, but the
+    claims that matter are visible: an OIDC token's ``aud`` is the configured audience
+    or, as in the service, the full request URL, so a workflow that needs the
+    service's root URL as audience can be tested for it.
+    """
+    if auth is None:
+        return None
+    claims: dict[str, Any] = {
+        "iss": "devstack-workflows",
+        "sub": env.get("GOOGLE_CLOUD_WORKFLOW_ID", ""),
+    }
+    if auth["type"] == "OIDC":
+        claims["aud"] = auth.get("audience") or url
+    else:
+        claims["scope"] = auth.get("scopes") or auth.get("scope") or "cloud-platform"
+    header = {"alg": "none", "typ": "JWT"}
+    return f"{_base64url_json(header)}.{_base64url_json(claims)}."
+
+
 def _send_until_cancelled(environment: CallEnvironment, request: HttpRequest) -> HttpResponse:
     """Send on a worker thread so that cancelling the execution abandons a request in
     flight (the thread ends with the request's own timeout) instead of waiting for it."""
@@ -840,8 +867,10 @@ def http_request(environment: CallEnvironment, method: str, args: dict[str, Any]
     raw_headers = args.get("headers") or {}
     require_type("http", "headers", raw_headers, "map")
     headers = {str(k): _scalar_text(v) for k, v in raw_headers.items()}
-    # OIDC/OAuth2 are accepted but no token is minted: local services do not check one.
     _check_auth(args.get("auth"))
+    token = _stand_in_token(args.get("auth"), url, environment.env)
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     request = HttpRequest(
         method=method,
         url=url,

@@ -72,6 +72,21 @@ def cloud(storage: InMemoryStorage, function: Callable[[str, str], Function]) ->
     return Cloud(storage, function)
 
 
+def test_every_stage_call_carries_an_oidc_token_for_the_service_root(
+    cloud: Cloud, storage: InMemoryStorage
+) -> None:
+    """Cloud Run accepts an ID token only for its root URL, also on /reload."""
+    cloud.run(upload(storage, "raw/iris.csv", IRIS).to_json())
+    paths = set()
+    for host, path, headers in cloud.calls:
+        scheme, _, token = headers["Authorization"].partition(" ")
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert scheme == "Bearer"
+        assert claims["aud"] == f"https://{host}"
+        paths.add((host, path))
+    assert ("predict.local", "/reload") in paths
+
+
 def test_a_good_upload_runs_every_stage_and_publishes_the_summary(
     cloud: Cloud, storage: InMemoryStorage
 ) -> None:

@@ -283,6 +283,43 @@ def test_http_post_encodes_json_and_decodes_the_response() -> None:
     assert request.headers["X-Trace"] == "7"
     assert list(request.query) == [("a", "1"), ("a", "true"), ("b", "x")]
     assert request.timeout == 12.0
+
+
+def token_claims(request: HttpRequest) -> dict[str, Any]:
+    scheme, _, token = request.headers["Authorization"].partition(" ")
+    assert scheme == "Bearer"
+    header, claims, signature = token.split(".")
+    assert json.loads(base64.urlsafe_b64decode(header + "==")) == {"alg": "none", "typ": "JWT"}
+    assert signature == ""
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(claims + "=="))
+    return decoded
+
+
+@pytest.mark.parametrize(
+    ("auth", "claim", "expected"),
+    [
+        ({"type": "OIDC"}, "aud", "https://svc.run.app/reload"),
+        ({"type": "OIDC", "audience": "https://svc.run.app"}, "aud", "https://svc.run.app"),
+        ({"type": "OAuth2"}, "scope", "cloud-platform"),
+        ({"type": "OAuth2", "scopes": "https://x/auth"}, "scope", "https://x/auth"),
+    ],
+)
+def test_http_auth_sends_a_stand_in_token_with_the_service_claims(
+    auth: dict[str, str], claim: str, expected: str
+) -> None:
+    transport = FakeTransport(json_response(200, {}))
+    env = environment(transport, env={"GOOGLE_CLOUD_WORKFLOW_ID": "wf"})
+    call("http.get", _env=env, url="https://svc.run.app/reload", auth=auth)
+    (request,) = transport.requests
+    claims = token_claims(request)
+    assert claims[claim] == expected
+    assert claims["sub"] == "wf"
+
+
+def test_http_without_auth_sends_no_token() -> None:
+    transport = FakeTransport(json_response(200, {}))
+    call("http.get", _env=environment(transport), url="https://svc.run.app/")
+    (request,) = transport.requests
     assert "Authorization" not in request.headers
 
 
