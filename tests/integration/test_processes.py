@@ -1,0 +1,96 @@
+"""Starting and health-checking one process: the errors a person can act on."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc  # type: ignore[import-untyped]
+import pytest
+
+from devstack.errors import PortBusyError, ServiceDiedError
+from devstack.plan import LOOPBACK, ServicePlan
+from devstack.processes import grpc_answers, start_service, stop_group, wait_until_healthy
+from devstack.stack import allocate_ports
+
+
+@pytest.fixture
+def listening_port() -> Iterator[int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def python_service(code: str, port: int, *, grpc_port: int | None = None) -> ServicePlan:
+    return ServicePlan(
+        name="probe",
+        port=port,
+        argv=(sys.executable, "-c", code),
+        env={},
+        health_path="/",
+        grpc_port=grpc_port,
+    )
+
+
+def test_a_taken_port_is_refused_before_anything_starts(
+    listening_port: int, tmp_path: Path
+) -> None:
+    with pytest.raises(PortBusyError, match=f"port {listening_port} .* 'probe'.*ss -ltnp"):
+        start_service(python_service("pass", listening_port), tmp_path)
+    assert not (tmp_path / "probe.log").exists()
+
+
+def test_a_taken_grpc_port_is_refused_too(listening_port: int, tmp_path: Path) -> None:
+    free = allocate_ports(("rest",))["rest"]
+    plan = python_service("pass", free, grpc_port=listening_port)
+
+    with pytest.raises(PortBusyError, match=f"port {listening_port} "):
+        start_service(plan, tmp_path)
+
+
+def test_a_service_that_dies_while_starting_is_named_with_its_log_tail(
+    tmp_path: Path,
+) -> None:
+    port = allocate_ports(("probe",))["probe"]
+    code = "import sys; print('cannot load the model registry', flush=True); sys.exit(3)"
+    service = start_service(python_service(code, port), tmp_path)
+    try:
+        with pytest.raises(ServiceDiedError) as died:
+            wait_until_healthy([service], timeout=30, hints={"probe": "check its settings"})
+    finally:
+        stop_group(service)
+
+    message = str(died.value)
+    assert "service 'probe' exited while starting. check its settings." in message
+    assert "cannot load the model registry" in message
+
+
+def test_a_service_whose_grpc_listener_never_opens_is_not_healthy(tmp_path: Path) -> None:
+    ports = allocate_ports(("rest", "grpc"))
+    # Serves HTTP, but nothing ever listens on the gRPC port.
+    code = (
+        "import http.server as h; "
+        f"h.HTTPServer(('{LOOPBACK}', {ports['rest']}), h.BaseHTTPRequestHandler).serve_forever()"
+    )
+    service = start_service(python_service(code, ports["rest"], grpc_port=ports["grpc"]), tmp_path)
+    try:
+        with pytest.raises(ServiceDiedError, match="service 'probe' did not answer within 3 s"):
+            wait_until_healthy([service], timeout=3, hints={})
+    finally:
+        stop_group(service)
+
+
+def test_grpc_answers_only_while_a_grpc_server_listens() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port(f"{LOOPBACK}:0")
+    server.start()
+    target = f"{LOOPBACK}:{port}"
+    try:
+        assert grpc_answers(target, timeout=5)
+    finally:
+        server.stop(grace=None).wait()
+    assert not grpc_answers(target, timeout=1)
