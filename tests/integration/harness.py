@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -17,7 +21,7 @@ import pandas as pd
 import requests
 import yaml
 
-from devstack.plan import REPO_ROOT
+from devstack.plan import LOOPBACK, REPO_ROOT
 from devstack.pubsub import ReceivedMessage
 from devstack.stack import StackState
 
@@ -42,6 +46,9 @@ def write_test_stack_file(directory: Path) -> Path:
     document = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text(encoding="utf-8"))
     document["config"]["ml-pipeline:hyperparameters"] = {"n_estimators": 10}
     document["config"]["ml-pipeline:modelRefreshSeconds"] = 0
+    # Attempts come about 3 s apart: 8 leave about 20 s to restart a stopped service
+    # before its message is dead-lettered, enough on two busy cores.
+    document["config"]["ml-pipeline:deadLetterMaxAttempts"] = 8
     path = directory / "Pulumi.itest.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path
@@ -111,3 +118,34 @@ def pull_matching(
     messages = pubsub.pull(subscription)
     pubsub.acknowledge(subscription, [message.ack_id for message in messages])
     return next((message for message in messages if predicate(message)), None)
+
+
+@contextmanager
+def unavailable_service(port: int) -> Iterator[list[str]]:
+    """Stand in for a stopped service on its port, answering every POST with 503 (a
+    transient failure to Pub/Sub and Workflows alike); yields the paths it refused."""
+    refused: list[str] = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            refused.append(self.path)
+            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Silent: the refusals are the test's evidence, not noise."""
+
+    server = ThreadingHTTPServer((LOOPBACK, port), Refuse)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield refused
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def log_count(path: Path, text: str) -> int:
+    return path.read_text(encoding="utf-8", errors="replace").count(text)
