@@ -357,16 +357,27 @@ def _reject_unknown(
         )
 
 
+# Training fixes the seed itself (function_src/pipeline_core/training.py) so that a
+# model's recorded seed always means what it says.
+FIXED_HYPERPARAMETERS = frozenset({"random_state"})
+
+
 def hyperparameter_names(model_type: str) -> frozenset[str]:
-    """The parameters the model type's scikit-learn estimator accepts."""
+    """The parameters of the model type's scikit-learn estimator a stack may set."""
     module, name = ESTIMATORS[model_type]
     estimator = getattr(importlib.import_module(module), name)()
-    return frozenset(estimator.get_params())
+    return frozenset(estimator.get_params()) - FIXED_HYPERPARAMETERS
 
 
 def _hyperparameters(reader: _Reader, model_type: str) -> dict[str, Any]:
     raw = reader.mapping("hyperparameters")
     key = reader.full("hyperparameters")
+    for fixed in sorted(FIXED_HYPERPARAMETERS & set(raw)):
+        raise ConfigError(
+            f"{key}.{fixed}",
+            "is fixed by the pipeline (seed 42) so that training is reproducible",
+            "remove it",
+        )
     if raw:
         _reject_unknown(
             raw,

@@ -42,6 +42,9 @@ from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import Storage
 
 SEED = 42
+# Set by the pipeline itself, so a configured value would silently change what the
+# manifest's recorded seed means.
+FIXED_HYPERPARAMETERS = frozenset({"random_state"})
 TEST_FRACTION = 0.2
 SMOKE_ROWS = 5
 
@@ -76,6 +79,12 @@ def build_estimator(model_type: str, hyperparameters: Mapping[str, Any]) -> Any:
         classifier = LogisticRegression(max_iter=1000, random_state=SEED)
     else:
         raise TrainingFailedError(f"unknown model type {model_type!r}")
+    fixed = sorted(FIXED_HYPERPARAMETERS & set(hyperparameters))
+    if fixed:
+        raise TrainingFailedError(
+            f"hyperparameter {fixed[0]!r} cannot be set: the pipeline fixes the seed "
+            f"({SEED}) so that training is reproducible"
+        )
     valid = classifier.get_params()
     unknown = sorted(set(hyperparameters) - set(valid))
     if unknown:

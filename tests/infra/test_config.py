@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from components.config import (
+    FIXED_HYPERPARAMETERS,
     MODEL_TYPES,
     ConfigError,
     StackConfig,
@@ -164,4 +165,13 @@ def test_hyperparameter_names_are_those_training_accepts() -> None:
             if model_type == "logistic_regression"
             else estimator
         )
-        assert frozenset(classifier.get_params()) == names
+        assert frozenset(classifier.get_params()) == names | FIXED_HYPERPARAMETERS
+        with pytest.raises(TrainingFailedError, match="'random_state' cannot be set"):
+            build_estimator(model_type, {"random_state": 1})
+
+
+def test_the_seed_is_not_configurable() -> None:
+    with pytest.raises(ConfigError) as error:
+        build(hyperparameters={"random_state": 7})
+    assert error.value.key == "ml-pipeline:hyperparameters.random_state"
+    assert "reproducible" in str(error.value)
