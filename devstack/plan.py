@@ -82,18 +82,6 @@ class StackPlan:
                 return service
         raise KeyError(f"no service '{name}' in this stack")
 
-    @property
-    def pubsub_host(self) -> str:
-        return f"{LOOPBACK}:{self.service(PUBSUB).port}"
-
-    @property
-    def storage_url(self) -> str:
-        return self.service(STORAGE).url
-
-    @property
-    def workflows_url(self) -> str | None:
-        return self.service(WORKFLOWS).url if self.topology.workflow else None
-
 
 def service_names(config: StackConfig) -> tuple[str, ...]:
     """Every process the stack runs, in start order (emulators first)."""

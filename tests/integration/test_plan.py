@@ -66,8 +66,8 @@ def test_plan_follows_the_topology_and_config(mode: Orchestration, tmp_path: Pat
             workflow_name=topology.workflow_name(config),
         )
         assert expected.items() <= environment.items()
-        assert environment["PUBSUB_EMULATOR_HOST"] == plan.pubsub_host
-        assert environment["STORAGE_EMULATOR_HOST"] == plan.storage_url
+        assert environment["PUBSUB_EMULATOR_HOST"] == f"127.0.0.1:{ports['pubsub']}"
+        assert environment["STORAGE_EMULATOR_HOST"] == f"http://127.0.0.1:{ports['storage']}"
         starts_executions = mode == "workflow" and function.key == "trigger_workflow"
         assert ("WORKFLOWS_API_ENDPOINT" in environment) is starts_executions
         if starts_executions:
@@ -79,7 +79,7 @@ def test_plan_follows_the_topology_and_config(mode: Orchestration, tmp_path: Pat
             assert ("--grpc-port", str(workflows.grpc_port)) in zip(
                 workflows.argv, workflows.argv[1:], strict=False
             )
-    assert (plan.workflows_url is not None) is (mode == "workflow")
+    assert (WORKFLOWS in {service.name for service in plan.services}) is (mode == "workflow")
     assert sorted(ports.values()) == sorted(
         port for service in plan.services for port in service.ports
     )
