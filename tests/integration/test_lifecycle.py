@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from devstack.plan import REPO_ROOT
@@ -56,29 +58,55 @@ def test_detached_stack_refuses_a_second_up_and_down_leaves_no_process(
     assert "no local stack is running" in twice.stderr
 
 
-def test_foreground_up_stops_everything_on_ctrl_c(stack_file: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "devstack", "--state-dir", str(tmp_path), "up"]
+@contextmanager
+def foreground_up(stack_file: Path, state_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """'up' in the foreground; whatever the test does or fails at, nothing is left running."""
+    command = [sys.executable, "-m", "devstack", "--state-dir", str(state_dir), "up"]
     command += ["--stack-file", str(stack_file), "--orchestration", "events"]
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert process.stdout is not None
     try:
-        # The endpoints line comes once every service is healthy.
-        endpoints = json.loads(process.stdout.readline())
-        state = load_state(tmp_path)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        yield process
     finally:
-        # Whatever failed above, leave nothing running behind.
         if process.poll() is None:
             process.kill()
             process.wait()
-        if (tmp_path / STATE_FILE).exists():
-            devstack(tmp_path, "down")
+        if (state_dir / STATE_FILE).exists():
+            devstack(state_dir, "down")
+
+
+def ready_endpoints(process: subprocess.Popen[str]) -> dict[str, str]:
+    """The endpoints line, which 'up' prints once every service is healthy."""
+    assert process.stdout is not None
+    endpoints: dict[str, str] = json.loads(process.stdout.readline())
+    return endpoints
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(stack_file: Path, tmp_path: Path) -> None:
+    with foreground_up(stack_file, tmp_path) as process:
+        endpoints = ready_endpoints(process)
+        state = load_state(tmp_path)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
 
     assert endpoints["predict_url"] == state.service("predict").url
     assert process.returncode == 0, stderr
+    assert all(group_members(service.pid) == [] for service in state.services)
+    assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_foreground_up_names_a_service_that_died_and_stops_the_rest(
+    stack_file: Path, tmp_path: Path
+) -> None:
+    with foreground_up(stack_file, tmp_path) as process:
+        ready_endpoints(process)
+        state = load_state(tmp_path)
+        stop_group(state.service("predict"))
+        _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 1, stderr
+    assert f"service 'predict' died; last lines of {state.service('predict').log}" in stderr
     assert all(group_members(service.pid) == [] for service in state.services)
     assert not (tmp_path / STATE_FILE).exists()
 
