@@ -62,7 +62,17 @@ class WorkflowsExecutionStarter:
                     ExecutionsGrpcTransport,
                 )
 
-                channel = grpc.insecure_channel(self._api_endpoint)
+                # gRPC backs off reconnecting for up to two minutes by default, so a
+                # cached channel would keep failing (and let Pub/Sub dead-letter the
+                # upload) long after a restarted local API is back.
+                channel = grpc.insecure_channel(
+                    self._api_endpoint,
+                    options=[
+                        ("grpc.initial_reconnect_backoff_ms", 200),
+                        ("grpc.min_reconnect_backoff_ms", 200),
+                        ("grpc.max_reconnect_backoff_ms", 1000),
+                    ],
+                )
                 self._client = executions_v1.ExecutionsClient(
                     transport=ExecutionsGrpcTransport(channel=channel)
                 )
