@@ -78,52 +78,70 @@ def _upload(client: Any, bucket: str, file: Path, name: str | None) -> RunKey:
     return RunKey(bucket=bucket, object=blob.name, generation=str(blob.generation))
 
 
+@dataclass(frozen=True)
+class RunWatch:
+    """Private pull subscriptions, created before the upload so nothing can be missed:
+    the run's summary on model-events, and its notification should it be dead-lettered."""
+
+    summaries: str
+    dead_letters: str
+
+
 @contextmanager
-def summary_watch(state: StackState) -> Iterator[str]:
-    """A private pull subscription on model-events, created before the upload so the
-    run's summary cannot be missed, and deleted afterwards."""
+def summary_watch(state: StackState) -> Iterator[RunWatch]:
     pubsub = state.pubsub()
-    name = f"{state.name_prefix}-watch-{uuid.uuid4().hex[:8]}"
-    pubsub.create_subscription(name, state.topics["model_events"])
+    suffix = uuid.uuid4().hex[:8]
+    watch = RunWatch(
+        summaries=f"{state.name_prefix}-watch-{suffix}",
+        dead_letters=f"{state.name_prefix}-watch-dead-{suffix}",
+    )
+    pubsub.create_subscription(watch.summaries, state.topics["model_events"])
     try:
-        yield name
+        pubsub.create_subscription(watch.dead_letters, state.topics["dead_letter"])
+        try:
+            yield watch
+        finally:
+            pubsub.delete_subscription(watch.dead_letters)
     finally:
-        pubsub.delete_subscription(name)
+        pubsub.delete_subscription(watch.summaries)
 
 
 def upload_and_follow(
     state: StackState, file: Path, *, name: str | None, timeout: float, progress: Progress
 ) -> dict[str, Any]:
-    with summary_watch(state) as subscription:
+    with summary_watch(state) as watch:
         key = upload(state, file, name=name)
         progress(f"uploaded gs://{key.bucket}/{key.object} (generation {key.generation})")
-        return follow(state, key, subscription=subscription, timeout=timeout, progress=progress)
+        return follow(state, key, watch=watch, timeout=timeout, progress=progress)
 
 
 def follow(
     state: StackState,
     run: RunKey,
     *,
-    subscription: str,
+    watch: RunWatch,
     timeout: float,
     progress: Progress,
 ) -> dict[str, Any]:
     """Report each stage as it appears; return the run summary when it is published.
 
-    Raises RunFailedError for a rejected or failed run, RunTimeoutError when no summary
-    arrives in time.
+    Raises RunFailedError for a rejected or failed run, or when the upload's
+    notification was dead-lettered; RunTimeoutError when no summary arrives in time.
     """
     observer = _StageObserver(state, run, progress)
     pubsub = state.pubsub()
     deadline = time.monotonic() + timeout
     failed_at: float | None = None
     while time.monotonic() < deadline:
-        summary = _take_summary(pubsub, subscription, run)
+        summary = _take_summary(pubsub, watch.summaries, run)
         if summary is not None:
             observer.poll()  # report the stages the summary overtook
             if summary.get("status") != "succeeded":
                 raise RunFailedError(summary)
             return summary
+        dead_letter = _take_dead_letter(pubsub, watch.dead_letters, run)
+        if dead_letter is not None:
+            raise RunFailedError(dead_letter)
         execution_error = observer.poll()
         if execution_error is not None:
             failed_at = failed_at or time.monotonic()
@@ -145,6 +163,41 @@ def _take_summary(pubsub: PubSubEmulator, subscription: str, run: RunKey) -> dic
         if run.matches(message.attributes):
             summary: dict[str, Any] = json.loads(message.data)
             return summary
+    return None
+
+
+def _take_dead_letter(
+    pubsub: PubSubEmulator, subscription: str, run: RunKey
+) -> dict[str, Any] | None:
+    """A failure summary if this run's upload notification was dead-lettered.
+
+    Only notifications identify their upload (GCS attributes objectId and
+    objectGeneration); other dead letters, such as a failed reload push, are not about
+    whether this run produced a summary.
+    """
+    messages = pubsub.pull(subscription)
+    pubsub.acknowledge(subscription, [message.ack_id for message in messages])
+    for message in messages:
+        attributes = message.attributes
+        if (attributes.get("objectId"), attributes.get("objectGeneration")) != (
+            run.object,
+            run.generation,
+        ):
+            continue
+        source = attributes.get("CloudPubSubDeadLetterSourceSubscription", "?")
+        attempts = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "?")
+        return {
+            "status": "failed",
+            "bucket": run.bucket,
+            "object": run.object,
+            "generation": run.generation,
+            "stage": "delivery",
+            "reason": (
+                f"the upload notification was dead-lettered by {source} after {attempts} "
+                "delivery attempts; the function it pushes to kept failing (see "
+                "'python -m devstack logs')"
+            ),
+        }
     return None
 
 

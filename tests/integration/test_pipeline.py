@@ -12,9 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from components.topology import build_topology
 from devstack import runs
 from devstack.demo import write_iris_csv
+from devstack.errors import RunFailedError
 from devstack.plan import subscription_name
 from devstack.processes import group_alive, stop_group
 from devstack.stack import load_state
@@ -123,7 +126,7 @@ def test_a_notification_delivered_three_times_makes_one_run(
     versions_before = model_versions(state)
     data = separable_csv(tmp_path / "twice.csv", seed=7)
 
-    with runs.summary_watch(state) as subscription:
+    with runs.summary_watch(state) as watch:
         key = runs.upload(state, data, name="thrice.csv")
         resource = object_resource(state, key.object)
         attributes = {
@@ -136,9 +139,7 @@ def test_a_notification_delivered_three_times_makes_one_run(
         topic = state.topics[wiring.notification_topic]
         for _ in range(2):  # the bucket's own notification is the first delivery
             state.pubsub().publish(topic, json.dumps(resource).encode(), attributes)
-        summary = runs.follow(
-            state, key, subscription=subscription, timeout=RUN_TIMEOUT, progress=no_progress
-        )
+        summary = runs.follow(state, key, watch=watch, timeout=RUN_TIMEOUT, progress=no_progress)
         # Let the duplicates play out before counting what they produced.
         time.sleep(8)
 
@@ -168,7 +169,7 @@ def test_a_stage_failing_transiently_is_retried_to_success(
     stop_group(broken)
     data = separable_csv(tmp_path / "retry.csv", seed=11)
     try:
-        with runs.summary_watch(state) as subscription:
+        with runs.summary_watch(state) as watch:
             if broken.name == "workflows":
                 trigger_log = state.service("trigger_workflow").log
                 failures_before = log_count(trigger_log, TRIGGER_FAILURE_LOG)
@@ -188,7 +189,7 @@ def test_a_stage_failing_transiently_is_retried_to_success(
             summary = runs.follow(
                 local_stack.state,
                 key,
-                subscription=subscription,
+                watch=watch,
                 timeout=RUN_TIMEOUT,
                 progress=no_progress,
             )
@@ -215,8 +216,17 @@ def test_a_message_that_keeps_failing_lands_on_the_dead_letter_topic(
     broken = local_stack.state.service(PERMANENT_BREAK[config.orchestration])
     stop_group(broken)
     name = f"dead-{uuid.uuid4().hex[:6]}.csv"
+    followed: RunFailedError | None = None
     try:
-        runs.upload(local_stack.state, separable_csv(tmp_path / name, seed=5), name=name)
+        data = separable_csv(tmp_path / name, seed=5)
+        if wiring.workflow is not None:
+            # The upload's own notification is what gets dead-lettered: following the
+            # run fails on it rather than waiting for a summary that cannot come.
+            with pytest.raises(RunFailedError) as raised:
+                run(local_stack, data, name)
+            followed = raised.value
+        else:
+            runs.upload(local_stack.state, data, name=name)
         dead = wait_for(
             lambda: pull_matching(
                 local_stack.state,
@@ -236,3 +246,7 @@ def test_a_message_that_keeps_failing_lands_on_the_dead_letter_topic(
     assert dead.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == str(
         config.dead_letter_max_attempts
     )
+    if followed is not None:
+        assert followed.summary["stage"] == "delivery"
+        assert f"dead-lettered by {source_subscription}" in str(followed)
+        assert f"after {config.dead_letter_max_attempts} delivery attempts" in str(followed)
