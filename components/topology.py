@@ -204,7 +204,12 @@ def build_topology(orchestration: Orchestration) -> Topology:
                     "cloudevent",
                     "workflow_trigger",
                     "trigger_workflow",
-                    (*_BASE_ENV, Env.WORKFLOW_NAME, Env.WORKFLOW_LOCATION),
+                    (
+                        *_BASE_ENV,
+                        Env.FUNCTION_TIMEOUT_SECONDS,
+                        Env.WORKFLOW_NAME,
+                        Env.WORKFLOW_LOCATION,
+                    ),
                 ),
             ),
             deliveries=(

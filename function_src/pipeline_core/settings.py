@@ -191,6 +191,7 @@ class TriggerSettings:
     workflow_name: str
     workflow_location: str
     workflows_api_endpoint: str = ""  # local stack only
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TriggerSettings:
@@ -201,6 +202,7 @@ class TriggerSettings:
             workflow_name=env.required("WORKFLOW_NAME"),
             workflow_location=env.required("WORKFLOW_LOCATION"),
             workflows_api_endpoint=_grpc_target(env.optional("WORKFLOWS_API_ENDPOINT", "")),
+            timeout_seconds=env.timeout_seconds(),
         )
 
     @property

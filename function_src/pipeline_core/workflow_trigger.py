@@ -1,19 +1,20 @@
 """trigger_workflow: one Workflows execution per uploaded object generation.
 
-At-least-once delivery meets at-most-once start through a marker object
-``runs/<object>/<generation>.json``:
+At-least-once delivery meets at-most-once start through two objects under ``runs/``:
 
-1. create the marker with if-generation-match=0 (state ``starting``); if it already
-   exists, another delivery owns the run: skip when it holds an execution name, ask for
-   a retry while it is fresh, and take it over (generation precondition) once it is
-   older than ``MARKER_STALE_SECONDS`` (its owner crashed before starting);
-2. start the execution; on failure delete our marker (generation precondition) and
-   raise, so the platform retries from a clean state;
-3. record the execution name in the marker.
+1. the marker ``runs/<object>/<generation>.json`` names the execution once one was
+   started: a delivery that finds it skips;
+2. otherwise the delivery takes the lease ``runs/<object>/<generation>.lease.json``
+   (``pipeline_core.leases``: one live holder; a concurrent delivery is asked to retry;
+   a holder that crashed is taken over after the function's timeout), checks the
+   marker again (a rival may have finished in between), starts the execution and
+   writes the marker with if-generation-match=0. A failed start raises, so the
+   platform retries; the lease is released either way.
 
-The one window left: a crash after the execution started and before step 3 lets a
-takeover start a second execution. The stages are idempotent per object generation,
-so that execution finds the recorded outcomes and repeats only the summary.
+The one window left: a crash after the execution started and before the marker was
+written lets a later delivery start a second execution. The stages are idempotent per
+object generation, so that execution finds the recorded outcomes and repeats only the
+summary.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from pipeline_core import leases
 from pipeline_core import logging as log
-from pipeline_core.errors import PipelineError, PreconditionFailedError, TransientError
+from pipeline_core.errors import PipelineError, TransientError
 from pipeline_core.events import ObjectRef, StorageNotification
 from pipeline_core.settings import TriggerSettings
 from pipeline_core.storage import Storage
 
-MARKER_STALE_SECONDS = 300
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -99,6 +100,10 @@ def marker_object(ref: ObjectRef) -> str:
     return f"runs/{ref.name}/{ref.generation}.json"
 
 
+def lease_object(ref: ObjectRef) -> str:
+    return f"runs/{ref.name}/{ref.generation}.lease.json"
+
+
 @dataclass(frozen=True)
 class TriggerOutcome:
     status: str  # "started" or "skipped"
@@ -121,52 +126,48 @@ def trigger(
         log.info(f"skipping notification: {skip}", object=ref.name, generation=ref.generation)
         return TriggerOutcome("skipped", skip)
     marker = marker_object(ref)
-    claim = {"state": "starting", "event_id": notification.event_id, "at": clock().isoformat()}
-    owned = _claim(storage, marker, claim, clock)
-    if isinstance(owned, TriggerOutcome):
-        return owned
+    earlier = _already_started(storage, marker)
+    if earlier is not None:
+        return earlier
+    lease = leases.acquire(
+        storage, lease_object(ref), seconds=settings.timeout_seconds, clock=clock
+    )
     try:
-        execution = starter.start(settings.workflow_path, ref.to_json())
-    except Exception as error:
-        storage.delete(marker, if_generation_match=owned)
-        log.error("could not start the workflow; released the marker", error=str(error))
-        if isinstance(error, PipelineError):
-            raise
-        raise TransientError(f"starting the workflow failed: {error}") from error
-    try:
-        storage.write(
-            marker,
-            json.dumps({**claim, "state": "started", "execution": execution}).encode(),
-            content_type=JSON_CONTENT_TYPE,
-            if_generation_match=owned,
-        )
-    except PipelineError as error:
-        # The execution runs; raising would only invite a duplicate start.
-        log.warning("execution started but its marker was not updated", error=str(error))
+        earlier = _already_started(storage, marker)
+        if earlier is not None:
+            return earlier
+        try:
+            execution = starter.start(settings.workflow_path, ref.to_json())
+        except Exception as error:
+            log.error("could not start the workflow", error=str(error), object=ref.name)
+            if isinstance(error, PipelineError):
+                raise
+            raise TransientError(f"starting the workflow failed: {error}") from error
+        record = {
+            "execution": execution,
+            "event_id": notification.event_id,
+            "started_at": clock().isoformat(),
+        }
+        try:
+            storage.write(
+                marker,
+                json.dumps(record).encode(),
+                content_type=JSON_CONTENT_TYPE,
+                if_generation_match=0,
+            )
+        except PipelineError as error:
+            # The execution runs; raising would only invite a duplicate start.
+            log.warning("execution started but its marker was not written", error=str(error))
+    finally:
+        lease.release()
     log.info("started workflow execution", execution=execution, object=ref.name)
     return TriggerOutcome("started", "new upload", execution)
 
 
-def _claim(
-    storage: Storage, marker: str, claim: dict[str, Any], clock: Callable[[], datetime]
-) -> int | TriggerOutcome:
-    """The marker generation we own, or the outcome when another delivery owns the run."""
-    body = json.dumps(claim).encode()
-    try:
-        return storage.write(marker, body, content_type=JSON_CONTENT_TYPE, if_generation_match=0)
-    except PreconditionFailedError:
-        existing = storage.read(marker)
-    record = json.loads(existing.data)
-    if record.get("execution"):
-        reason = f"already started as {record['execution']}"
-        log.info(f"skipping duplicate delivery: {reason}", marker=marker)
-        return TriggerOutcome("skipped", reason, record["execution"])
-    age = (clock() - datetime.fromisoformat(record["at"])).total_seconds()
-    if age < MARKER_STALE_SECONDS:
-        raise TransientError(
-            f"another delivery claimed {marker} {age:.0f}s ago and is starting the run; retry later"
-        )
-    log.warning("taking over a stale run marker", marker=marker, age_seconds=age)
-    return storage.write(
-        marker, body, content_type=JSON_CONTENT_TYPE, if_generation_match=existing.generation
-    )
+def _already_started(storage: Storage, marker: str) -> TriggerOutcome | None:
+    if storage.stat(marker) is None:
+        return None
+    execution = json.loads(storage.read(marker).data)["execution"]
+    reason = f"already started as {execution}"
+    log.info(f"skipping duplicate delivery: {reason}", marker=marker)
+    return TriggerOutcome("skipped", reason, execution)
