@@ -19,9 +19,8 @@ from typing import Any
 
 from pipeline_core import logging as log
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
-from pipeline_core.storage import Storage, StoredObject
+from pipeline_core.storage import Storage, StoredObject, write_json
 
-JSON_CONTENT_TYPE = "application/json"
 Clock = Callable[[], datetime]
 
 
@@ -54,33 +53,26 @@ def acquire(storage: Storage, name: str, *, seconds: int, clock: Clock) -> Lease
     """The lease ``name`` for ``seconds``, or ``LeaseHeldError`` while another holds it."""
     holder = secrets.token_hex(8)
     now = clock()
-    body = json.dumps(
-        {
-            "holder": holder,
-            "claimed_at": now.isoformat(),
-            "expires_at": (now + timedelta(seconds=seconds)).isoformat(),
-        },
-        sort_keys=True,
-    ).encode()
+    record = {
+        "holder": holder,
+        "claimed_at": now.isoformat(),
+        "expires_at": (now + timedelta(seconds=seconds)).isoformat(),
+    }
     try:
-        generation = storage.write(
-            name, body, content_type=JSON_CONTENT_TYPE, if_generation_match=0
-        )
+        generation = write_json(storage, name, record, if_generation_match=0)
         return Lease(storage, name, generation, holder)
     except PreconditionFailedError:
         existing = _read_existing(storage, name)
-    record: dict[str, Any] = json.loads(existing.data)
-    expires_at = datetime.fromisoformat(record["expires_at"])
+    held: dict[str, Any] = json.loads(existing.data)
+    expires_at = datetime.fromisoformat(held["expires_at"])
     if now < expires_at:
         raise LeaseHeldError(
-            f"attempt {record['holder']} has held {name} since {record['claimed_at']} "
-            f"(until {record['expires_at']}); retry later"
+            f"attempt {held['holder']} has held {name} since {held['claimed_at']} "
+            f"(until {held['expires_at']}); retry later"
         )
-    log.warning("taking over an expired lease", lease=name, previous_holder=record["holder"])
+    log.warning("taking over an expired lease", lease=name, previous_holder=held["holder"])
     try:
-        generation = storage.write(
-            name, body, content_type=JSON_CONTENT_TYPE, if_generation_match=existing.generation
-        )
+        generation = write_json(storage, name, record, if_generation_match=existing.generation)
     except PreconditionFailedError:
         raise LeaseHeldError(
             f"the expired lease {name} changed while taking it over "

@@ -10,7 +10,6 @@ import csv
 import gzip
 import hashlib
 import io
-import json
 import math
 import struct
 import zlib
@@ -28,11 +27,10 @@ from pipeline_core.errors import BadRequestError, DataRejectedError, Preconditio
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import Clock, acquire, utc_now
 from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
-from pipeline_core.storage import Storage
+from pipeline_core.storage import Storage, read_json, write_json
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
-JSON_CONTENT_TYPE = "application/json"
 
 # Whole-file rejection reasons (recorded under rejected/).
 EMPTY = "empty"
@@ -160,9 +158,7 @@ def _write_once(storage: Storage, name: str, document: dict[str, Any]) -> None:
     """The first outcome recorded stays: one written by an attempt whose lease expired
     while it ran is as good as ours (processing is deterministic)."""
     try:
-        storage.write(
-            name, _json_bytes(document), content_type=JSON_CONTENT_TYPE, if_generation_match=0
-        )
+        write_json(storage, name, document, if_generation_match=0)
     except PreconditionFailedError:
         log.info("another attempt recorded the outcome first", outcome=name)
 
@@ -170,10 +166,10 @@ def _write_once(storage: Storage, name: str, document: dict[str, Any]) -> None:
 def _previous_outcome(storage: Storage, ref: ObjectRef) -> ProcessingResult | None:
     if storage.stat(stats_object(ref)) is not None:
         log.info("already processed; returning the recorded outcome", object=ref.name)
-        return ProcessingResult(json.loads(storage.read(stats_object(ref)).data))
+        return ProcessingResult(read_json(storage, stats_object(ref)))
     if storage.stat(rejection_object(ref)) is not None:
         log.info("already rejected; returning the recorded rejection", object=ref.name)
-        record = json.loads(storage.read(rejection_object(ref)).data)
+        record = read_json(storage, rejection_object(ref))
         raise DataRejectedError(
             record["reason"], rejection_object=rejection_object(ref), detail=record["detail"]
         )
@@ -438,7 +434,3 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _json_bytes(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, indent=2, sort_keys=True, allow_nan=False).encode()

@@ -19,10 +19,9 @@ from pipeline_core import logging as log
 from pipeline_core.errors import PreconditionFailedError, TransientError
 from pipeline_core.events import ObjectRef
 from pipeline_core.settings import PromotionPolicy
-from pipeline_core.storage import Storage
+from pipeline_core.storage import Storage, read_json, write_json
 
 CHAMPION_OBJECT = "models/champion.json"
-JSON_CONTENT_TYPE = "application/json"
 ARTIFACT_CONTENT_TYPE = "application/octet-stream"
 PROMOTION_ATTEMPTS = 5
 
@@ -112,7 +111,7 @@ class ModelRegistry:
         return 0 if info is None else info.generation
 
     def manifest(self, version: str) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.storage.read(manifest_object(version)).data)
+        document = read_json(self.storage, manifest_object(version))
         return document
 
     def save_candidate(self, artifact: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -125,11 +124,7 @@ class ModelRegistry:
             "size_bytes": len(artifact),
         }
         self.storage.write(artifact_object(version), artifact, content_type=ARTIFACT_CONTENT_TYPE)
-        self.storage.write(
-            manifest_object(version),
-            json.dumps(complete, indent=2, sort_keys=True).encode(),
-            content_type=JSON_CONTENT_TYPE,
-        )
+        write_json(self.storage, manifest_object(version), complete)
         return complete
 
     def promote(
@@ -153,10 +148,10 @@ class ModelRegistry:
                 "promoted_at": promoted_at.isoformat(),
             }
             try:
-                self.storage.write(
+                write_json(
+                    self.storage,
                     CHAMPION_OBJECT,
-                    json.dumps(pointer, indent=2, sort_keys=True).encode(),
-                    content_type=JSON_CONTENT_TYPE,
+                    pointer,
                     if_generation_match=champion.generation if champion else 0,
                 )
             except PreconditionFailedError:

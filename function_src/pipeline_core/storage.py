@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
@@ -18,6 +19,7 @@ from typing import IO, Any, Protocol
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 
 READ_CHUNK_BYTES = 8 * 1024 * 1024
+JSON_CONTENT_TYPE = "application/json"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,26 @@ class Storage(Protocol):
         ...
 
     def delete(self, name: str, *, if_generation_match: int | None = None) -> None: ...
+
+
+def write_json(
+    storage: Storage,
+    name: str,
+    document: Mapping[str, Any],
+    *,
+    if_generation_match: int | None = None,
+) -> int:
+    """Store a record as stable JSON (sorted keys). NaN or infinity is refused rather
+    than written, since other readers (Workflows' json.decode) would reject the file."""
+    data = json.dumps(document, indent=2, sort_keys=True, allow_nan=False).encode()
+    return storage.write(
+        name, data, content_type=JSON_CONTENT_TYPE, if_generation_match=if_generation_match
+    )
+
+
+def read_json(storage: Storage, name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(storage.read(name).data)
+    return document
 
 
 class InMemoryStorage:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import platform
 from collections.abc import Mapping
@@ -39,7 +38,7 @@ from pipeline_core.registry import (
     training_lease_object,
 )
 from pipeline_core.settings import TrainingSettings
-from pipeline_core.storage import Storage
+from pipeline_core.storage import Storage, read_json, write_json
 
 SEED = 42
 # Set by the pipeline itself, so a configured value would silently change what the
@@ -214,11 +213,7 @@ def _train_and_record(
         "reason": decision.reason,
         "smoke_instances": manifest["smoke_instances"],
     }
-    storage.write(
-        lineage_object(request.source),
-        json.dumps(outcome, indent=2, sort_keys=True).encode(),
-        content_type="application/json",
-    )
+    write_json(storage, lineage_object(request.source), outcome)
     log.info(
         "trained model", **{key: outcome[key] for key in ("model_version", "promoted", "reason")}
     )
@@ -230,7 +225,7 @@ def _recorded_outcome(registry: ModelRegistry, source: ObjectRef) -> dict[str, A
     after promoting but before recording (the champion then comes from this upload)."""
     storage = registry.storage
     if storage.stat(lineage_object(source)) is not None:
-        recorded: dict[str, Any] = json.loads(storage.read(lineage_object(source)).data)
+        recorded = read_json(storage, lineage_object(source))
         log.info("already trained from this upload", model_version=recorded["model_version"])
         return recorded
     champion = registry.champion()

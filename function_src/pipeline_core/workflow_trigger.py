@@ -30,9 +30,7 @@ from pipeline_core import logging as log
 from pipeline_core.errors import PipelineError, TransientError
 from pipeline_core.events import ObjectRef, StorageNotification
 from pipeline_core.settings import TriggerSettings
-from pipeline_core.storage import Storage
-
-JSON_CONTENT_TYPE = "application/json"
+from pipeline_core.storage import Storage, read_json, write_json
 
 
 class ExecutionStarter(Protocol):
@@ -149,12 +147,7 @@ def trigger(
             "started_at": clock().isoformat(),
         }
         try:
-            storage.write(
-                marker,
-                json.dumps(record).encode(),
-                content_type=JSON_CONTENT_TYPE,
-                if_generation_match=0,
-            )
+            write_json(storage, marker, record, if_generation_match=0)
         except PipelineError as error:
             # The execution runs; raising would only invite a duplicate start.
             log.warning("execution started but its marker was not written", error=str(error))
@@ -167,7 +160,7 @@ def trigger(
 def _already_started(storage: Storage, marker: str) -> TriggerOutcome | None:
     if storage.stat(marker) is None:
         return None
-    execution = json.loads(storage.read(marker).data)["execution"]
+    execution = read_json(storage, marker)["execution"]
     reason = f"already started as {execution}"
     log.info(f"skipping duplicate delivery: {reason}", marker=marker)
     return TriggerOutcome("skipped", reason, execution)
