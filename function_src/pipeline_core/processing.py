@@ -1,7 +1,8 @@
 """process_data: raw CSV upload -> cleaned Parquet + stats, or a recorded rejection.
 
-The raw object is streamed: memory holds one chunk of rows, one row hash per distinct
-row (for exact-duplicate detection) and the running statistics, never the file.
+The raw object is streamed: memory holds one chunk of rows, a 16-byte digest per
+distinct row (for exact-duplicate detection, ``digest_set``) and the running
+statistics, never the file.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_core import logging as log
+from pipeline_core.digest_set import DIGEST_BYTES, DigestSet
 from pipeline_core.errors import BadRequestError, DataRejectedError, PreconditionFailedError
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import Clock, acquire, utc_now
@@ -233,7 +235,7 @@ class _Cleaner:
     class_counts: Counter[str] = field(default_factory=Counter)
     features: tuple[str, ...] = ()
     feature_stats: dict[str, _RunningStats] = field(default_factory=dict)
-    _seen: set[bytes] = field(default_factory=set)
+    _seen: DigestSet = field(default_factory=DigestSet)
 
     def run(self, source: IO[bytes], sink: IO[bytes], chunk_rows: int) -> None:
         rows = csv.reader(_text_lines(source))
@@ -249,11 +251,14 @@ class _Cleaner:
             self.feature_stats = {name: _RunningStats() for name in self.features}
             writer: pq.ParquetWriter | None = None
             for chunk in _chunks(
-                self._clean_rows(rows, len(header), feature_index, target_index), chunk_rows
+                self._valid_rows(rows, len(header), feature_index, target_index), chunk_rows
             ):
+                kept = self._drop_duplicates(chunk)
+                if not kept:
+                    continue
                 if writer is None:
                     writer = pq.ParquetWriter(sink, arrow_schema, compression="snappy")
-                writer.write_table(self._to_table(chunk, arrow_schema))
+                writer.write_table(self._to_table(kept, arrow_schema))
             if writer is not None:
                 writer.close()
         except UnicodeDecodeError as error:
@@ -289,29 +294,38 @@ class _Cleaner:
             raise _RejectError(NO_FEATURES, f"no feature columns besides the target {target!r}")
         return [names.index(name) for name in self.features], names.index(target)
 
-    def _clean_rows(
+    def _valid_rows(
         self, rows: Iterator[list[str]], width: int, feature_index: list[int], target_index: int
-    ) -> Iterator[tuple[list[float], str]]:
+    ) -> Iterator[tuple[list[float], str, bytes]]:
+        """Rows that parse, with the digest that identifies exact duplicates."""
         packer = struct.Struct(f"<{len(feature_index)}d")
         for row in rows:
             if not row:
                 continue  # blank line
             self.rows_in += 1
             reason, values, label = self._parse(row, width, feature_index, target_index)
-            if reason is None:
-                digest = hashlib.blake2b(
-                    packer.pack(*values) + label.encode(), digest_size=16
-                ).digest()
-                if digest in self._seen:
-                    reason = ROW_DUPLICATE
-                else:
-                    self._seen.add(digest)
             if reason is not None:
                 self.rejections[reason] += 1
                 continue
+            digest = hashlib.blake2b(
+                packer.pack(*values) + label.encode(), digest_size=DIGEST_BYTES
+            ).digest()
+            yield values, label, digest
+
+    def _drop_duplicates(
+        self, chunk: list[tuple[list[float], str, bytes]]
+    ) -> list[tuple[list[float], str]]:
+        """The rows of the chunk not seen before, in order; the first occurrence stays."""
+        kept: list[tuple[list[float], str]] = []
+        is_new = self._seen.add_new([digest for _, _, digest in chunk])
+        for (values, label, _), new in zip(chunk, is_new, strict=True):
+            if not new:
+                self.rejections[ROW_DUPLICATE] += 1
+                continue
             self.rows_out += 1
             self.class_counts[label] += 1
-            yield values, label
+            kept.append((values, label))
+        return kept
 
     @staticmethod
     def _parse(
@@ -415,10 +429,11 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _chunks(
-    rows: Iterator[tuple[list[float], str]], size: int
-) -> Iterator[list[tuple[list[float], str]]]:
-    chunk: list[tuple[list[float], str]] = []
+Row = TypeVar("Row")
+
+
+def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
     for row in rows:
         chunk.append(row)
         if len(chunk) >= size:
