@@ -150,7 +150,8 @@ def parse_generation(value: Any, field_name: str) -> int:
         raise BadRequestError(f"'{field_name}' must be a whole number, got {value!r}")
     if isinstance(value, int) and value >= 0:
         return value
-    if isinstance(value, str) and value.isdigit():
+    # str.isdigit alone accepts "²" (int() then fails) and "١٢٣" (int() reads 123).
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     raise BadRequestError(
         f"'{field_name}' must be a whole number (or a string of digits), got {value!r}"

@@ -223,7 +223,7 @@ def _grpc_target(endpoint: str) -> str:
             "pass the gRPC target of the Executions API as host:port, e.g. 127.0.0.1:8081"
         )
     host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigurationError(
             f"environment variable WORKFLOWS_API_ENDPOINT={endpoint!r} is not host:port "
             "(the gRPC target of the Executions API, e.g. 127.0.0.1:8081)"

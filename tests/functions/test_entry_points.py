@@ -273,6 +273,21 @@ def test_trigger_workflow_acknowledges_what_it_skips(
     assert ("ERROR" in severities) is (fixture == "malformed_payload_push.json")
 
 
+def test_trigger_workflow_acknowledges_a_generation_of_non_ascii_digits(
+    function: Loader, storage: InMemoryStorage, captured_logs: io.StringIO
+) -> None:
+    starter = RecordingStarter()
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    client = function("trigger_workflow", "cloudevent").use(storage=storage, starter=starter).client
+    envelope = push_for("gcs_finalize_push.json", ref, len(IRIS))
+    envelope["message"]["attributes"]["objectGeneration"] = "\u00b2"
+    assert push(client, envelope).status_code == 200
+    assert starter.started == []
+    errors = [line for line in log_lines(captured_logs) if line["severity"] == "ERROR"]
+    assert len(errors) == 1
+    assert "'generation' must be a whole number" in errors[0]["message"]
+
+
 def test_train_model_during_a_live_attempt_is_a_503_to_retry(
     function: Loader, storage: InMemoryStorage
 ) -> None:

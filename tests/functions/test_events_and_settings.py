@@ -127,6 +127,8 @@ def test_unsupported_cloudevent_type() -> None:
         ({"bucket": "b", "object": "", "generation": "1"}, "'object'"),
         ({"bucket": "b", "object": "raw/a", "generation": True}, "'generation'"),
         ({"bucket": "b", "object": "raw/a", "generation": -1}, "'generation'"),
+        ({"bucket": "b", "object": "raw/a", "generation": "\u00b2"}, "'generation'"),
+        ({"bucket": "b", "object": "raw/a", "generation": "\u0661\u0662\u0663"}, "'generation'"),
     ],
 )
 def test_object_refs_from_requests(payload: Any, words: str) -> None:
@@ -191,6 +193,7 @@ def test_settings_read_the_topology_names() -> None:
         (TriggerSettings, {"WORKFLOWS_API_ENDPOINT": "127.0.0.1"}, "is not host:port"),
         (TriggerSettings, {"WORKFLOWS_API_ENDPOINT": ":8081"}, "is not host:port"),
         (TriggerSettings, {"WORKFLOWS_API_ENDPOINT": "localhost:99999"}, "is not host:port"),
+        (TriggerSettings, {"WORKFLOWS_API_ENDPOINT": "localhost:\u00b2"}, "is not host:port"),
     ],
 )
 def test_bad_settings_name_the_variable(reader: Any, override: dict[str, str], words: str) -> None:
