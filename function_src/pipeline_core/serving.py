@@ -141,7 +141,10 @@ def _number(value: Any, where: str, feature: str, index: int) -> float:
             row=index,
             feature=feature,
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # JSON integers have no size limit; floats do
+        number = math.inf
     if not math.isfinite(number):
         raise InvalidInputError(
             f"{where}: feature {feature!r} must be finite, got {value!r}",

@@ -211,6 +211,13 @@ def test_predict_routes(function: Loader, storage: InMemoryStorage) -> None:
             422,
             "instance 1: feature 'petal width (cm)' must be finite",
         ),
+        (
+            "POST",
+            "/",
+            b'{"instances": [[1, 2, 3, 1' + b"0" * 400 + b"]]}",
+            422,
+            "instance 0: feature 'petal width (cm)' must be finite",
+        ),
         ("POST", "/", b'{"instances": [[1, 2, 3, false]]}', 422, "got False"),
         ("POST", "/", b'{"instances": [[1, 2, null, 4]]}', 422, "is null"),
         (
