@@ -109,6 +109,8 @@ def _json_body(request: flask.Request) -> Any:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequestError(f"the request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BadRequestError("the request body nests JSON arrays or objects too deeply") from None
 
 
 def _http_handler(

@@ -219,6 +219,7 @@ def test_predict_routes(function: Loader, storage: InMemoryStorage) -> None:
             "instance 0: feature 'petal width (cm)' must be finite",
         ),
         ("POST", "/", b'{"instances": [[1, 2, 3, false]]}', 422, "got False"),
+        ("POST", "/", b"[" * 100_000 + b"]" * 100_000, 400, "nests JSON arrays or objects"),
         ("POST", "/", b'{"instances": [[1, 2, null, 4]]}', 422, "is null"),
         (
             "POST",
