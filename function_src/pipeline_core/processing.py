@@ -12,11 +12,13 @@ import gzip
 import hashlib
 import io
 import math
+import re
 import struct
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import IO, Any, TypeVar
 
 import numpy as np
@@ -32,6 +34,9 @@ from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
 from pipeline_core.storage import Storage, read_json, write_json
 
 GZIP_MAGIC = b"\x1f\x8b"
+# A plain decimal label ("1", "1.0", "-2.50", "1e3"); the exponent is bounded so that
+# writing the number out in full stays short.
+NUMERIC_LABEL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,2})?", re.ASCII)
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 
 # Whole-file rejection reasons (recorded under rejected/).
@@ -333,7 +338,7 @@ class _Cleaner:
     ) -> tuple[str | None, list[float], str]:
         if len(row) != width:
             return ROW_WRONG_FIELD_COUNT, [], ""
-        label = row[target_index].strip()
+        label = canonical_label(row[target_index].strip())
         if not label:
             return ROW_MISSING_TARGET, [], ""
         values: list[float] = []
@@ -392,6 +397,17 @@ class _Cleaner:
             "feature_stats": {name: stats.to_json() for name, stats in self.feature_stats.items()},
             "class_counts": dict(sorted(self.class_counts.items())),
         }
+
+
+def canonical_label(text: str) -> str:
+    """One spelling per numeric class: "1", "1.0" and "+1e0" are all class "1", as an
+    export that mixes integer and float formatting means them to be; other labels stay."""
+    if not NUMERIC_LABEL.fullmatch(text):
+        return text
+    number = Decimal(text)
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
 
 
 def _text_lines(source: IO[bytes]) -> Iterator[str]:

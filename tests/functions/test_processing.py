@@ -111,6 +111,30 @@ def test_uses_configured_features_and_target(storage: InMemoryStorage) -> None:
     assert read_parquet(storage, result["processed_object"]).column_names == ["f2", "f1", "label"]
 
 
+def test_numeric_labels_spelled_differently_are_one_class(storage: InMemoryStorage) -> None:
+    ref = upload(
+        storage,
+        "raw/labels.csv",
+        rows_csv(
+            "a,target",
+            "1,1",
+            "2,1.0",
+            "3,+1.00",
+            "4,0",
+            "5,0.0",
+            "6,-2.50",
+            "7,-2.5",
+            "7,-2.50",
+            "8,A1.0",
+        ),
+    )
+    result = process(storage, ref, SCHEMA)
+    assert result.stats["class_counts"] == {"-2.5": 2, "0": 2, "1": 3, "A1.0": 1}
+    assert result.stats["rejections"] == {"duplicate": 1}
+    table = read_parquet(storage, result.stats["processed_object"])
+    assert table.column("target").to_pylist() == ["1", "1", "1", "0", "0", "-2.5", "-2.5", "A1.0"]
+
+
 @pytest.mark.parametrize(
     ("data", "schema", "reason", "words"),
     [
@@ -133,6 +157,7 @@ def test_uses_configured_features_and_target(storage: InMemoryStorage) -> None:
         (rows_csv("a,target", "x,1", "y,2"), SCHEMA, "no_valid_rows", "no row survived"),
         (rows_csv("a,target", "1,x", "2,y"), SCHEMA, "too_few_rows", "at least 3"),
         (rows_csv("a,target", "1,x", "2,x", "3,x"), SCHEMA, "too_few_classes", "at least 2"),
+        (rows_csv("a,target", "1,1", "2,1.0", "3,1e0"), SCHEMA, "too_few_classes", "['1']"),
     ],
 )
 def test_rejects_a_whole_file_with_a_recorded_reason(
