@@ -34,6 +34,7 @@ from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
 from pipeline_core.storage import Storage, read_json, write_json
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # A plain decimal label ("1", "1.0", "-2.50", "1e3"); the exponent is bounded so that
 # writing the number out in full stays short.
 NUMERIC_LABEL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,2})?", re.ASCII)
@@ -287,7 +288,10 @@ class _Cleaner:
             raise _RejectError(BAD_HEADER, f"the header repeats column names: {duplicates}")
         target = self.schema.target_column
         if target not in names:
-            raise _RejectError(MISSING_TARGET, f"missing target column {target!r}; header: {names}")
+            raise _RejectError(
+                MISSING_TARGET,
+                f"missing target column {target!r}; header: {names}{_delimiter_hint(names)}",
+            )
         if self.schema.feature_columns:
             absent = [name for name in self.schema.feature_columns if name not in names]
             if absent:
@@ -399,6 +403,15 @@ class _Cleaner:
         }
 
 
+def _delimiter_hint(names: list[str]) -> str:
+    if len(names) != 1:
+        return ""
+    for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+        if delimiter in names[0]:
+            return f"; the file looks separated by {name}: export it with commas"
+    return ""
+
+
 def canonical_label(text: str) -> str:
     """One spelling per numeric class: "1", "1.0" and "+1e0" are all class "1", as an
     export that mixes integer and float formatting means them to be; other labels stay."""
@@ -413,6 +426,8 @@ def canonical_label(text: str) -> str:
 def _text_lines(source: IO[bytes]) -> Iterator[str]:
     """Decoded lines of a plain or gzip-compressed UTF-8 stream (with or without BOM)."""
     head = source.read(2)
+    if head in UTF16_BOMS:
+        raise _RejectError(NOT_CSV, "the file is UTF-16 text; save it as UTF-8")
     stream: IO[bytes] = io.BufferedReader(_Prefixed(head, source))
     if head == GZIP_MAGIC:
         stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
