@@ -193,6 +193,7 @@ def _record_rejection(
         "detail": rejection.detail,
         "rows_in": cleaner.rows_in,
         "row_rejections": dict(sorted(cleaner.rejections.items())),
+        "row_rejection_examples": dict(sorted(cleaner.examples.items())),
     }
     _write_once(storage, rejection_object(ref), record)
     log.warning(
@@ -238,6 +239,7 @@ class _Cleaner:
     rows_in: int = 0
     rows_out: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # the first row of each reason
     class_counts: Counter[str] = field(default_factory=Counter)
     features: tuple[str, ...] = ()
     feature_stats: dict[str, _RunningStats] = field(default_factory=dict)
@@ -257,7 +259,10 @@ class _Cleaner:
             self.feature_stats = {name: _RunningStats() for name in self.features}
             writer: pq.ParquetWriter | None = None
             for chunk in _chunks(
-                self._valid_rows(rows, len(header), feature_index, target_index), chunk_rows
+                self._valid_rows(
+                    rows, [cell.strip() for cell in header], feature_index, target_index
+                ),
+                chunk_rows,
             ):
                 kept = self._drop_duplicates(chunk)
                 if not kept:
@@ -304,17 +309,22 @@ class _Cleaner:
         return [names.index(name) for name in self.features], names.index(target)
 
     def _valid_rows(
-        self, rows: Iterator[list[str]], width: int, feature_index: list[int], target_index: int
+        self, rows: Any, header: list[str], feature_index: list[int], target_index: int
     ) -> Iterator[tuple[list[float], str, bytes]]:
-        """Rows that parse, with the digest that identifies exact duplicates."""
+        """Rows that parse, with the digest that identifies exact duplicates.
+
+        ``rows`` is the ``csv.reader``: its ``line_num`` names the line of a rejected row.
+        """
         packer = struct.Struct(f"<{len(feature_index)}d")
         for row in rows:
             if not row:
                 continue  # blank line
             self.rows_in += 1
-            reason, values, label = self._parse(row, width, feature_index, target_index)
-            if reason is not None:
+            problem, values, label = self._parse(row, header, feature_index, target_index)
+            if problem is not None:
+                reason, detail = problem
                 self.rejections[reason] += 1
+                self.examples.setdefault(reason, f"line {rows.line_num}: {detail}")
                 continue
             digest = hashlib.blake2b(
                 packer.pack(*values) + label.encode(), digest_size=DIGEST_BYTES
@@ -338,24 +348,28 @@ class _Cleaner:
 
     @staticmethod
     def _parse(
-        row: list[str], width: int, feature_index: list[int], target_index: int
-    ) -> tuple[str | None, list[float], str]:
-        if len(row) != width:
-            return ROW_WRONG_FIELD_COUNT, [], ""
+        row: list[str], header: list[str], feature_index: list[int], target_index: int
+    ) -> tuple[tuple[str, str] | None, list[float], str]:
+        """(reason, detail) of a row that cannot be used, or its values and label."""
+        if len(row) != len(header):
+            detail = f"{len(row)} fields where the header has {len(header)}"
+            return (ROW_WRONG_FIELD_COUNT, detail), [], ""
         label = canonical_label(row[target_index].strip())
         if not label:
-            return ROW_MISSING_TARGET, [], ""
+            return (ROW_MISSING_TARGET, f"no value for {header[target_index]!r}"), [], ""
         values: list[float] = []
         for index in feature_index:
             cell = row[index].strip()
             if not cell:
-                return ROW_MISSING_FEATURE, [], ""
+                return (ROW_MISSING_FEATURE, f"no value for feature {header[index]!r}"), [], ""
             try:
                 value = float(cell)
             except ValueError:
-                return ROW_NON_NUMERIC_FEATURE, [], ""
+                detail = f"feature {header[index]!r} is {_shortened(cell)!r}, not a number"
+                return (ROW_NON_NUMERIC_FEATURE, detail), [], ""
             if not math.isfinite(value):
-                return ROW_NON_FINITE_FEATURE, [], ""
+                detail = f"feature {header[index]!r} is {_shortened(cell)!r}"
+                return (ROW_NON_FINITE_FEATURE, detail), [], ""
             values.append(value)
         return None, values, label
 
@@ -370,11 +384,14 @@ class _Cleaner:
         return pa.Table.from_arrays(columns, schema=arrow_schema)
 
     def check_result(self) -> None:
+        if self.rows_in == 0:
+            raise _RejectError(NO_VALID_ROWS, "the file has a header and no data rows")
         if self.rows_out == 0:
             raise _RejectError(
                 NO_VALID_ROWS,
                 f"no row survived cleaning ({self.rows_in} rows in; rejected: "
-                f"{dict(sorted(self.rejections.items()))})",
+                f"{dict(sorted(self.rejections.items()))}; first of each: "
+                f"{'; '.join(self.examples[reason] for reason in sorted(self.examples))})",
             )
         if self.rows_out < self.schema.min_rows:
             raise _RejectError(
@@ -398,6 +415,7 @@ class _Cleaner:
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
             "rejections": dict(sorted(self.rejections.items())),
+            "rejection_examples": dict(sorted(self.examples.items())),
             "feature_stats": {name: stats.to_json() for name, stats in self.feature_stats.items()},
             "class_counts": dict(sorted(self.class_counts.items())),
         }
@@ -410,6 +428,10 @@ def _delimiter_hint(names: list[str]) -> str:
         if delimiter in names[0]:
             return f"; the file looks separated by {name}: export it with commas"
     return ""
+
+
+def _shortened(cell: str, limit: int = 40) -> str:
+    return cell if len(cell) <= limit else f"{cell[:limit]}..."
 
 
 def canonical_label(text: str) -> str:

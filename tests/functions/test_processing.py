@@ -68,6 +68,13 @@ def test_cleans_counts_every_row_reason_and_writes_stats(storage: InMemoryStorag
         "std": pytest.approx(3.6401, abs=1e-4),
     }
     assert stats["source"] == ref.to_json()
+    assert stats["rejection_examples"] == {
+        "missing_feature": "line 5: no value for feature 'c d'",
+        "non_numeric_feature": "line 6: feature 'c d' is 'abc', not a number",
+        "non_finite_feature": "line 7: feature 'c d' is 'inf'",
+        "missing_target": "line 9: no value for 'target'",
+        "wrong_field_count": "line 10: 2 fields where the header has 3",
+    }
 
 
 def test_streams_in_chunks_with_the_same_result_as_one_chunk(storage: InMemoryStorage) -> None:
@@ -183,6 +190,35 @@ def test_rejects_a_whole_file_with_a_recorded_reason(
     assert record["source"] == ref.to_json()
     assert storage.names("processed/") == []  # nothing half-written
     assert storage.read("raw/bad.csv").data == data  # raw data untouched
+
+
+def test_a_file_without_usable_rows_names_the_first_bad_row_of_each_reason(
+    storage: InMemoryStorage,
+) -> None:
+    long_cell = "y" * 100
+    ref = upload(
+        storage,
+        "raw/bad.csv",
+        rows_csv("a,b,target", f"1,{long_cell},x", '"1,000",2,x', "1,2,x,,", "3,4,y,,"),
+    )
+    with pytest.raises(DataRejectedError) as caught:
+        process(storage, ref, SCHEMA)
+    detail = caught.value.detail
+    assert detail.startswith("no row survived cleaning (4 rows in;")
+    shortened = f"line 2: feature 'b' is '{long_cell[:40]}...', not a number"
+    assert shortened in detail
+    assert "line 4: 5 fields where the header has 3" in detail
+    record = json.loads(storage.read(rejection_object(ref)).data)
+    assert record["row_rejection_examples"] == {
+        "non_numeric_feature": shortened,
+        "wrong_field_count": "line 4: 5 fields where the header has 3",
+    }
+
+
+def test_a_header_without_rows_says_so(storage: InMemoryStorage) -> None:
+    ref = upload(storage, "raw/header.csv", b"a,b,target\r\n\r\n")
+    with pytest.raises(DataRejectedError, match="a header and no data rows"):
+        process(storage, ref, SCHEMA)
 
 
 def test_a_second_call_returns_the_recorded_outcome_without_reprocessing(
