@@ -268,7 +268,8 @@ def _split(
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2:
-        raise TrainingFailedError("the data holds a single class; a classifier needs at least 2")
+        found = f"a single class {classes[0]!r}" if len(classes) else "no rows"
+        raise TrainingFailedError(f"the data holds {found}; a classifier needs at least 2 classes")
     rare = [str(label) for label, count in zip(classes, counts, strict=True) if count < 2]
     if rare:
         raise TrainingFailedError(

@@ -7,6 +7,8 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline_core.errors import (
@@ -231,6 +233,17 @@ def test_refuses_data_it_cannot_split_or_read(storage: InMemoryStorage) -> None:
     storage.write("processed/raw/a.csv/1/data.parquet", b"not parquet", content_type="x")
     with pytest.raises(TrainingFailedError, match="not readable Parquet"):
         train(storage, TrainingRequest(ref, "processed/raw/a.csv/1/data.parquet"), SETTINGS)
+    for name, table in {
+        "empty": pa.table({"a": pa.array([], pa.float64()), "target": pa.array([], pa.string())}),
+        "one_class": pa.table({"a": [1.0, 2.0, 3.0], "target": ["x", "x", "x"]}),
+    }.items():
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        parquet = f"processed/raw/a.csv/{name}/data.parquet"
+        storage.write(parquet, sink.getvalue().to_pybytes(), content_type="x")
+        found = "no rows" if name == "empty" else "a single class 'x'"
+        with pytest.raises(TrainingFailedError, match=f"holds {found}; a classifier needs"):
+            train(storage, TrainingRequest(replace(ref, generation=len(name)), parquet), SETTINGS)
     with pytest.raises(TrainingFailedError, match="no target column 'label'"):
         train(
             storage, processed(storage, "raw/b.csv", IRIS), replace(SETTINGS, target_column="label")
