@@ -136,9 +136,26 @@ def _http_handler(
     return wrapper
 
 
-def _require_post(request: flask.Request) -> None:
-    if request.method != "POST":
-        raise _MethodNotAllowedError(request.method, ("POST",))
+Handler = Callable[[flask.Request], flask.Response]
+
+
+def _dispatch(request: flask.Request, routes: Mapping[str, tuple[str, Handler]]) -> flask.Response:
+    """One JSON answer for every path and method a function does not serve."""
+    path = request.path.rstrip("/") or "/"
+    if path not in routes:
+        raise _RouteNotFoundError(path, sorted(routes))
+    method, handle = routes[path]
+    if request.method != method:
+        raise _MethodNotAllowedError(request.method, (method,))
+    return handle(request)
+
+
+class _RouteNotFoundError(BadRequestError):
+    http_status = 404
+    code = "not_found"
+
+    def __init__(self, path: str, known: list[str]) -> None:
+        super().__init__(f"no route {path}; use {', '.join(known)}")
 
 
 class _MethodNotAllowedError(BadRequestError):
@@ -153,7 +170,10 @@ class _MethodNotAllowedError(BadRequestError):
 @_http_handler
 def process_data(request: flask.Request) -> flask.Response:
     """POST {bucket, object, generation} -> processed data + stats, or 422 rejected."""
-    _require_post(request)
+    return _dispatch(request, {"/": ("POST", _process_request)})
+
+
+def _process_request(request: flask.Request) -> flask.Response:
     ref = ObjectRef.from_request(_json_body(request))
     return _respond(_process(ProcessingSettings.from_env(runtime.environ), ref).to_json())
 
@@ -162,7 +182,10 @@ def process_data(request: flask.Request) -> flask.Response:
 @_http_handler
 def train_model(request: flask.Request) -> flask.Response:
     """POST {bucket, object, generation, processed_object} -> model version + promotion."""
-    _require_post(request)
+    return _dispatch(request, {"/": ("POST", _train_request)})
+
+
+def _train_request(request: flask.Request) -> flask.Response:
     training_request = TrainingRequest.from_json(_json_body(request))
     settings = TrainingSettings.from_env(runtime.environ)
     storage = runtime.bucket(settings.project, settings.data_bucket)
@@ -173,22 +196,15 @@ def train_model(request: flask.Request) -> flask.Response:
 @_http_handler
 def predict(request: flask.Request) -> flask.Response:
     """POST / predictions; GET /health; GET /model; POST /reload."""
-    path = request.path.rstrip("/") or "/"
-    routes: dict[str, tuple[str, Callable[[flask.Request], flask.Response]]] = {
-        "/": ("POST", _predict),
-        "/health": ("GET", _health),
-        "/model": ("GET", _describe_model),
-        "/reload": ("POST", _reload),
-    }
-    if path not in routes:
-        return _respond(
-            {"error": {"code": "not_found", "message": f"no route {path}; use {sorted(routes)}"}},
-            404,
-        )
-    method, handle = routes[path]
-    if request.method != method:
-        raise _MethodNotAllowedError(request.method, (method,))
-    return handle(request)
+    return _dispatch(
+        request,
+        {
+            "/": ("POST", _predict),
+            "/health": ("GET", _health),
+            "/model": ("GET", _describe_model),
+            "/reload": ("POST", _reload),
+        },
+    )
 
 
 def _predict(request: flask.Request) -> flask.Response:

@@ -37,6 +37,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # A plain decimal label ("1", "1.0", "-2.50", "1e3"); the exponent is bounded so that
 # writing the number out in full stays short.
+# What a CSV cell may spell a number as: plain ASCII decimal notation. Python's float()
+# also takes "1_000" and non-ASCII digits, which in a data file mean something else.
+# inf and nan parse, so that the non-finite rule can name them.
+NUMBER = re.compile(
+    r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)", re.ASCII | re.IGNORECASE
+)
 NUMERIC_LABEL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,2})?", re.ASCII)
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 
@@ -362,11 +368,10 @@ class _Cleaner:
             cell = row[index].strip()
             if not cell:
                 return (ROW_MISSING_FEATURE, f"no value for feature {header[index]!r}"), [], ""
-            try:
-                value = float(cell)
-            except ValueError:
+            if not _is_number(cell):
                 detail = f"feature {header[index]!r} is {_shortened(cell)!r}, not a number"
                 return (ROW_NON_NUMERIC_FEATURE, detail), [], ""
+            value = float(cell)
             if not math.isfinite(value):
                 detail = f"feature {header[index]!r} is {_shortened(cell)!r}"
                 return (ROW_NON_FINITE_FEATURE, detail), [], ""
@@ -497,8 +502,4 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return NUMBER.fullmatch(text) is not None

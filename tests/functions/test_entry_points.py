@@ -63,6 +63,19 @@ def test_process_data_http(function: Loader, storage: InMemoryStorage) -> None:
     assert again.get_json()["processed_object"] == body["processed_object"]
 
 
+@pytest.mark.parametrize("target", ["process_data", "train_model"])
+def test_stage_functions_serve_only_their_root(
+    function: Loader, storage: InMemoryStorage, target: str
+) -> None:
+    response = http(function, target, storage).post("/foo", json={})
+    assert response.status_code == 404
+    assert response.get_json()["error"] == {
+        "code": "not_found",
+        "message": "no route /foo; use /",
+    }
+    assert storage.names() == []
+
+
 @pytest.mark.parametrize(
     "case",
     [

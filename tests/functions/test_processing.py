@@ -255,3 +255,33 @@ def test_refuses_other_buckets_prefixes_and_missing_generations(storage: InMemor
         process(storage, ObjectRef(storage.bucket, "models/champion.json", 1), SCHEMA)
     with pytest.raises(ObjectNotFoundError, match="generation 5"):
         process(storage, ObjectRef(storage.bucket, "raw/none.csv", 5), SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "cell",
+    ["1_000", "\u0661\u0662", "\uff15", "0x1A", "1,5", "1e", "--1", "five"],
+)
+def test_only_plain_decimal_notation_counts_as_a_number(
+    storage: InMemoryStorage, cell: str
+) -> None:
+    """float() takes "1_000" and non-ASCII digits; in a data file they are not numbers."""
+    rows = [f"{index},{index + 1},{'xy'[index % 2]}" for index in range(30)]
+    data = rows_csv("a,b,target", *rows, f'"{cell}",1,x')
+    ref = upload(storage, "raw/numbers.csv", data)
+    result = process(storage, ref, SCHEMA).to_json()
+    assert result["rejections"] == {"non_numeric_feature": 1}
+    assert result["rows_out"] == 30
+
+
+@pytest.mark.parametrize(
+    ("cell", "value"),
+    [("+1.5", 1.5), ("-.5", -0.5), ("3.", 3.0), ("1E3", 1000.0), ("2e-2", 0.02)],
+)
+def test_decimal_and_scientific_notation_are_numbers(
+    storage: InMemoryStorage, cell: str, value: float
+) -> None:
+    rows = [f"{index},{index + 1},{'xy'[index % 2]}" for index in range(30)]
+    ref = upload(storage, "raw/numbers.csv", rows_csv("a,b,target", f"{cell},1,x", *rows))
+    result = process(storage, ref, SCHEMA).to_json()
+    assert result["rejections"] == {}
+    assert read_parquet(storage, result["processed_object"]).column("a").to_pylist()[0] == value
