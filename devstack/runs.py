@@ -29,6 +29,10 @@ _POLL_SECONDS = 0.5
 _SUMMARY_GRACE_SECONDS = 15.0
 _HTTP_TIMEOUT_SECONDS = 30
 
+# Both entry points skip empty objects (StorageNotification.skip_reason): consoles and
+# tools create them as folder placeholders.
+_EMPTY_OBJECT_NOTE = "the pipeline ignores empty objects under raw/"
+
 Progress = Callable[[str], None]
 
 
@@ -73,6 +77,8 @@ def upload_to_cloud(bucket: str, file: Path, *, name: str | None = None) -> RunK
 def _upload(client: Any, bucket: str, file: Path, name: str | None) -> RunKey:
     if not file.is_file():
         raise DevstackError(f"{file} is not a file; pass the path of a CSV file to upload")
+    if file.stat().st_size == 0:
+        raise DevstackError(f"{file} is empty; {_EMPTY_OBJECT_NOTE}, so uploading it starts no run")
     blob = client.bucket(bucket).blob(RAW_PREFIX + (name or file.name))
     blob.upload_from_filename(str(file))
     return RunKey(bucket=bucket, object=blob.name, generation=str(blob.generation))
@@ -349,6 +355,8 @@ def list_runs(state: StackState) -> list[RunRow]:
     for blob in client.list_blobs(state.bucket, prefix=RAW_PREFIX):
         run = RunKey(state.bucket, blob.name, str(blob.generation))
         row_state, detail = "received", ""
+        if blob.size == 0:
+            row_state, detail = "ignored", _EMPTY_OBJECT_NOTE
         if run.processed_stats in names:
             row_state = "processed"
         if run.training_outcome in names:

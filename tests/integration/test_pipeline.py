@@ -118,6 +118,26 @@ def test_corrupt_file_is_rejected_and_the_champion_untouched(
     assert read_object(local_stack.state, "raw/corrupt.csv") == corrupt.read_bytes()
 
 
+def test_an_empty_file_is_refused_before_upload_and_an_empty_object_is_listed_as_ignored(
+    local_stack: LocalStack, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+
+    uploaded = devstack(local_stack.state_dir, "upload", str(empty), "--wait", "--timeout", "60")
+
+    assert uploaded.returncode == 1
+    assert f"error: {empty} is empty; the pipeline ignores empty objects" in uploaded.stderr
+    assert read_object(local_stack.state, "raw/empty.csv") is None
+    # Placed by another tool (a console "folder"): no run starts, and 'runs' says why.
+    bucket = local_stack.state.storage_client().bucket(local_stack.state.bucket)
+    bucket.blob("raw/placeholder/").upload_from_string(b"")
+    listed = devstack(local_stack.state_dir, "runs")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("raw/placeholder/"))
+    assert row.split("\t")[2:] == ["ignored", "the pipeline ignores empty objects under raw/"]
+
+
 def test_a_notification_delivered_three_times_makes_one_run(
     local_stack: LocalStack, tmp_path: Path
 ) -> None:
