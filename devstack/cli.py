@@ -11,9 +11,9 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from components.config import ORCHESTRATIONS, ConfigError, StackConfig, load_stack_file
 from devstack import runs, stack
@@ -24,6 +24,8 @@ from devstack.processes import log_tail
 DEFAULT_STACK_FILE = REPO_ROOT / "Pulumi.dev.yaml"
 RUN_TIMEOUT_SECONDS = 300.0
 STATE_DIR_ENV = "DEVSTACK_STATE_DIR"
+
+Number = TypeVar("Number", int, float)
 
 
 def progress(line: str) -> None:
@@ -39,6 +41,23 @@ def load_config(stack_file: Path, orchestration: str | None) -> StackConfig:
     if orchestration is not None:
         config = dataclasses.replace(config, orchestration=orchestration)  # type: ignore[arg-type]
     return config
+
+
+def positive(parse: Callable[[str], Number]) -> Callable[[str], Number]:
+    """An argparse type: a number above zero, refused as a usage error otherwise (a
+    negative --timeout would upload and then give up at once)."""
+
+    def parse_positive(text: str) -> Number:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        # "not value > 0" also refuses nan.
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a number above 0, got '{text}'")
+        return value
+
+    return parse_positive
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,11 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--name", help="object name under raw/ (default: the file name)")
     upload.add_argument("--bucket", help="upload to this real GCS bucket instead")
     upload.add_argument("--wait", action="store_true", help="follow the run to its summary")
-    upload.add_argument("--timeout", type=float, default=RUN_TIMEOUT_SECONDS)
+    upload.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=RUN_TIMEOUT_SECONDS,
+        help="seconds --wait follows the run (default %(default).0f)",
+    )
     commands.add_parser("runs", help="list runs and their state")
     logs = commands.add_parser("logs", help="show a service's log (all services without one)")
     logs.add_argument("service", nargs="?")
-    logs.add_argument("--lines", type=int, default=40)
+    logs.add_argument("--lines", type=positive(int), default=40, help="default %(default)s")
     predict = commands.add_parser("predict", help="call the prediction endpoint")
     predict.add_argument("payload", help='JSON, e.g. \'{"instances": [{"x": 1.0}]}\'')
     demo = commands.add_parser("demo", help="start, train on iris, predict, stop")
