@@ -41,6 +41,16 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got '{text}'")
+    return port
+
+
 def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -71,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the Executions API until stopped")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=0, help="REST port (0: a free port)")
-    serve.add_argument("--grpc-port", type=int, default=0, help="gRPC port (0: a free port)")
+    serve.add_argument("--port", type=_port, default=0, help="REST port (0: a free port)")
+    serve.add_argument("--grpc-port", type=_port, default=0, help="gRPC port (0: a free port)")
     serve.add_argument("--project", required=True)
     serve.add_argument("--location", required=True)
     serve.add_argument(

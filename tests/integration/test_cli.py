@@ -1,5 +1,5 @@
-"""The devstack command line on wrong input, without a stack: usage errors exit 2 with
-one line naming the argument, before any stack is looked for."""
+"""The command lines of devstack and of its Workflows engine on wrong input, without a
+stack: usage errors exit 2 with one line naming the argument, before anything starts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from devstack.cli import main
+from devstack.workflows.cli import main as workflows_main
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -40,3 +41,18 @@ def test_log_lines_must_be_a_whole_number_above_zero(
     error = usage_error(capsys, "--state-dir", str(tmp_path), "logs", "--lines", value)
 
     assert error.endswith(f"argument --lines: expected a number above 0, got '{value}'")
+
+
+# Unchecked, a gRPC port out of range was served on another port and never returned.
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("option", ["--port", "--grpc-port"])
+@pytest.mark.parametrize("value", ["99999", "-1", "http"])
+def test_workflows_serve_refuses_a_port_out_of_range(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        workflows_main(["serve", "--project", "p", "--location", "l", option, value])
+
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"argument {option}: expected a port from 0 to 65535, got '{value}'")
