@@ -537,13 +537,16 @@ def load_stack_file(path: Path) -> StackConfig:
     import yaml
 
     if not path.is_file():
-        raise ConfigError(str(path), "does not exist", "pass an existing Pulumi.<stack>.yaml")
+        problem = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(str(path), problem, "pass an existing Pulumi.<stack>.yaml")
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
+    except UnicodeDecodeError as error:
         raise ConfigError(
-            str(path), f"is not valid YAML ({error})", "fix the YAML syntax"
+            str(path), f"is not UTF-8 text (byte {error.start})", "pass a Pulumi.<stack>.yaml"
         ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(str(path), _yaml_problem(error), "fix the YAML syntax") from None
     raw = document.get("config", {}) if isinstance(document, Mapping) else None
     if not isinstance(raw, Mapping):
         raise ConfigError(str(path), "has no 'config' map", "put the keys under 'config:'")
@@ -556,3 +559,12 @@ def load_stack_file(path: Path) -> StackConfig:
     return StackConfig.from_values(
         project=raw.get("gcp:project"), region=raw.get("gcp:region"), stack=stack, values=values
     )
+
+
+def _yaml_problem(error: Exception) -> str:
+    """One line: PyYAML's own message spans several, with a caret drawing."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return "is not valid YAML (" + " ".join(str(error).split()) + ")"
+    return f"is not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"

@@ -56,3 +56,38 @@ def test_workflows_serve_refuses_a_port_out_of_range(
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.endswith(f"argument {option}: expected a port from 0 to 65535, got '{value}'")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (
+            "config:\n  gcp:project: [\n",
+            "is not valid YAML at line 3, column 1: expected the node content, but found "
+            "'<stream end>'",
+        ),
+        ("config:\n\tgcp:project: p\n", "is not valid YAML at line 2, column 1: found character"),
+        (b"config:\n  gcp:project: \xd0\x00\n", "is not UTF-8 text (byte 23)"),
+        (None, "is a directory"),
+    ],
+)
+def test_an_unreadable_stack_file_is_one_line_naming_the_problem(
+    content: str | bytes | None,
+    problem: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stack_file = tmp_path / "Pulumi.bad.yaml"
+    if content is None:
+        stack_file.mkdir()
+    elif isinstance(content, bytes):
+        stack_file.write_bytes(content)
+    else:
+        stack_file.write_text(content, encoding="utf-8")
+
+    code = main(["--state-dir", str(tmp_path), "up", "--stack-file", str(stack_file)])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith(f"devstack: error: config '{stack_file}': {problem}")
