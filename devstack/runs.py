@@ -64,22 +64,36 @@ class RunKey:
 
 def upload(state: StackState, file: Path, *, name: str | None = None) -> RunKey:
     """Put ``file`` under raw/ in the local bucket; return the run it starts."""
-    return _upload(state.storage_client(), state.bucket, file, name)
+    object_name = _checked_upload(file, name)
+    return _upload(state.storage_client(), state.bucket, file, object_name)
 
 
 def upload_to_cloud(bucket: str, file: Path, *, name: str | None = None) -> RunKey:
     """Put ``file`` under raw/ in a real bucket, with the caller's default credentials."""
+    object_name = _checked_upload(file, name)
     from google.cloud import storage
 
-    return _upload(storage.Client(), bucket, file, name)
+    return _upload(storage.Client(), bucket, file, object_name)
 
 
-def _upload(client: Any, bucket: str, file: Path, name: str | None) -> RunKey:
+def _checked_upload(file: Path, name: str | None) -> str:
+    """The object name under raw/, once the file and the name are known to be usable
+    (checked before any client exists, so these errors come first)."""
     if not file.is_file():
         raise DevstackError(f"{file} is not a file; pass the path of a CSV file to upload")
     if file.stat().st_size == 0:
         raise DevstackError(f"{file} is empty; {_EMPTY_OBJECT_NOTE}, so uploading it starts no run")
-    blob = client.bucket(bucket).blob(RAW_PREFIX + (name or file.name))
+    object_name = name or file.name
+    if any(segment in ("", ".", "..") for segment in object_name.split("/")):
+        raise DevstackError(
+            f"--name {object_name!r} is not a plain object name under raw/: use names "
+            "like 'iris.csv' or 'team/iris.csv', without empty, '.' or '..' parts"
+        )
+    return RAW_PREFIX + object_name
+
+
+def _upload(client: Any, bucket: str, file: Path, object_name: str) -> RunKey:
+    blob = client.bucket(bucket).blob(object_name)
     blob.upload_from_filename(str(file))
     return RunKey(bucket=bucket, object=blob.name, generation=str(blob.generation))
 

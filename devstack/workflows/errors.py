@@ -89,4 +89,6 @@ def describe_error(payload: Any) -> str:
             parts.append(str(message))
         if parts:
             return " ".join(parts)
+    if isinstance(payload, str):
+        return payload  # `raise: "text"` raises the string itself; it is its own message
     return repr(payload)

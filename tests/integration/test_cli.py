@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack import runs
 from devstack.cli import main
+from devstack.errors import DevstackError
 from devstack.workflows.cli import main as workflows_main
 
 
@@ -91,3 +93,12 @@ def test_an_unreadable_stack_file_is_one_line_naming_the_problem(
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert error.startswith(f"devstack: error: config '{stack_file}': {problem}")
+
+
+@pytest.mark.parametrize("name", ["../../x.csv", "sub/", "a//b.csv", "./x.csv", "/x.csv"])
+def test_upload_names_must_stay_plain_object_names_under_raw(name: str, tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("a,target\n1,0\n", encoding="utf-8")
+    with pytest.raises(DevstackError, match="not a plain object name under raw/"):
+        # The name is checked before any client is used: nothing is uploaded.
+        runs.upload_to_cloud("any-bucket", data, name=name)

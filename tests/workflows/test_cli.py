@@ -78,6 +78,16 @@ def test_run_prints_tags_and_message_of_an_uncaught_error(workflow_file, capsys)
     assert "KeyError" in json.loads(payload_line)["tags"]
 
 
+def test_run_prints_a_raised_string_as_its_own_message(workflow_file, capsys) -> None:
+    source = "main:\n  steps:\n    - fail:\n        raise: kaput\n"
+
+    code = main(["run", str(workflow_file(source))])
+
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.splitlines() == ["workflow failed: [no tags] kaput", '"kaput"']
+
+
 def test_run_reports_a_definition_error_with_step_and_line(workflow_file, capsys) -> None:
     code = main(["run", str(workflow_file(INVALID))])
 
