@@ -657,17 +657,7 @@ def step_templates(step: Step) -> Iterator[Template]:
 
 def assigned_names(block: Block) -> set[str]:
     """Variables a block assigns anywhere inside it (including nested blocks)."""
-    names: set[str] = set()
-    for step in block.steps:
-        if isinstance(step, AssignStep):
-            names.update(a.target.variable for a in step.assignments)
-        elif isinstance(step, CallStep) and step.result is not None:
-            names.add(step.result.variable)
-        elif isinstance(step, TryStep) and step.error_variable:
-            names.add(step.error_variable)
-        for nested, _ in nested_blocks(step):
-            names.update(assigned_names(nested))
-    return names
+    return _assigned_outside(block, None)
 
 
 class _Validator:
@@ -894,7 +884,8 @@ def _contains_step(block: Block, wanted: Step) -> bool:
     )
 
 
-def _assigned_outside(block: Block, excluded: Step) -> set[str]:
+def _assigned_outside(block: Block, excluded: Step | None) -> set[str]:
+    """Variables assigned anywhere inside the block, except inside ``excluded``."""
     names: set[str] = set()
     for step in block.steps:
         if step is excluded:
