@@ -19,7 +19,6 @@ import os
 import platform
 import random
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,11 @@ from typing import Any
 
 from devstack.plan import LOOPBACK, ServicePlan, fake_gcs_binary
 from devstack.processes import start_service, stop_group, wait_until_healthy
+from devstack.stack import allocate_ports
 
 BUCKET = "bench-data"
 PROJECT = "bench-project"
 FEATURES = ("sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _write_csv(path: Path, rows: int) -> None:
@@ -103,7 +96,7 @@ def main() -> None:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    port = _free_port()
+    port = allocate_ports(("storage",))["storage"]
     plan = ServicePlan(
         name="storage",
         port=port,
