@@ -26,6 +26,12 @@ PromotionMetric = Literal["accuracy", "f1_macro"]
 ORCHESTRATIONS: tuple[Orchestration, ...] = ("workflow", "events")
 MODEL_TYPES: tuple[ModelType, ...] = ("random_forest", "logistic_regression", "gradient_boosting")
 PROMOTION_METRICS: tuple[PromotionMetric, ...] = ("accuracy", "f1_macro")
+PredictRuntime = Literal["onnx", "joblib"]
+PREDICT_RUNTIMES: tuple[PredictRuntime, ...] = ("onnx", "joblib")
+# Measured on 2 vCPUs (docs/FUNCTIONS.md, "train_model"): a random forest of 100 trees on
+# this many rows of noisy data fits, converts to ONNX and passes its parity check in
+# about a minute, well inside the default 540 s timeout and 2 GiB.
+DEFAULT_MAX_TRAINING_ROWS = 200_000
 FUNCTION_KEYS: tuple[str, ...] = (
     "process_data",
     "train_model",
@@ -114,11 +120,13 @@ class StackConfig:
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     promotion: PromotionPolicy = field(default_factory=PromotionPolicy)
     min_rows: int = 20
+    max_training_rows: int = DEFAULT_MAX_TRAINING_ROWS
     functions: Mapping[str, FunctionSettings] = field(
         default_factory=lambda: dict(_DEFAULT_FUNCTIONS)
     )
     predict_max_batch: int = 1000
     model_refresh_seconds: int = 30
+    predict_runtime: PredictRuntime = "onnx"
     public_predict: bool = False
     predict_invokers: tuple[str, ...] = ()
     deployer: str | None = None
@@ -187,9 +195,13 @@ class StackConfig:
             hyperparameters=_hyperparameters(reader, model_type),
             promotion=_promotion(reader),
             min_rows=reader.integer("minRows", 20, low=2, high=10_000_000),
+            max_training_rows=reader.integer(
+                "maxTrainingRows", DEFAULT_MAX_TRAINING_ROWS, low=100, high=100_000_000
+            ),
             functions=_functions(reader),
             predict_max_batch=reader.integer("predictMaxBatch", 1000, low=1, high=100_000),
             model_refresh_seconds=reader.integer("modelRefreshSeconds", 30, low=0, high=3600),
+            predict_runtime=reader.choice("predictRuntime", PREDICT_RUNTIMES, "onnx"),
             public_predict=reader.boolean("publicPredict", False),
             predict_invokers=_members(reader),
             deployer=_deployer(reader),
@@ -220,9 +232,11 @@ _KEYS = (
     "hyperparameters",
     "promotion",
     "minRows",
+    "maxTrainingRows",
     "functions",
     "predictMaxBatch",
     "modelRefreshSeconds",
+    "predictRuntime",
     "publicPredict",
     "predictInvokers",
     "deployer",

@@ -54,6 +54,8 @@ class Env:
     PROMOTION_TOLERANCE = "PROMOTION_TOLERANCE"
     PREDICT_MAX_BATCH = "PREDICT_MAX_BATCH"
     MODEL_REFRESH_SECONDS = "MODEL_REFRESH_SECONDS"
+    PREDICT_RUNTIME = "PREDICT_RUNTIME"  # onnx (the compiled artifact when verified) or joblib
+    MAX_TRAINING_ROWS = "MAX_TRAINING_ROWS"
     MODEL_EVENTS_TOPIC = "MODEL_EVENTS_TOPIC"
     MODEL_TRAINING_TOPIC = "MODEL_TRAINING_TOPIC"
     MODEL_SERVING_TOPIC = "MODEL_SERVING_TOPIC"
@@ -165,8 +167,14 @@ _TRAINING_ENV = (
     Env.PROMOTION_METRIC,
     Env.PROMOTION_MINIMUM,
     Env.PROMOTION_TOLERANCE,
+    Env.MAX_TRAINING_ROWS,
 )
-_PREDICT_ENV = (*_BASE_ENV, Env.PREDICT_MAX_BATCH, Env.MODEL_REFRESH_SECONDS)
+_PREDICT_ENV = (
+    *_BASE_ENV,
+    Env.PREDICT_MAX_BATCH,
+    Env.MODEL_REFRESH_SECONDS,
+    Env.PREDICT_RUNTIME,
+)
 
 _PREDICT = FunctionSpec("predict", "predict", "http", "prediction", "predict", _PREDICT_ENV)
 
@@ -320,6 +328,8 @@ def function_environment(
         Env.PROMOTION_TOLERANCE: repr(config.promotion.tolerance),
         Env.PREDICT_MAX_BATCH: str(config.predict_max_batch),
         Env.MODEL_REFRESH_SECONDS: str(config.model_refresh_seconds),
+        Env.PREDICT_RUNTIME: config.predict_runtime,
+        Env.MAX_TRAINING_ROWS: str(config.max_training_rows),
         Env.MODEL_EVENTS_TOPIC: topic_names.get("model_events"),
         Env.MODEL_TRAINING_TOPIC: topic_names.get("model_training_trigger"),
         Env.MODEL_SERVING_TOPIC: topic_names.get("model_serving_trigger"),

@@ -3,6 +3,10 @@
 Workflow mode: ``process_data``, ``train_model``, ``predict`` (HTTP) and
 ``trigger_workflow`` (Pub/Sub CloudEvent). Events mode: ``process_data_event`` and
 ``train_model_event`` (CloudEvents) plus ``predict``. See docs/FUNCTIONS.md.
+
+Every function loads this one file, so the heavy cores (processing with pyarrow,
+training with scikit-learn and skl2onnx) are imported inside the handlers that use
+them: predict starts with neither (docs/FUNCTIONS.md, "Import budget").
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
 import functions_framework
@@ -27,12 +31,17 @@ from pipeline_core.errors import (
     PermanentError,
     PipelineError,
 )
-from pipeline_core.events import ObjectRef, StorageNotification, pubsub_message
+from pipeline_core.events import (
+    ObjectRef,
+    PromotionRequest,
+    StorageNotification,
+    TrainingRequest,
+    pubsub_message,
+)
 from pipeline_core.leases import utc_now
-from pipeline_core.processing import DatasetSchema, ProcessingResult, process
 from pipeline_core.publishing import Publisher, PubSubPublisher
 from pipeline_core.registry import ModelRegistry
-from pipeline_core.serving import ModelService, parse_instances
+from pipeline_core.serving import ModelService, parse_instances, requested_version, smoke_test
 from pipeline_core.settings import (
     ProcessingSettings,
     ServingSettings,
@@ -41,8 +50,10 @@ from pipeline_core.settings import (
     topic_path,
 )
 from pipeline_core.storage import GcsStorage, Storage
-from pipeline_core.training import TrainingRequest, train
 from pipeline_core.workflow_trigger import ExecutionStarter, WorkflowsExecutionStarter, trigger
+
+if TYPE_CHECKING:
+    from pipeline_core.processing import ProcessingResult
 
 EXECUTION_ID_HEADER = "X-Workflow-Execution-Id"
 
@@ -59,6 +70,7 @@ class Runtime:
     publisher: Publisher | None = None
     starter: ExecutionStarter | None = None
     model_service: ModelService | None = None
+    serving: ServingSettings | None = None
     clock: Callable[[], datetime] = utc_now
 
     def bucket(self, project: str, bucket: str) -> Storage:
@@ -76,11 +88,18 @@ class Runtime:
             self.starter = WorkflowsExecutionStarter(settings.workflows_api_endpoint)
         return self.starter
 
+    def serving_settings(self) -> ServingSettings:
+        if self.serving is None:
+            self.serving = ServingSettings.from_env(self.environ)
+        return self.serving
+
     def models(self) -> ModelService:
         if self.model_service is None:
-            settings = ServingSettings.from_env(self.environ)
+            settings = self.serving_settings()
             registry = ModelRegistry(self.bucket(settings.project, settings.data_bucket))
-            self.model_service = ModelService(registry, refresh_seconds=settings.refresh_seconds)
+            self.model_service = ModelService(
+                registry, refresh_seconds=settings.refresh_seconds, runtime=settings.runtime
+            )
         return self.model_service
 
 
@@ -181,27 +200,43 @@ def _process_request(request: flask.Request) -> flask.Response:
 @functions_framework.http
 @_http_handler
 def train_model(request: flask.Request) -> flask.Response:
-    """POST {bucket, object, generation, processed_object} -> model version + promotion."""
-    return _dispatch(request, {"/": ("POST", _train_request)})
+    """POST / {bucket, object, generation, processed_object} -> a candidate version;
+    POST /promote {bucket, object, generation, model_version} -> the promotion decision."""
+    return _dispatch(
+        request, {"/": ("POST", _train_request), "/promote": ("POST", _promote_request)}
+    )
 
 
 def _train_request(request: flask.Request) -> flask.Response:
+    from pipeline_core.training import train
+
     training_request = TrainingRequest.from_json(_json_body(request))
     settings = TrainingSettings.from_env(runtime.environ)
     storage = runtime.bucket(settings.project, settings.data_bucket)
     return _respond(train(storage, training_request, settings, runtime.clock))
 
 
+def _promote_request(request: flask.Request) -> flask.Response:
+    from pipeline_core.training import promote_candidate
+
+    promotion = PromotionRequest.from_json(_json_body(request))
+    settings = TrainingSettings.from_env(runtime.environ)
+    storage = runtime.bucket(settings.project, settings.data_bucket)
+    return _respond(promote_candidate(storage, promotion, settings, runtime.clock))
+
+
 @functions_framework.http
 @_http_handler
 def predict(request: flask.Request) -> flask.Response:
-    """POST / predictions; GET /health; GET /model; POST /reload."""
+    """POST / predictions; GET /health, /ready, /model, /versions; POST /reload."""
     return _dispatch(
         request,
         {
             "/": ("POST", _predict),
             "/health": ("GET", _health),
+            "/ready": ("GET", _ready),
             "/model": ("GET", _describe_model),
+            "/versions": ("GET", _versions),
             "/reload": ("POST", _reload),
         },
     )
@@ -210,20 +245,34 @@ def predict(request: flask.Request) -> flask.Response:
 def _predict(request: flask.Request) -> flask.Response:
     payload = _json_body(request)
     service = runtime.models()
-    model = service.current()
-    max_batch = ServingSettings.from_env(runtime.environ).max_batch
-    rows = parse_instances(payload, model.feature_names, max_batch)
+    version = requested_version(payload)
+    model = service.pinned(version) if version else service.current()
+    rows = parse_instances(payload, model.feature_names, runtime.serving_settings().max_batch)
     return _respond(model.predict(rows))
 
 
 def _health(_: flask.Request) -> flask.Response:
+    # Liveness only: never fetches or loads a model (that is /ready's question).
+    model = runtime.models().loaded
+    return _respond(
+        {
+            "status": "ok",
+            "model_loaded": model is not None,
+            "model_version": model.version if model else None,
+        }
+    )
+
+
+def _ready(_: flask.Request) -> flask.Response:
     try:
         model = runtime.models().current()
     except PipelineError as error:
-        return _respond(
-            {"status": "ok", "model_loaded": False, "model_version": None, "detail": error.message}
-        )
-    return _respond({"status": "ok", "model_loaded": True, "model_version": model.version})
+        return _respond({"status": "not_ready", "detail": error.message}, 503)
+    return _respond({"status": "ready", "model_version": model.version, "runtime": model.runtime})
+
+
+def _versions(_: flask.Request) -> flask.Response:
+    return _respond(runtime.models().versions())
 
 
 def _describe_model(_: flask.Request) -> flask.Response:
@@ -308,7 +357,7 @@ def train_model_event(event: CloudEvent) -> None:
         settings = TrainingSettings.from_env(runtime.environ)
         storage = runtime.bucket(settings.project, settings.data_bucket)
         try:
-            outcome = train(storage, request, settings, runtime.clock)
+            outcome = _train_smoke_and_promote(storage, request, settings)
         except PermanentError as error:
             log.error(f"training failed permanently: {error.message}")
             _publish_summary(
@@ -330,6 +379,23 @@ def train_model_event(event: CloudEvent) -> None:
         )
 
 
+def _train_smoke_and_promote(
+    storage: Storage, request: TrainingRequest, settings: TrainingSettings
+) -> dict[str, Any]:
+    """Events mode's counterpart of the workflow's train -> smoke -> promote steps; the
+    smoke prediction runs the candidate through predict's own loading and verification."""
+    from pipeline_core.training import promote_candidate, train
+
+    candidate = train(storage, request, settings, runtime.clock)
+    version = candidate["model_version"]
+    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
+    smoke = smoke_test(service, version, candidate["smoke_instances"])
+    outcome = promote_candidate(
+        storage, PromotionRequest(request.source, version), settings, runtime.clock
+    )
+    return {**outcome, "smoke_prediction": smoke}
+
+
 def _notification(event: CloudEvent) -> StorageNotification | None:
     """The typed notification, or None (acknowledged, logged) when it is malformed."""
     try:
@@ -344,6 +410,8 @@ def _publish_summary(project: str, topic: str, summary: dict[str, Any]) -> None:
 
 
 def _process(settings: ProcessingSettings, ref: ObjectRef) -> ProcessingResult:
+    from pipeline_core.processing import DatasetSchema, process
+
     return process(
         runtime.bucket(settings.project, settings.data_bucket),
         ref,

@@ -101,3 +101,24 @@ class PreconditionFailedError(TransientError):
 
     http_status = 412
     code = "precondition_failed"
+
+
+class ModelVersionNotFoundError(PermanentError):
+    """A request pinned a model version the registry does not hold."""
+
+    http_status = 404
+    code = "model_version_not_found"
+
+
+class ModelRefusedError(PermanentError):
+    """A pinned model version failed verification (its artifact does not match its
+    manifest); it is never served, and asking again gives the same answer."""
+
+    http_status = 409
+    code = "model_refused"
+
+
+class SmokeTestFailedError(PermanentError):
+    """A candidate could not answer its smoke prediction, so it is never promoted."""
+
+    code = "smoke_test_failed"

@@ -40,6 +40,48 @@ class ObjectRef:
 
 
 @dataclass(frozen=True)
+class TrainingRequest:
+    """What train_model works on: the upload and the data processing made of it."""
+
+    source: ObjectRef  # the raw upload the data came from
+    processed_object: str
+
+    @classmethod
+    def from_json(cls, payload: Any) -> TrainingRequest:
+        source = ObjectRef.from_request(payload)
+        processed = payload.get("processed_object")
+        if not isinstance(processed, str) or not processed.startswith("processed/"):
+            raise BadRequestError(
+                f"'processed_object' must name an object under processed/, got {processed!r}"
+            )
+        return cls(source, processed)
+
+    def to_json(self) -> dict[str, str]:
+        return {**self.source.to_json(), "processed_object": self.processed_object}
+
+
+@dataclass(frozen=True)
+class PromotionRequest:
+    """Promote the candidate trained from an upload, once its smoke test passed."""
+
+    source: ObjectRef
+    model_version: str
+
+    @classmethod
+    def from_json(cls, payload: Any) -> PromotionRequest:
+        source = ObjectRef.from_request(payload)
+        version = payload.get("model_version")
+        if not isinstance(version, str) or not version:
+            raise BadRequestError(
+                f"'model_version' must name the candidate to promote, got {version!r}"
+            )
+        return cls(source, version)
+
+    def to_json(self) -> dict[str, str]:
+        return {**self.source.to_json(), "model_version": self.model_version}
+
+
+@dataclass(frozen=True)
 class StorageNotification:
     """A GCS notification, whichever way it arrived."""
 

@@ -1,7 +1,8 @@
 """The model registry in the data bucket: versions, manifests and the champion pointer.
 
-``models/<version>/model.joblib`` and ``models/<version>/manifest.json`` are written
-before the pointer ``models/champion.json`` ever names them, and the pointer is only
+``models/<version>/model.joblib``, its compiled form ``models/<version>/model.onnx`` (when
+it passed the parity check) and ``models/<version>/manifest.json`` are written before
+the pointer ``models/champion.json`` ever names them, and the pointer is only
 replaced with a generation precondition, so two trainings cannot both win and a reader
 never sees a champion without its artifact.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +24,10 @@ from pipeline_core.settings import PromotionPolicy
 from pipeline_core.storage import Storage, read_json, write_json
 
 CHAMPION_OBJECT = "models/champion.json"
+MODELS_PREFIX = "models/"
+MANIFEST_NAME = "manifest.json"
+# What new_version makes; anything else in a request is refused before it names an object.
+VERSION_PATTERN = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{6}", re.ASCII)
 ARTIFACT_CONTENT_TYPE = "application/octet-stream"
 PROMOTION_ATTEMPTS = 5
 
@@ -35,8 +41,12 @@ def artifact_object(version: str) -> str:
     return f"models/{version}/model.joblib"
 
 
+def onnx_artifact_object(version: str) -> str:
+    return f"models/{version}/model.onnx"
+
+
 def manifest_object(version: str) -> str:
-    return f"models/{version}/manifest.json"
+    return f"models/{version}/{MANIFEST_NAME}"
 
 
 def lineage_object(ref: ObjectRef) -> str:
@@ -114,8 +124,20 @@ class ModelRegistry:
         document = read_json(self.storage, manifest_object(version))
         return document
 
-    def save_candidate(self, artifact: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Artifact first, manifest (with the artifact's SHA-256) second."""
+    def versions(self) -> list[str]:
+        """Every registered version (one with a manifest), newest first."""
+        found = []
+        for name in self.storage.names(MODELS_PREFIX):
+            version, _, rest = name[len(MODELS_PREFIX) :].partition("/")
+            if rest == MANIFEST_NAME and VERSION_PATTERN.fullmatch(version):
+                found.append(version)
+        return sorted(found, reverse=True)
+
+    def save_candidate(
+        self, artifact: bytes, manifest: dict[str, Any], onnx_model: bytes | None = None
+    ) -> dict[str, Any]:
+        """Artifacts first, manifest (with their SHA-256) second. ``manifest["onnx"]``
+        describes the compilation; the compiled model, if any, is ``onnx_model``."""
         version = manifest["model_version"]
         complete = {
             **manifest,
@@ -124,6 +146,16 @@ class ModelRegistry:
             "size_bytes": len(artifact),
         }
         self.storage.write(artifact_object(version), artifact, content_type=ARTIFACT_CONTENT_TYPE)
+        if onnx_model is not None:
+            complete["onnx"] = {
+                **manifest["onnx"],
+                "artifact": onnx_artifact_object(version),
+                "sha256": sha256_hex(onnx_model),
+                "size_bytes": len(onnx_model),
+            }
+            self.storage.write(
+                onnx_artifact_object(version), onnx_model, content_type=ARTIFACT_CONTENT_TYPE
+            )
         write_json(self.storage, manifest_object(version), complete)
         return complete
 
@@ -142,6 +174,7 @@ class ModelRegistry:
                 "manifest": manifest_object(version),
                 "artifact": manifest["artifact"],
                 "sha256": manifest["sha256"],
+                "onnx_sha256": manifest.get("onnx", {}).get("sha256"),
                 "metrics": {key: manifest["metrics"][key] for key in ("accuracy", "f1_macro")},
                 "source": manifest["lineage"]["source"],
                 "previous_version": champion.version if champion else None,

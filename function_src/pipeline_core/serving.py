@@ -1,4 +1,11 @@
-"""predict: payload validation and the cached champion with bounded staleness."""
+"""predict: payload validation and the verified, cached models it serves.
+
+The champion is re-checked at most every ``refresh_seconds``; a version a request pins
+is loaded, verified and kept in a small cache. A compiled (ONNX) artifact is served
+with ONNX Runtime when the manifest says it passed its parity check; otherwise the
+joblib artifact is unpickled, and only then is scikit-learn imported. Every artifact is
+checked against its SHA-256 before it is loaded.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +13,83 @@ import io
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-import joblib
 import numpy as np
 
 from pipeline_core import logging as log
 from pipeline_core.errors import (
     BadRequestError,
     InvalidInputError,
+    ModelRefusedError,
+    ModelVersionNotFoundError,
     NoChampionError,
     ObjectNotFoundError,
     PayloadTooLargeError,
     PipelineError,
+    SmokeTestFailedError,
 )
-from pipeline_core.registry import ModelRegistry, sha256_hex
+from pipeline_core.registry import VERSION_PATTERN, Champion, ModelRegistry, sha256_hex
 
 SHAPES_HELP = (
     'send {"instances": [{feature: number, ...}]}, a single record object, a list of '
     'records, {"features": [number, ...]} or {"instances": [[number, ...]]}'
 )
+ONNX = "onnx"
+JOBLIB = "joblib"
+# Both runtimes compute in float32 (scikit-learn's trees cast their input too), so a
+# larger magnitude cannot be represented and is refused like a non-finite number.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Pinned versions kept loaded besides the champion; the least recently used goes first.
+PINNED_CACHE_SIZE = 4
+PARAMETERS = frozenset({"model_version"})
+VERSIONS_HELP = "GET /versions lists the registered versions"
+
+
+class Predictor(Protocol):
+    runtime: str
+
+    def probabilities(self, rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]: ...
+
+
+class JoblibModel:
+    """The pickled scikit-learn estimator: the fallback for models without ONNX."""
+
+    runtime = JOBLIB
+
+    def __init__(self, artifact: bytes) -> None:
+        import joblib  # unpickling imports scikit-learn: only on this path
+
+        self._estimator = joblib.load(io.BytesIO(artifact))
+
+    def probabilities(self, rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return np.asarray(self._estimator.predict_proba(rows))
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     version: str
-    estimator: Any
+    predictor: Predictor
     manifest: dict[str, Any]
-    pointer_generation: int
+    pointer_generation: int  # 0 for a version loaded because a request pinned it
+    _classes: np.ndarray[Any, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_classes", np.asarray(self.manifest["classes"], dtype=object))
 
     @property
     def feature_names(self) -> list[str]:
         return list(self.manifest["feature_names"])
 
+    @property
+    def runtime(self) -> str:
+        return self.predictor.runtime
+
     def describe(self) -> dict[str, Any]:
+        onnx = self.manifest.get("onnx", {})
         return {
             "model_version": self.version,
             "feature_names": self.feature_names,
@@ -50,30 +98,62 @@ class LoadedModel:
             "model_type": self.manifest.get("model_type"),
             "trained_at": self.manifest["created_at"],
             "lineage": self.manifest["lineage"],
+            "runtime": self.runtime,
+            "onnx": {key: onnx[key] for key in ("status", "reason") if key in onnx},
         }
 
-    def predict(self, rows: list[list[float]]) -> dict[str, Any]:
-        probabilities = self.estimator.predict_proba(np.array(rows, dtype=np.float64))
-        classes = [str(label) for label in self.estimator.classes_]
-        predictions = []
-        for row in probabilities:
-            best = int(np.argmax(row))
-            predictions.append(
-                {
-                    "label": classes[best],
-                    "confidence": float(row[best]),
-                    "probabilities": {
-                        label: float(p) for label, p in zip(classes, row, strict=True)
-                    },
-                }
+    def predict(self, rows: np.ndarray[Any, Any]) -> dict[str, Any]:
+        """``rows``: (n, features) float64 from ``parse_instances``."""
+        probabilities = self.predictor.probabilities(rows).astype(np.float64)
+        best = probabilities.argmax(axis=1)
+        # Six decimals: float32 carries about seven digits, so both runtimes agree on
+        # what is printed and the JSON stays short.
+        probabilities = probabilities.round(6)
+        confidences = probabilities[np.arange(len(best)), best].tolist()
+        labels = self._classes[best].tolist()
+        names = self.manifest["classes"]
+        predictions = [
+            {
+                "label": label,
+                "confidence": confidence,
+                "probabilities": dict(zip(names, row, strict=True)),
+            }
+            for label, confidence, row in zip(
+                labels, confidences, probabilities.tolist(), strict=True
             )
+        ]
         return {"model_version": self.version, "predictions": predictions}
+
+
+def requested_version(payload: Any) -> str | None:
+    """The model version ``{"parameters": {"model_version": ...}}`` pins, if any."""
+    if not isinstance(payload, Mapping) or "parameters" not in payload:
+        return None
+    parameters = payload["parameters"]
+    if not isinstance(parameters, Mapping):
+        raise BadRequestError('\'parameters\' must be an object such as {"model_version": "..."}')
+    unknown = sorted(set(parameters) - PARAMETERS)
+    if unknown:
+        raise BadRequestError(
+            f"unknown parameter {unknown[0]!r}; the parameters are {sorted(PARAMETERS)}"
+        )
+    version = parameters.get("model_version")
+    if version is None:
+        return None
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        raise BadRequestError(
+            f"'model_version' must be a version id such as 20261121T193000123456Z-ab12cd, "
+            f"got {version!r}; {VERSIONS_HELP}"
+        )
+    return version
 
 
 def parse_instances(
     payload: Any, feature_names: Sequence[str], max_batch: int
-) -> list[list[float]]:
-    """Every accepted request shape -> rows of floats in the model's feature order."""
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Every accepted request shape -> one (instances, features) float64 array in the
+    model's feature order. Valid input takes a fast path without per-value Python
+    checks; anything else is validated value by value, for an error that names it."""
     records = _records(payload)
     if not records:
         raise BadRequestError(f"no instances to predict; {SHAPES_HELP}")
@@ -81,7 +161,39 @@ def parse_instances(
         raise PayloadTooLargeError(
             f"{len(records)} instances exceed the batch limit of {max_batch}; split the request"
         )
-    return [_row(record, index, feature_names) for index, record in enumerate(records)]
+    matrix = _fast_matrix(records, feature_names)
+    if matrix is None:
+        rows = [_row(record, index, feature_names) for index, record in enumerate(records)]
+        matrix = np.array(rows, dtype=np.float64).reshape(len(rows), len(feature_names))
+    return matrix
+
+
+def _fast_matrix(
+    records: list[Any], feature_names: Sequence[str]
+) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+    """The matrix when every record is well-formed and every value a representable
+    number; None sends the request through the value-by-value validation."""
+    names = set(feature_names)
+    rows: list[Any] = []
+    for record in records:
+        if type(record) is dict and record.keys() == names:
+            rows.append([record[name] for name in feature_names])
+        elif type(record) is list and len(record) == len(names):
+            rows.append(record)
+        else:
+            return None
+    flat_types = {type(value) for row in rows for value in row}
+    if not flat_types <= {int, float}:
+        return None  # bool, None, strings, nested values
+    try:
+        matrix = np.array(rows, dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        return None
+    if matrix.shape != (len(records), len(feature_names)):
+        return None
+    if not bool(np.all(np.abs(matrix) <= FLOAT32_MAX)):  # also False for inf and nan
+        return None
+    return matrix
 
 
 def _records(payload: Any) -> list[Any]:
@@ -151,26 +263,43 @@ def _number(value: Any, where: str, feature: str, index: int) -> float:
             row=index,
             feature=feature,
         )
+    if abs(number) > FLOAT32_MAX:
+        raise InvalidInputError(
+            f"{where}: feature {feature!r} is {value!r}, beyond the float32 range "
+            f"(+-{FLOAT32_MAX:.4g}) the model computes in",
+            row=index,
+            feature=feature,
+        )
     return number
 
 
 class ModelService:
     """Serves the champion; checks the pointer's generation at most every
-    ``refresh_seconds`` and swaps in a new champion only after its SHA-256 matched."""
+    ``refresh_seconds`` and swaps in a new champion only after its SHA-256 matched.
+    Versions that requests pin are loaded and verified the same way, and cached."""
 
     def __init__(
         self,
         registry: ModelRegistry,
         *,
         refresh_seconds: int,
+        runtime: str = ONNX,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
         self._refresh_seconds = refresh_seconds
+        self._runtime = runtime
         self._monotonic = monotonic
         self._model: LoadedModel | None = None
         self._checked_at: float | None = None
         self._lock = threading.Lock()
+        self._pinned: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._pinned_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        """The champion in memory, without checking for a newer one (liveness)."""
+        return self._model
 
     def current(self) -> LoadedModel:
         """The model to serve now; raises NoChampionError when there is none to serve."""
@@ -196,34 +325,89 @@ class ModelService:
             generation = self._registry.champion_generation()
             if generation == 0 or (self._model and self._model.pointer_generation == generation):
                 return self._model
-            self._model = self._load()
-            log.info("serving a new champion", model_version=self._model.version)
+            champion = self._registry.champion()
+            if champion is None:
+                raise NoChampionError("the champion pointer disappeared while loading it")
+            try:
+                self._model = self._load(champion.version, champion)
+            except _UnusableModelError as unusable:
+                raise self._refuse(champion.version, str(unusable)) from None
+            log.info(
+                "serving a new champion",
+                model_version=self._model.version,
+                runtime=self._model.runtime,
+            )
             return self._model
 
-    def _load(self) -> LoadedModel:
+    def pinned(self, version: str) -> LoadedModel:
+        """A registered version a request names: verified when first loaded, then cached."""
+        champion = self._model
+        if champion is not None and champion.version == version:
+            return champion
+        with self._pinned_lock:
+            cached = self._pinned.get(version)
+            if cached is not None:
+                self._pinned.move_to_end(version)
+                return cached
+            try:
+                model = self._load(version, None)
+            except _VersionMissingError:
+                raise ModelVersionNotFoundError(
+                    f"model version {version} is not registered; {VERSIONS_HELP}",
+                    model_version=version,
+                ) from None
+            except _UnusableModelError as unusable:
+                log.error(f"refusing pinned version {version}: {unusable}", refused_version=version)
+                raise ModelRefusedError(
+                    f"model version {version} was refused: {unusable}", model_version=version
+                ) from None
+            self._pinned[version] = model
+            while len(self._pinned) > PINNED_CACHE_SIZE:
+                self._pinned.popitem(last=False)
+            log.info("loaded a pinned version", model_version=version, runtime=model.runtime)
+            return model
+
+    def versions(self) -> dict[str, Any]:
         champion = self._registry.champion()
-        if champion is None:
-            raise NoChampionError("the champion pointer disappeared while loading it")
+        return {
+            "champion": champion.version if champion else None,
+            "versions": self._registry.versions(),
+        }
+
+    def _load(self, version: str, champion: Champion | None) -> LoadedModel:
+        """Fetch, verify and load one version; the champion's pointer must agree too."""
         try:
-            manifest = self._registry.manifest(champion.version)
-            artifact = self._registry.storage.read(manifest["artifact"]).data
-        except (ObjectNotFoundError, KeyError, ValueError) as error:
-            raise self._refuse(
-                champion.version, f"its manifest or artifact is unusable: {error}"
-            ) from None
+            manifest = self._registry.manifest(version)
+        except ObjectNotFoundError:
+            if champion is None:
+                raise _VersionMissingError(version) from None
+            raise _UnusableModelError("its manifest is missing") from None
+        except ValueError as error:
+            raise _UnusableModelError(f"its manifest is unusable: {error}") from None
+        pointer = champion.pointer if champion else {}
+        onnx = manifest.get("onnx", {})
+        try:
+            if self._runtime == ONNX and onnx.get("status") == "compiled":
+                name, expected, pointer_key = onnx["artifact"], onnx["sha256"], "onnx_sha256"
+            else:
+                name, expected, pointer_key = manifest["artifact"], manifest["sha256"], "sha256"
+            artifact = self._registry.storage.read(name).data
+        except (ObjectNotFoundError, KeyError, TypeError) as error:
+            raise _UnusableModelError(f"its manifest or artifact is unusable: {error}") from None
         actual = sha256_hex(artifact)
-        if actual != manifest["sha256"] or actual != champion.pointer.get("sha256", actual):
-            raise self._refuse(
-                champion.version,
-                f"artifact SHA-256 {actual} does not match the manifest {manifest['sha256']}",
+        # Pointers written before compiled models existed carry no onnx_sha256.
+        if actual != expected or actual != pointer.get(pointer_key, actual):
+            raise _UnusableModelError(
+                f"artifact {name} SHA-256 {actual} does not match the manifest {expected}"
             )
+        predictor: Predictor
         try:
-            estimator = joblib.load(io.BytesIO(artifact))
-        except Exception as error:  # unpickling can fail in many ways; all mean "corrupt"
-            raise self._refuse(
-                champion.version, f"the artifact cannot be loaded: {error}"
+            predictor = _onnx_model(artifact) if name.endswith(".onnx") else JoblibModel(artifact)
+        except Exception as error:  # unpickling or a broken graph fails in many ways
+            raise _UnusableModelError(
+                f"the artifact {name} cannot be loaded ({type(error).__name__}: {error})"
             ) from None
-        return LoadedModel(champion.version, estimator, manifest, champion.generation)
+        return LoadedModel(version, predictor, manifest, champion.generation if champion else 0)
 
     def _refuse(self, version: str, problem: str) -> PipelineError:
         serving = self._model.version if self._model else None
@@ -235,3 +419,30 @@ class ModelService:
         return NoChampionError(
             f"champion {version} was refused: {problem}", serving_version=serving
         )
+
+
+def smoke_test(
+    service: ModelService, version: str, instances: list[dict[str, float]]
+) -> dict[str, Any]:
+    """Predict ``instances`` with ``version`` exactly as a request pinning it would."""
+    try:
+        model = service.pinned(version)
+        return model.predict(parse_instances(instances, model.feature_names, len(instances)))
+    except PipelineError as error:
+        raise SmokeTestFailedError(
+            f"candidate {version} failed its smoke prediction: {error.message}"
+        ) from None
+
+
+def _onnx_model(artifact: bytes) -> Predictor:
+    from pipeline_core.onnx_model import OnnxModel  # ONNX Runtime only when serving one
+
+    return OnnxModel(artifact)
+
+
+class _UnusableModelError(Exception):
+    """Why a version cannot be served (mapped to the caller's error)."""
+
+
+class _VersionMissingError(Exception):
+    """The version has no manifest."""

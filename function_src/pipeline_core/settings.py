@@ -19,6 +19,8 @@ from pipeline_core.errors import ConfigurationError
 DEFAULT_TIMEOUT_SECONDS = 540
 MODEL_TYPES = ("random_forest", "logistic_regression", "gradient_boosting")
 PROMOTION_METRICS = ("accuracy", "f1_macro")
+PREDICT_RUNTIMES = ("onnx", "joblib")
+DEFAULT_MAX_TRAINING_ROWS = 200_000
 
 
 class _Environment:
@@ -138,6 +140,7 @@ class TrainingSettings:
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     promotion: PromotionPolicy = field(default_factory=PromotionPolicy)
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    max_training_rows: int = DEFAULT_MAX_TRAINING_ROWS
     model_serving_topic: str = ""  # events mode only
     model_events_topic: str = ""  # events mode only
 
@@ -161,6 +164,9 @@ class TrainingSettings:
                 tolerance=env.fraction("PROMOTION_TOLERANCE", 0.0),
             ),
             timeout_seconds=env.timeout_seconds(),
+            max_training_rows=env.integer(
+                "MAX_TRAINING_ROWS", DEFAULT_MAX_TRAINING_ROWS, low=100, high=100_000_000
+            ),
             model_serving_topic=env.optional("MODEL_SERVING_TOPIC", ""),
             model_events_topic=env.optional("MODEL_EVENTS_TOPIC", ""),
         )
@@ -172,6 +178,7 @@ class ServingSettings:
     data_bucket: str
     max_batch: int = 1000
     refresh_seconds: int = 30
+    runtime: str = "onnx"  # the compiled artifact when its manifest verifies it, or joblib
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServingSettings:
@@ -181,6 +188,7 @@ class ServingSettings:
             data_bucket=env.required("DATA_BUCKET"),
             max_batch=env.integer("PREDICT_MAX_BATCH", 1000, low=1, high=100_000),
             refresh_seconds=env.integer("MODEL_REFRESH_SECONDS", 30, low=0, high=3600),
+            runtime=env.choice("PREDICT_RUNTIME", PREDICT_RUNTIMES, "onnx"),
         )
 
 

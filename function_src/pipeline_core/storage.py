@@ -40,6 +40,10 @@ class Storage(Protocol):
 
     bucket: str
 
+    def names(self, prefix: str = "") -> list[str]:
+        """Names of the live objects under ``prefix``, sorted."""
+        ...
+
     def stat(self, name: str) -> ObjectInfo | None: ...
 
     def open_read(self, name: str, generation: int) -> AbstractContextManager[IO[bytes]]:
@@ -180,6 +184,10 @@ class GcsStorage:
         if blob is None:
             return None
         return ObjectInfo(name, int(blob.generation), int(blob.size or 0))
+
+    def names(self, prefix: str = "") -> list[str]:
+        with _translated(self.bucket, prefix):
+            return sorted(blob.name for blob in self._bucket().list_blobs(prefix=prefix))
 
     @contextmanager
     def open_read(self, name: str, generation: int) -> Iterator[IO[bytes]]:

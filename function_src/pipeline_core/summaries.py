@@ -18,6 +18,8 @@ def succeeded(ref: ObjectRef, training: dict[str, Any]) -> dict[str, Any]:
         "champion_version": training["champion_version"],
         "metrics": {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]},
         "reason": training["reason"],
+        # The candidate's own answer to its smoke rows, given before it was promoted.
+        "smoke_prediction": training.get("smoke_prediction"),
     }
 
 

@@ -1,18 +1,22 @@
-"""train_model: processed Parquet -> versioned model + manifest -> champion if it wins."""
+"""train_model: processed Parquet -> a versioned candidate (joblib and, when it passes
+the parity check, ONNX) + manifest; ``promote_candidate``: the candidate -> champion if
+the policy allows, called only after the candidate answered its smoke prediction."""
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import joblib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import skl2onnx
 import sklearn
 from sklearn.base import ClassifierMixin
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
@@ -28,11 +32,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline_core import logging as log
+from pipeline_core.compiling import COMPILED, compile_candidate
 from pipeline_core.errors import BadRequestError, TrainingFailedError
-from pipeline_core.events import ObjectRef
+from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
 from pipeline_core.leases import Clock, acquire, utc_now
+from pipeline_core.onnx_model import RUNTIME_VERSION
 from pipeline_core.registry import (
     ModelRegistry,
+    PromotionDecision,
     lineage_object,
     new_version,
     training_lease_object,
@@ -48,30 +55,24 @@ TEST_FRACTION = 0.2
 SMOKE_ROWS = 5
 
 
-@dataclass(frozen=True)
-class TrainingRequest:
-    source: ObjectRef  # the raw upload the data came from
-    processed_object: str
+__all__ = ["TrainingRequest", "build_estimator", "promote_candidate", "train"]
 
-    @classmethod
-    def from_json(cls, payload: Any) -> TrainingRequest:
-        source = ObjectRef.from_request(payload)
-        processed = payload.get("processed_object")
-        if not isinstance(processed, str) or not processed.startswith("processed/"):
-            raise BadRequestError(
-                f"'processed_object' must name an object under processed/, got {processed!r}"
-            )
-        return cls(source, processed)
 
-    def to_json(self) -> dict[str, str]:
-        return {**self.source.to_json(), "processed_object": self.processed_object}
+def available_cpus() -> int:
+    """The CPUs this process may run on: a Cloud Function gets 1 vCPU up to 2 GiB and
+    2 at 4 GiB or more; ``os.cpu_count()`` would report the host's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def build_estimator(model_type: str, hyperparameters: Mapping[str, Any]) -> Any:
     """The configured estimator with a fixed seed; unknown hyperparameters are refused."""
     classifier: Any
     if model_type == "random_forest":
-        classifier = RandomForestClassifier(random_state=SEED, n_jobs=1)
+        # Trees fit independently, so a forest uses every CPU the function has.
+        classifier = RandomForestClassifier(random_state=SEED, n_jobs=available_cpus())
     elif model_type == "gradient_boosting":
         classifier = GradientBoostingClassifier(random_state=SEED)
     elif model_type == "logistic_regression":
@@ -129,7 +130,8 @@ def train(
     settings: TrainingSettings,
     clock: Clock = utc_now,
 ) -> dict[str, Any]:
-    """Train, register and maybe promote; a retry for the same upload returns the outcome.
+    """Train and register a candidate (not promoted: ``promote_candidate`` decides after
+    the smoke prediction); a retry for the same upload returns the recorded outcome.
 
     Concurrent deliveries for one upload train once: the first takes the lease, the
     others get ``LeaseHeldError`` (transient) and, redelivered, the recorded outcome.
@@ -158,6 +160,9 @@ def train(
         lease.release()
 
 
+CANDIDATE_REASON = "registered as a candidate; it is promoted only after its smoke prediction"
+
+
 def _train_and_record(
     storage: Storage,
     registry: ModelRegistry,
@@ -165,8 +170,8 @@ def _train_and_record(
     settings: TrainingSettings,
     clock: Clock,
 ) -> dict[str, Any]:
-    features, labels, feature_names = _load(storage, request.processed_object, settings)
-    train_x, test_x, train_y, test_y = _split(features, labels)
+    data = _load(storage, request.processed_object, settings)
+    train_x, test_x, train_y, test_y = _split(data.features, data.labels)
     estimator = build_estimator(settings.model_type, settings.hyperparameters)
     try:
         estimator.fit(train_x, train_y)
@@ -176,6 +181,14 @@ def _train_and_record(
             f"could not be trained: {error}"
         ) from None
     metrics = evaluate(estimator, test_x, test_y)
+    classes = [str(label) for label in estimator.classes_]
+    compilation = compile_candidate(estimator, test_x, classes)
+    if compilation.status != COMPILED:
+        log.warning(
+            "the candidate is served through joblib: it was not compiled to ONNX",
+            onnx_status=compilation.status,
+            reason=compilation.detail.get("reason"),
+        )
     created_at = clock()
     version = new_version(created_at)
     buffer = io.BytesIO()
@@ -188,34 +201,93 @@ def _train_and_record(
             "model_type": settings.model_type,
             "hyperparameters": {**settings.hyperparameters, "random_state": SEED},
             "libraries": _library_versions(),
-            "feature_names": feature_names,
+            "feature_names": data.feature_names,
             "target_column": settings.target_column,
-            "classes": [str(label) for label in estimator.classes_],
+            "classes": classes,
             "metrics": metrics,
+            "onnx": compilation.manifest_entry(),
+            "serving_runtime": "onnx" if compilation.status == COMPILED else "joblib",
             "split": {"test_fraction": TEST_FRACTION, "stratified": True, "seed": SEED},
+            "sampling": data.sampling,
             "lineage": {
                 "source": request.source.to_json(),
                 "processed_object": request.processed_object,
-                "rows": {"total": len(labels), "train": len(train_y), "test": len(test_y)},
+                "rows": {
+                    "available": data.rows_available,
+                    "total": len(data.labels),
+                    "train": len(train_y),
+                    "test": len(test_y),
+                },
             },
             "smoke_instances": [
-                dict(zip(feature_names, (float(value) for value in row), strict=True))
+                dict(zip(data.feature_names, (float(value) for value in row), strict=True))
                 for row in test_x[:SMOKE_ROWS]
             ],
         },
+        compilation.model,
     )
-    decision = registry.promote(manifest, settings.promotion, clock())
+    champion = registry.champion()
     outcome = {
         "model_version": version,
         "metrics": metrics,
-        "promoted": decision.promoted,
-        "champion_version": decision.champion_version,
-        "reason": decision.reason,
+        "serving_runtime": manifest["serving_runtime"],
+        "decided": False,
+        "promoted": False,
+        "champion_version": champion.version if champion else None,
+        "reason": CANDIDATE_REASON,
         "smoke_instances": manifest["smoke_instances"],
     }
     write_json(storage, lineage_object(request.source), outcome)
     log.info(
-        "trained model", **{key: outcome[key] for key in ("model_version", "promoted", "reason")}
+        "trained a candidate",
+        model_version=version,
+        serving_runtime=manifest["serving_runtime"],
+        rows_used=len(data.labels),
+        rows_available=data.rows_available,
+    )
+    return outcome
+
+
+def promote_candidate(
+    storage: Storage,
+    request: PromotionRequest,
+    settings: TrainingSettings,
+    clock: Clock = utc_now,
+) -> dict[str, Any]:
+    """Decide the candidate trained from the upload; the decision is recorded, so a
+    retry returns it instead of deciding again."""
+    if request.source.bucket != storage.bucket:
+        raise BadRequestError(
+            f"bucket {request.source.bucket!r} is not this pipeline's data bucket"
+        )
+    registry = ModelRegistry(storage)
+    recorded = _recorded_outcome(registry, request.source)
+    if recorded is None or recorded["model_version"] != request.model_version:
+        raise BadRequestError(
+            f"no candidate {request.model_version} was trained from "
+            f"{request.source.name} generation {request.source.generation}"
+        )
+    if recorded.get("decided", True):
+        return recorded
+    champion = registry.champion()
+    if champion is not None and champion.version == request.model_version:
+        decision = PromotionDecision(True, champion.version, "already the champion")
+    else:
+        manifest = registry.manifest(request.model_version)
+        decision = registry.promote(manifest, settings.promotion, clock())
+    outcome = {
+        **recorded,
+        "decided": True,
+        "promoted": decision.promoted,
+        "champion_version": decision.champion_version,
+        "reason": decision.reason,
+    }
+    write_json(storage, lineage_object(request.source), outcome)
+    log.info(
+        "promotion decided",
+        model_version=request.model_version,
+        promoted=decision.promoted,
+        reason=decision.reason,
     )
     return outcome
 
@@ -236,6 +308,8 @@ def _recorded_outcome(registry: ModelRegistry, source: ObjectRef) -> dict[str, A
     return {
         "model_version": champion.version,
         "metrics": manifest["metrics"],
+        "serving_runtime": manifest.get("serving_runtime", "joblib"),
+        "decided": True,
         "promoted": True,
         "champion_version": champion.version,
         "reason": "already the champion, trained from this upload by an earlier attempt",
@@ -243,24 +317,98 @@ def _recorded_outcome(registry: ModelRegistry, source: ObjectRef) -> dict[str, A
     }
 
 
-def _load(
-    storage: Storage, processed: str, settings: TrainingSettings
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], list[str]]:
-    try:
-        table = pq.read_table(pa.BufferReader(storage.read(processed).data))
-    except pa.ArrowInvalid as error:
-        raise TrainingFailedError(f"{processed} is not readable Parquet: {error}") from None
+@dataclass(frozen=True)
+class TrainingData:
+    features: np.ndarray[Any, Any]
+    labels: np.ndarray[Any, Any]
+    feature_names: list[str]
+    rows_available: int
+    sampling: dict[str, Any]
+
+
+def _load(storage: Storage, processed: str, settings: TrainingSettings) -> TrainingData:
+    """Column by column: the labels of every row first, then the features of only the
+    rows sampled, one row group at a time, so memory follows ``max_training_rows``."""
+    info = storage.stat(processed)
+    if info is None:
+        raise TrainingFailedError(f"{processed} does not exist; process the upload first")
+    with storage.open_read(processed, info.generation) as source:
+        try:
+            return _read_sampled(source, processed, settings)
+        except pa.ArrowInvalid as error:
+            raise TrainingFailedError(f"{processed} is not readable Parquet: {error}") from None
+
+
+def _read_sampled(source: IO[bytes], processed: str, settings: TrainingSettings) -> TrainingData:
+    parquet = pq.ParquetFile(source)
     target = settings.target_column
-    if target not in table.column_names:
+    column_names = parquet.schema_arrow.names
+    if target not in column_names:
         raise TrainingFailedError(f"{processed} has no target column {target!r}")
-    feature_names = [name for name in table.column_names if name != target]
+    feature_names = [name for name in column_names if name != target]
     if not feature_names:
         raise TrainingFailedError(f"{processed} has no feature columns")
-    features = np.column_stack(
-        [table.column(name).to_numpy().astype(np.float64) for name in feature_names]
+    classes, codes = _label_codes(parquet, target)
+    chosen = stratified_sample(codes, settings.max_training_rows)
+    sampling: dict[str, Any] = {
+        "method": "all" if chosen is None else "stratified",
+        "max_training_rows": settings.max_training_rows,
+        "rows_available": len(codes),
+        "rows_used": len(codes) if chosen is None else len(chosen),
+        "seed": SEED,
+    }
+    blocks = []
+    start = 0
+    for group in range(parquet.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        local = None if chosen is None else chosen[(chosen >= start) & (chosen < start + size)]
+        if local is None or len(local):
+            table = parquet.read_row_group(group, columns=feature_names)
+            block = np.column_stack(
+                [table.column(name).to_numpy().astype(np.float64) for name in feature_names]
+            )
+            blocks.append(block if local is None else block[local - start])
+        start += size
+    features = (
+        np.concatenate(blocks) if blocks else np.empty((0, len(feature_names)), dtype=np.float64)
     )
-    labels = np.array([str(label) for label in table.column(target).to_pylist()], dtype=object)
-    return features, labels, feature_names
+    selected = codes if chosen is None else codes[chosen]
+    labels = classes[selected] if len(classes) else np.empty(0, dtype=object)
+    return TrainingData(features, labels, feature_names, len(codes), sampling)
+
+
+def _label_codes(
+    parquet: pq.ParquetFile, target: str
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """The distinct labels (as text) and, per row, the index of its label."""
+    column = parquet.read(columns=[target]).column(target)
+    encoded = column.cast(pa.string()).combine_chunks().dictionary_encode()
+    classes = np.asarray([str(label) for label in encoded.dictionary.to_pylist()], dtype=object)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+    return classes, codes
+
+
+def stratified_sample(codes: np.ndarray[Any, Any], limit: int) -> np.ndarray[Any, Any] | None:
+    """Row positions (sorted) of ``limit`` rows keeping each class's share, drawn with
+    the fixed seed; None when every row fits. Each class keeps at least two rows (or all
+    it has), so the stratified split still sees it: a class far rarer than
+    1/``limit`` can add those two rows beyond the limit."""
+    if len(codes) <= limit:
+        return None
+    counts = np.bincount(codes)
+    quota = counts * limit / len(codes)
+    allotted = np.floor(quota).astype(np.int64)
+    # Largest remainders get the rows flooring left over.
+    leftover = limit - int(allotted.sum())
+    allotted[np.argsort(allotted - quota, kind="stable")[:leftover]] += 1
+    allotted = np.minimum(np.maximum(allotted, np.minimum(counts, 2)), counts)
+    generator = np.random.default_rng(SEED)
+    chosen = [
+        generator.choice(np.flatnonzero(codes == code), size=int(size), replace=False)
+        for code, size in enumerate(allotted)
+        if size
+    ]
+    return np.sort(np.concatenate(chosen))
 
 
 def _split(
@@ -294,4 +442,6 @@ def _library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "joblib": joblib.__version__,
         "pyarrow": pa.__version__,
+        "skl2onnx": skl2onnx.__version__,
+        "onnxruntime": RUNTIME_VERSION,
     }

@@ -1,7 +1,8 @@
 """``workflow_defs/ml_pipeline.yaml`` on the engine, against local stubs of the stages.
 
-The stubs stand in for process_data, train_model and predict (HTTP contracts in
-docs/ARCHITECTURE.md) and for the Pub/Sub emulator's publish endpoint.
+The stubs stand in for process_data, train_model (``/`` trains a candidate, ``/promote``
+decides it) and predict (HTTP contracts in docs/ARCHITECTURE.md) and for the Pub/Sub
+emulator's publish endpoint.
 """
 
 from __future__ import annotations
@@ -36,13 +37,22 @@ PROCESSED = {
     "target_column": "target",
 }
 SMOKE_INSTANCES = [{"sepal_length": 5.1, "petal_length": 1.4}]
+CANDIDATE = "20261121T193000123456Z-ab12cd"
 TRAINED = {
-    "model_version": "20261121T193000123456Z-ab12cd",
+    "model_version": CANDIDATE,
     "metrics": {"accuracy": 0.97, "f1_macro": 0.96},
-    "promoted": True,
-    "champion_version": "20261121T193000123456Z-ab12cd",
-    "reason": "first model",
+    "decided": False,
+    "promoted": False,
+    "champion_version": None,
+    "reason": "registered as a candidate",
     "smoke_instances": SMOKE_INSTANCES,
+}
+DECIDED = {
+    **TRAINED,
+    "decided": True,
+    "promoted": True,
+    "champion_version": CANDIDATE,
+    "reason": "first model",
 }
 PREDICTION = {
     "model_version": "20261121T193000123456Z-ab12cd",
@@ -84,6 +94,7 @@ def run(program: WorkflowProgram, stub: HttpStub) -> Any:
 def script_healthy_stages(stub: HttpStub) -> None:
     stub.script("/process", [Reply(200, PROCESSED)])
     stub.script("/train", [Reply(200, TRAINED)])
+    stub.script("/train/promote", [Reply(200, DECIDED)])
     stub.script("/predict/reload", [Reply(200, {"model_version": TRAINED["model_version"]})])
     stub.script("/predict", [Reply(200, PREDICTION)])
 
@@ -104,9 +115,9 @@ def test_success_returns_and_publishes_the_summary(
     assert summary == {
         "status": "succeeded",
         **SOURCE,
-        "model_version": TRAINED["model_version"],
+        "model_version": CANDIDATE,
         "promoted": True,
-        "champion_version": TRAINED["champion_version"],
+        "champion_version": CANDIDATE,
         "metrics": {"accuracy": 0.97, "f1_macro": 0.96},
         "reason": "first model",
         "smoke_prediction": PREDICTION,
@@ -124,32 +135,52 @@ def test_success_returns_and_publishes_the_summary(
     assert process_call.headers.get("X-Workflow-Execution-Id") == EXECUTION_ID
     (train_call,) = stub.calls("/train")
     assert train_call.body == {**SOURCE, "processed_object": PROCESSED["processed_object"]}
+    (smoke_call,) = stub.calls("/predict")
+    assert smoke_call.body == {
+        "instances": SMOKE_INSTANCES,
+        "parameters": {"model_version": CANDIDATE},
+    }
+    (promote_call,) = stub.calls("/train/promote")
+    assert promote_call.body == {**SOURCE, "model_version": CANDIDATE}
     assert len(stub.calls("/predict/reload")) == 1
-    (predict_call,) = stub.calls("/predict")
-    assert predict_call.body == {"instances": SMOKE_INSTANCES}
+    order = [call.path for call in stub.requests]
+    assert order.index("/predict") < order.index("/train/promote") < order.index("/predict/reload")
 
 
-def test_without_a_champion_there_is_no_smoke_prediction(
+def test_a_candidate_the_policy_keeps_out_is_smoked_but_not_served(
     program: WorkflowProgram, stub: HttpStub
 ) -> None:
     script_healthy_stages(stub)
-    stub.script(
-        "/train",
-        [
-            Reply(
-                200,
-                {**TRAINED, "promoted": False, "champion_version": None, "reason": "below minimum"},
-            )
-        ],
-    )
+    kept_out = {**DECIDED, "promoted": False, "champion_version": None, "reason": "below minimum"}
+    stub.script("/train/promote", [Reply(200, kept_out)])
 
     summary = run(program, stub)
 
     assert summary["status"] == "succeeded"
-    assert summary["smoke_prediction"] is None
+    assert summary["promoted"] is False
+    assert summary["reason"] == "below minimum"
+    assert summary["smoke_prediction"] == PREDICTION  # the candidate's own answer
     assert summary["champion_version"] is None
-    assert stub.calls("/predict") == [] and stub.calls("/predict/reload") == []
+    assert stub.calls("/predict/reload") == []
     assert json.loads(only_published(stub)["data"]) == summary
+
+
+def test_a_candidate_that_fails_its_smoke_test_is_never_promoted(
+    program: WorkflowProgram, stub: HttpStub
+) -> None:
+    script_healthy_stages(stub)
+    refusal = {"error": {"code": "model_refused", "message": "artifact SHA-256 mismatch"}}
+    stub.script("/predict", [Reply(409, refusal)])
+
+    with pytest.raises(WorkflowError):
+        run(program, stub)
+
+    assert stub.calls("/train/promote") == []
+    assert stub.calls("/predict/reload") == []
+    failed = json.loads(only_published(stub)["data"])
+    assert failed["status"] == "failed"
+    assert failed["stage"] == "predict"
+    assert "SHA-256 mismatch" in failed["reason"]
 
 
 def test_transient_failure_is_retried_to_success(program: WorkflowProgram, stub: HttpStub) -> None:
@@ -205,6 +236,7 @@ def test_other_failure_publishes_failed_and_fails_the_run(
     assert raised.value.payload["code"] == 500
     assert len(stub.calls("/train")) == 1  # 500 is not among http.default_retry's codes
     assert stub.calls("/predict") == []
+    assert stub.calls("/train/promote") == []
     message = only_published(stub)
     failed = json.loads(message["data"])
     assert failed["status"] == "failed"
