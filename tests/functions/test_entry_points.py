@@ -41,12 +41,26 @@ def processed(function: Loader, storage: InMemoryStorage, data: bytes = IRIS) ->
 
 
 def trained(function: Loader, storage: InMemoryStorage) -> dict[str, Any]:
+    """The workflow's sequence over HTTP: train a candidate, smoke it pinned, promote it."""
     body = processed(function, storage)
-    response = http(function, "train_model", storage).post(
-        "/", json={key: body[key] for key in ("bucket", "object", "generation", "processed_object")}
-    )
+    source = {key: body[key] for key in ("bucket", "object", "generation")}
+    trainer = http(function, "train_model", storage)
+    response = trainer.post("/", json={**source, "processed_object": body["processed_object"]})
     assert response.status_code == 200, response.get_json()
-    result: dict[str, Any] = response.get_json()
+    candidate: dict[str, Any] = response.get_json()
+    assert candidate["decided"] is False
+    smoke = http(function, "predict", storage).post(
+        "/",
+        json={
+            "instances": candidate["smoke_instances"],
+            "parameters": {"model_version": candidate["model_version"]},
+        },
+    )
+    assert smoke.status_code == 200, smoke.get_json()
+    assert smoke.get_json()["model_version"] == candidate["model_version"]
+    decided = trainer.post("/promote", json={**source, "model_version": candidate["model_version"]})
+    assert decided.status_code == 200, decided.get_json()
+    result: dict[str, Any] = decided.get_json()
     return result
 
 
@@ -63,15 +77,17 @@ def test_process_data_http(function: Loader, storage: InMemoryStorage) -> None:
     assert again.get_json()["processed_object"] == body["processed_object"]
 
 
-@pytest.mark.parametrize("target", ["process_data", "train_model"])
-def test_stage_functions_serve_only_their_root(
-    function: Loader, storage: InMemoryStorage, target: str
+@pytest.mark.parametrize(
+    ("target", "routes"), [("process_data", "/"), ("train_model", "/, /promote")]
+)
+def test_stage_functions_serve_only_their_routes(
+    function: Loader, storage: InMemoryStorage, target: str, routes: str
 ) -> None:
     response = http(function, target, storage).post("/foo", json={})
     assert response.status_code == 404
     assert response.get_json()["error"] == {
         "code": "not_found",
-        "message": "no route /foo; use /",
+        "message": f"no route /foo; use {routes}",
     }
     assert storage.names() == []
 
@@ -125,7 +141,11 @@ def test_train_model_http(function: Loader, storage: InMemoryStorage) -> None:
         "champion_version",
         "reason",
         "smoke_instances",
+        "serving_runtime",
+        "decided",
     }
+    assert result["decided"] is True
+    assert result["serving_runtime"] == "onnx"
 
 
 def test_train_model_permanent_errors(

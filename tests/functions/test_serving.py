@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,8 +23,8 @@ from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry, sha256_hex
 from pipeline_core.serving import ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import InMemoryStorage
-from pipeline_core.training import TrainingRequest, train
-from tests.functions.conftest import IRIS, WINE, log_lines, upload
+from pipeline_core.training import TrainingRequest
+from tests.functions.conftest import IRIS, WINE, log_lines, train_and_decide, upload
 
 FEATURES = ["a", "b c", "d/e"]
 SETTINGS = TrainingSettings(
@@ -34,7 +35,9 @@ SETTINGS = TrainingSettings(
 def trained(storage: InMemoryStorage, name: str, data: bytes = IRIS) -> dict[str, Any]:
     ref = upload(storage, name, data)
     result = process(storage, ref, DatasetSchema())
-    return train(storage, TrainingRequest(ref, result.to_json()["processed_object"]), SETTINGS)
+    return train_and_decide(
+        storage, TrainingRequest(ref, result.to_json()["processed_object"]), SETTINGS
+    )
 
 
 class ManualClock:
@@ -56,7 +59,9 @@ class ManualClock:
     ],
 )
 def test_every_accepted_shape_gives_rows_in_feature_order(payload: Any) -> None:
-    assert parse_instances(payload, FEATURES, 10) == [[1.0, 2.5, -3.0]]
+    rows = parse_instances(payload, FEATURES, 10)
+    assert rows.dtype == np.float64 and rows.flags.c_contiguous
+    assert rows.tolist() == [[1.0, 2.5, -3.0]]
 
 
 @pytest.mark.parametrize(
@@ -109,7 +114,7 @@ def test_serves_the_champion_and_caches_it_until_the_refresh_interval(
     service = ModelService(ModelRegistry(storage), refresh_seconds=30, monotonic=clock)
     model = service.current()
     assert model.version == first["model_version"]
-    answer = model.predict([[5.1, 3.5, 1.4, 0.2]])
+    answer = model.predict(np.array([[5.1, 3.5, 1.4, 0.2]]))
     prediction = answer["predictions"][0]
     assert answer["model_version"] == first["model_version"]
     assert prediction["label"] == "0"
@@ -133,16 +138,26 @@ def test_refresh_swaps_immediately(storage: InMemoryStorage) -> None:
     assert loaded is not None and loaded.version == newer["model_version"]
 
 
+def served_artifact(manifest: dict[str, Any], runtime: str) -> str:
+    return str(manifest["onnx"]["artifact"] if runtime == "onnx" else manifest["artifact"])
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "joblib"])
 def test_a_tampered_champion_is_refused_and_the_previous_model_keeps_serving(
-    storage: InMemoryStorage, captured_logs: Any
+    storage: InMemoryStorage, captured_logs: Any, runtime: str
 ) -> None:
     first = trained(storage, "raw/a.csv")
     clock = ManualClock()
-    service = ModelService(ModelRegistry(storage), refresh_seconds=10, monotonic=clock)
+    service = ModelService(
+        ModelRegistry(storage), refresh_seconds=10, runtime=runtime, monotonic=clock
+    )
     assert service.current().version == first["model_version"]
+    assert service.current().runtime == runtime
     second = trained(storage, "raw/b.csv")
     manifest = ModelRegistry(storage).manifest(second["model_version"])
-    storage.write(manifest["artifact"], b"evil bytes", content_type="application/octet-stream")
+    storage.write(
+        served_artifact(manifest, runtime), b"evil bytes", content_type="application/octet-stream"
+    )
     clock.now = 10.0
     assert service.current().version == first["model_version"]
     errors = [line for line in log_lines(captured_logs) if line["severity"] == "ERROR"]
@@ -152,17 +167,29 @@ def test_a_tampered_champion_is_refused_and_the_previous_model_keeps_serving(
         service.refresh()
 
 
-def test_a_corrupt_artifact_with_a_matching_hash_is_refused(storage: InMemoryStorage) -> None:
+@pytest.mark.parametrize(
+    ("runtime", "digest_key", "pointer_key"),
+    [("onnx", ("onnx", "sha256"), "onnx_sha256"), ("joblib", ("sha256",), "sha256")],
+)
+def test_a_corrupt_artifact_with_a_matching_hash_is_refused(
+    storage: InMemoryStorage, runtime: str, digest_key: tuple[str, ...], pointer_key: str
+) -> None:
     outcome = trained(storage, "raw/a.csv")
     registry = ModelRegistry(storage)
     manifest = registry.manifest(outcome["model_version"])
-    garbage = b"definitely not a joblib pickle"
-    storage.write(manifest["artifact"], garbage, content_type="x")
-    for name in (f"models/{outcome['model_version']}/manifest.json", CHAMPION_OBJECT):
-        document = json.loads(storage.read(name).data)
-        document["sha256"] = sha256_hex(garbage)
-        storage.write(name, json.dumps(document).encode(), content_type="application/json")
-    service = ModelService(registry, refresh_seconds=0)
+    garbage = b"definitely not a model"
+    storage.write(served_artifact(manifest, runtime), garbage, content_type="x")
+    manifest_name = f"models/{outcome['model_version']}/manifest.json"
+    document = json.loads(storage.read(manifest_name).data)
+    holder = document
+    for key in digest_key[:-1]:
+        holder = holder[key]
+    holder[digest_key[-1]] = sha256_hex(garbage)
+    storage.write(manifest_name, json.dumps(document).encode(), content_type="application/json")
+    pointer = json.loads(storage.read(CHAMPION_OBJECT).data)
+    pointer[pointer_key] = sha256_hex(garbage)
+    storage.write(CHAMPION_OBJECT, json.dumps(pointer).encode(), content_type="application/json")
+    service = ModelService(registry, refresh_seconds=0, runtime=runtime)
     with pytest.raises(NoChampionError, match="cannot be loaded"):
         service.current()
 
@@ -203,4 +230,4 @@ def test_client_input_never_causes_a_server_error(payload: Any) -> None:
     except PipelineError as error:
         assert 400 <= error.http_status < 500
     else:
-        assert all(len(row) == len(FEATURES) and all(math.isfinite(v) for v in row) for row in rows)
+        assert rows.shape == (len(rows), len(FEATURES)) and np.isfinite(rows).all()

@@ -97,11 +97,13 @@ def test_a_good_upload_runs_every_stage_and_publishes_the_summary(
     assert summary["promoted"] is True
     assert summary["smoke_prediction"]["model_version"] == summary["model_version"]
     assert len(summary["smoke_prediction"]["predictions"]) == 5
+    # The candidate answers its smoke rows before it is promoted and served.
     assert [(host, path) for host, path, _ in cloud.calls] == [
         ("process-data.local", "/"),
         ("train-model.local", "/"),
-        ("predict.local", "/reload"),
         ("predict.local", "/"),
+        ("train-model.local", "/promote"),
+        ("predict.local", "/reload"),
     ]
     assert all(headers.get("X-Workflow-Execution-Id") for _, _, headers in cloud.calls)
     ((topic, message, attributes),) = cloud.published
@@ -112,6 +114,41 @@ def test_a_good_upload_runs_every_stage_and_publishes_the_summary(
         "object": "raw/iris.csv",
         "generation": str(ref.generation),
     }
+
+
+def test_an_upload_with_other_columns_is_smoked_as_the_candidate_and_decided_by_policy(
+    cloud: Cloud, storage: InMemoryStorage
+) -> None:
+    first = cloud.run(upload(storage, "raw/iris.csv", IRIS).to_json())
+    renamed = IRIS.replace(b"sepal length (cm)", b"sepal_length", 1)
+    second = cloud.run(upload(storage, "raw/renamed.csv", renamed).to_json())
+    assert second["status"] == "succeeded"
+    assert second["smoke_prediction"]["model_version"] == second["model_version"]
+    # Equal metrics are "not worse than the champion": the policy promotes it.
+    assert second["promoted"] is True
+    assert second["champion_version"] == second["model_version"] != first["model_version"]
+    served = cloud.clients["predict.local"].get("/model").get_json()
+    assert served["feature_names"][0] == "sepal_length"
+
+
+def test_a_candidate_that_cannot_serve_is_never_promoted(
+    cloud: Cloud, storage: InMemoryStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = cloud.run(upload(storage, "raw/iris.csv", IRIS).to_json())
+    original = storage.write
+
+    def tamper_candidate_onnx(name: str, data: bytes, **options: Any) -> int:
+        return original(name, b"evil" if name.endswith("model.onnx") else data, **options)
+
+    monkeypatch.setattr(storage, "write", tamper_candidate_onnx)
+    with pytest.raises(WorkflowError, match="409"):
+        cloud.run(upload(storage, "raw/again.csv", IRIS).to_json())
+    failed = cloud.published[-1][1]
+    assert failed["status"] == "failed"
+    assert failed["stage"] == "predict"
+    assert "does not match the manifest" in failed["reason"]
+    pointer = json.loads(storage.read("models/champion.json").data)
+    assert pointer["model_version"] == first["model_version"]
 
 
 def test_a_rejected_upload_ends_the_run_with_the_reason(
