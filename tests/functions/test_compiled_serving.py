@@ -1,0 +1,282 @@
+"""Compiled champions: ONNX parity per model type, the joblib fallback, tampered compiled
+artifacts, pinned versions, readiness and the lean predict import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline_core import compiling
+from pipeline_core.errors import ModelRefusedError, ModelVersionNotFoundError, NoChampionError
+from pipeline_core.processing import DatasetSchema, process
+from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry
+from pipeline_core.serving import PINNED_CACHE_SIZE, ModelService, parse_instances
+from pipeline_core.settings import TrainingSettings
+from pipeline_core.storage import InMemoryStorage
+from pipeline_core.training import TrainingRequest, train
+from tests.functions.conftest import IRIS, ROOT, WINE, Function, train_and_decide, upload
+
+SETTINGS = TrainingSettings(project="p", data_bucket="test-bucket")
+
+
+def request_for(storage: InMemoryStorage, name: str, data: bytes) -> TrainingRequest:
+    ref = upload(storage, name, data)
+    return TrainingRequest(
+        ref, process(storage, ref, DatasetSchema()).to_json()["processed_object"]
+    )
+
+
+def settings_for(model_type: str) -> TrainingSettings:
+    trees = {} if model_type == "logistic_regression" else {"n_estimators": 20}
+    return replace(SETTINGS, model_type=model_type, hyperparameters=trees)
+
+
+@pytest.mark.parametrize("data", [IRIS, WINE], ids=["iris", "wine"])
+@pytest.mark.parametrize(
+    "model_type", ["random_forest", "logistic_regression", "gradient_boosting"]
+)
+def test_every_model_type_compiles_and_answers_as_scikit_learn_does(
+    storage: InMemoryStorage, data: bytes, model_type: str
+) -> None:
+    outcome = train_and_decide(
+        storage, request_for(storage, "raw/d.csv", data), settings_for(model_type)
+    )
+    manifest = ModelRegistry(storage).manifest(outcome["model_version"])
+    onnx = manifest["onnx"]
+    assert onnx["status"] == "compiled"
+    assert manifest["serving_runtime"] == "onnx"
+    assert onnx["opset"] == compiling.TARGET_OPSET
+    assert onnx["runtime"].startswith("onnxruntime ")
+    parity = onnx["parity"]
+    assert parity["passed"] and parity["labels_identical"]
+    assert parity["rows"] == manifest["lineage"]["rows"]["test"]
+    assert parity["max_abs_probability_difference"] <= compiling.PARITY_TOLERANCE == 1e-5
+    assert storage.stat(onnx["artifact"]) is not None
+
+    registry = ModelRegistry(storage)
+    compiled = ModelService(registry, refresh_seconds=0, runtime="onnx").current()
+    pickled = ModelService(registry, refresh_seconds=0, runtime="joblib").current()
+    assert (compiled.runtime, pickled.runtime) == ("onnx", "joblib")
+    header = data.decode().splitlines()[0].split(",")
+    rows = np.loadtxt(data.decode().splitlines()[1:], delimiter=",", usecols=range(len(header) - 1))
+    fast, reference = compiled.predict(rows), pickled.predict(rows)
+    assert [p["label"] for p in fast["predictions"]] == [
+        p["label"] for p in reference["predictions"]
+    ]
+    for ours, theirs in zip(fast["predictions"], reference["predictions"], strict=True):
+        for label, probability in ours["probabilities"].items():
+            assert probability == pytest.approx(theirs["probabilities"][label], abs=2e-6)
+
+
+def test_a_model_that_cannot_be_converted_is_served_through_joblib_and_says_so(
+    storage: InMemoryStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(estimator: Any, feature_count: int) -> bytes:
+        raise NotImplementedError("no converter for this estimator")
+
+    monkeypatch.setattr(compiling, "_convert", unsupported)
+    outcome = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    manifest = ModelRegistry(storage).manifest(outcome["model_version"])
+    assert manifest["onnx"] == {
+        "status": "not_convertible",
+        "converter": manifest["onnx"]["converter"],
+        "opset": compiling.TARGET_OPSET,
+        "reason": "NotImplementedError: no converter for this estimator",
+    }
+    assert manifest["serving_runtime"] == outcome["serving_runtime"] == "joblib"
+    assert not [name for name in storage.names("models/") if name.endswith(".onnx")]
+    model = ModelService(ModelRegistry(storage), refresh_seconds=0).current()
+    assert model.runtime == "joblib"
+    assert model.describe()["onnx"]["status"] == "not_convertible"
+    assert model.predict(np.array([[5.1, 3.5, 1.4, 0.2]]))["predictions"][0]["label"] == "0"
+
+
+def test_a_compiled_model_that_fails_parity_is_not_served(
+    storage: InMemoryStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compiling, "PARITY_TOLERANCE", -1.0)  # nothing can be that close
+    outcome = train(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    manifest = ModelRegistry(storage).manifest(outcome["model_version"])
+    assert manifest["onnx"]["status"] == "failed_parity"
+    assert "probabilities differ by up to" in manifest["onnx"]["reason"]
+    assert manifest["onnx"]["parity"]["passed"] is False
+    assert manifest["serving_runtime"] == "joblib"
+    assert "artifact" not in manifest["onnx"]
+
+
+def test_a_swapped_compiled_model_is_refused_and_the_previous_champion_keeps_serving(
+    storage: InMemoryStorage,
+) -> None:
+    first = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
+    assert service.current().version == first["model_version"]
+    wine = train_and_decide(storage, request_for(storage, "raw/w.csv", WINE), SETTINGS)
+    assert service.current().version == wine["model_version"]
+    iris_again = train(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
+    registry = ModelRegistry(storage)
+    # A valid graph of another version in place of this one's: only the hash tells.
+    other = storage.read(registry.manifest(wine["model_version"])["onnx"]["artifact"]).data
+    storage.write(
+        registry.manifest(iris_again["model_version"])["onnx"]["artifact"], other, content_type="x"
+    )
+    pointer = json.loads(storage.read(CHAMPION_OBJECT).data)
+    pointer.update(
+        model_version=iris_again["model_version"],
+        manifest=f"models/{iris_again['model_version']}/manifest.json",
+        onnx_sha256=registry.manifest(iris_again["model_version"])["onnx"]["sha256"],
+    )
+    storage.write(CHAMPION_OBJECT, json.dumps(pointer).encode(), content_type="application/json")
+    assert service.current().version == wine["model_version"]  # still the verified one
+    with pytest.raises(NoChampionError, match="does not match the manifest"):
+        service.refresh()
+
+
+def test_a_pinned_version_is_served_verified_and_cached(storage: InMemoryStorage) -> None:
+    old = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    new = train_and_decide(storage, request_for(storage, "raw/w.csv", WINE), SETTINGS)
+    registry = ModelRegistry(storage)
+    service = ModelService(registry, refresh_seconds=0)
+    assert service.current().version == new["model_version"]
+    pinned = service.pinned(old["model_version"])
+    assert pinned.version == old["model_version"] and pinned.pointer_generation == 0
+    assert pinned.feature_names != service.current().feature_names
+    assert service.pinned(old["model_version"]) is pinned  # cached
+    assert service.pinned(new["model_version"]) is service.current()
+    assert service.versions() == {
+        "champion": new["model_version"],
+        "versions": [new["model_version"], old["model_version"]],
+    }
+
+
+def test_the_pinned_cache_is_bounded(storage: InMemoryStorage) -> None:
+    request = request_for(storage, "raw/a.csv", IRIS)
+    versions = [
+        train(storage, replace(request, source=replace(request.source, generation=n)), SETTINGS)[
+            "model_version"
+        ]
+        for n in range(PINNED_CACHE_SIZE + 1)
+    ]
+    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
+    first = service.pinned(versions[0])
+    for version in versions[1:]:
+        service.pinned(version)
+    assert service.pinned(versions[0]) is not first  # the least recently used was dropped
+    assert service.pinned(versions[-1]) is service.pinned(versions[-1])
+
+
+def test_unknown_and_tampered_pinned_versions_are_refused(storage: InMemoryStorage) -> None:
+    champion = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    candidate = train(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
+    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
+    with pytest.raises(ModelVersionNotFoundError, match="GET /versions") as unknown:
+        service.pinned("20200101T000000000000Z-000000")
+    assert unknown.value.http_status == 404
+    manifest = ModelRegistry(storage).manifest(candidate["model_version"])
+    storage.write(manifest["onnx"]["artifact"], b"evil", content_type="x")
+    with pytest.raises(ModelRefusedError, match="does not match the manifest") as refused:
+        service.pinned(candidate["model_version"])
+    assert refused.value.http_status == 409
+    assert service.current().version == champion["model_version"]
+
+
+def test_predict_http_pins_versions_lists_them_and_reports_readiness(
+    function: type[Function], storage: InMemoryStorage
+) -> None:
+    client = function("predict", "http").use(storage=storage).client
+    not_ready = client.get("/ready")
+    assert not_ready.status_code == 503
+    assert not_ready.get_json()["status"] == "not_ready"
+    assert client.get("/health").get_json()["model_loaded"] is False
+
+    old = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    new = train_and_decide(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.get_json() == {
+        "status": "ready",
+        "model_version": new["model_version"],
+        "runtime": "onnx",
+    }
+    assert client.get("/versions").get_json()["versions"] == [
+        new["model_version"],
+        old["model_version"],
+    ]
+    row = [5.1, 3.5, 1.4, 0.2]
+    pinned = client.post(
+        "/", json={"instances": [row], "parameters": {"model_version": old["model_version"]}}
+    )
+    assert pinned.status_code == 200
+    assert pinned.get_json()["model_version"] == old["model_version"]
+    assert (
+        client.post("/", json={"instances": [row]}).get_json()["model_version"]
+        == new["model_version"]
+    )
+    for parameters, status, words in [
+        ({"model_version": "20200101T000000000000Z-000000"}, 404, "GET /versions lists"),
+        ({"model_version": "../champion"}, 400, "must be a version id"),
+        ({"version": "x"}, 400, "unknown parameter 'version'"),
+        ("latest", 400, "'parameters' must be an object"),
+    ]:
+        answer = client.post("/", json={"instances": [row], "parameters": parameters})
+        assert answer.status_code == status, answer.get_json()
+        assert words in answer.get_json()["error"]["message"]
+
+
+def test_beyond_float32_is_refused_before_the_model(storage: InMemoryStorage) -> None:
+    with pytest.raises(Exception, match="beyond the float32 range") as caught:
+        parse_instances([[1.0, 2.0, 1e300]], ["a", "b", "c"], 10)
+    assert getattr(caught.value, "http_status", None) == 422
+
+
+def test_predict_starts_without_the_training_stack(
+    storage: InMemoryStorage, tmp_path: Path
+) -> None:
+    """A fresh interpreter imports the entry point, loads a compiled champion and
+    predicts: neither scikit-learn nor pandas nor the processing/training modules."""
+    train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    for name in storage.names("models/"):
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read(name).data)
+    probe = f"""
+import json
+import sys
+from pathlib import Path
+import main
+from pipeline_core.registry import ModelRegistry
+from pipeline_core.serving import ModelService, parse_instances
+from pipeline_core.storage import InMemoryStorage
+at_import = sorted(sys.modules)
+storage = InMemoryStorage("test-bucket")
+root = Path({str(tmp_path)!r})
+for path in sorted(root.rglob("*")):
+    if path.is_file():
+        storage.write(str(path.relative_to(root)), path.read_bytes(), content_type="x")
+model = ModelService(ModelRegistry(storage), refresh_seconds=0).current()
+answer = model.predict(parse_instances([[5.1, 3.5, 1.4, 0.2]], model.feature_names, 1))
+label = answer["predictions"][0]["label"]
+print(json.dumps([at_import, sorted(sys.modules), model.runtime, label]))
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT / "function_src",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    at_import, after_serving, runtime, label = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert (runtime, label) == ("onnx", "0")
+    forbidden = ("sklearn", "pandas", "scipy", "pipeline_core.processing", "pipeline_core.training")
+    for modules in (at_import, after_serving):
+        assert not [
+            name for name in modules if name.split(".")[0] in forbidden or name in forbidden
+        ]
+    assert "onnxruntime" not in at_import and "onnxruntime" in after_serving
+    assert "pyarrow" not in after_serving
