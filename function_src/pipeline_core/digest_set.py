@@ -1,61 +1,90 @@
-"""A compact set of 16-byte digests, for exact-duplicate detection in bounded memory.
+"""A compact set of 128-bit row digests, for exact-duplicate detection in bounded memory.
 
 A Python ``set`` of ``bytes`` costs about 110 bytes per entry, several times the CSV row
 it stands for, so a large upload would run out of memory on duplicate detection alone.
-Here the digests live in sorted numpy runs of fixed-width 16-byte values: about 16
-bytes an entry (32 while two runs merge). Runs merge like the levels of a
-log-structured merge tree, so a lookup is a binary search per run (at most log2(n)
-runs) and each digest is re-sorted O(log n) times over the whole upload.
+Here a digest is two ``uint64`` lanes (16 bytes an entry), kept in sorted runs ordered
+by the first lane (numpy sorts and searches machine integers several times faster than
+16-byte strings); the second lane confirms a match. Runs merge like the levels of a
+log-structured merge tree, so a lookup is a binary search per run and each digest is
+re-sorted O(log n) times over the whole upload. Runs stop merging at
+``MAX_RUN_DIGESTS``, which bounds the transient memory of a merge to a few runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-DIGEST_BYTES = 16
-_DIGEST = np.dtype(f"V{DIGEST_BYTES}")
+DIGEST_LANES = 2
+# 4M digests = 64 MB a run; a merge briefly holds two runs and the merged one.
+MAX_RUN_DIGESTS = 2**22
+
+_Lane = np.ndarray[Any, np.dtype[np.uint64]]
 
 
 class DigestSet:
     def __init__(self) -> None:
-        # Sizes strictly decrease along the list, as in a binary counter.
-        self._runs: list[np.ndarray[Any, Any]] = []
+        # (first lanes sorted, second lanes in the same order); sizes decrease along the
+        # list, as in a binary counter, except for runs that reached MAX_RUN_DIGESTS.
+        self._runs: list[tuple[_Lane, _Lane]] = []
 
     def __len__(self) -> int:
-        return sum(len(run) for run in self._runs)
+        return sum(len(keys) for keys, _ in self._runs)
 
-    def add_new(self, digests: Sequence[bytes]) -> list[bool]:
-        """For each digest, whether it is new (neither seen before nor earlier in this
-        batch); every new one is remembered."""
-        if not digests:
-            return []
-        joined = b"".join(digests)
-        if len(joined) != DIGEST_BYTES * len(digests):
-            raise ValueError(f"digests must be {DIGEST_BYTES} bytes long")
-        batch = np.frombuffer(joined, dtype=_DIGEST)
-        new = np.zeros(len(batch), dtype=bool)
-        new[np.unique(batch, return_index=True)[1]] = True  # first occurrence in the batch
+    def add_new(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
+        """For each digest (a row of ``digests``, shape (n, 2)), whether it is new
+        (neither seen before nor earlier in this batch); every new one is remembered."""
+        if digests.ndim != 2 or digests.shape[1] != DIGEST_LANES:
+            raise ValueError(f"digests must be an (n, {DIGEST_LANES}) array of uint64 lanes")
+        keys, checks = digests[:, 0], digests[:, 1]
+        order = np.argsort(keys)
+        sorted_keys, sorted_checks = keys[order], checks[order]
+        same_key = sorted_keys[1:] == sorted_keys[:-1]
+        if (same_key & (sorted_checks[1:] != sorted_checks[:-1])).any():
+            # Two digests share a first lane; order by both so that repeats are adjacent.
+            order = np.lexsort((checks, keys))
+            sorted_keys, sorted_checks = keys[order], checks[order]
+            same_key = sorted_keys[1:] == sorted_keys[:-1]
+        starts = np.ones(len(order), dtype=bool)  # where each distinct digest begins
+        starts[1:] = ~(same_key & (sorted_checks[1:] == sorted_checks[:-1]))
+        groups = np.flatnonzero(starts)
+        unique_keys, unique_checks = sorted_keys[groups], sorted_checks[groups]
+        seen = np.zeros(len(groups), dtype=bool)
         for run in self._runs:
-            new &= ~_contains(run, batch)
-        self._push(np.sort(batch[new]))
-        return [bool(flag) for flag in new]
+            seen |= _contains(run, unique_keys, unique_checks)
+        new = np.zeros(len(order), dtype=bool)
+        if len(groups):
+            # The sort is not stable: the first occurrence is the smallest index.
+            new[np.minimum.reduceat(order, groups)[~seen]] = True
+        self._push(unique_keys[~seen], unique_checks[~seen])
+        return new
 
-    def _push(self, run: np.ndarray[Any, Any]) -> None:
-        if not len(run):
+    def _push(self, keys: _Lane, checks: _Lane) -> None:
+        if not len(keys):
             return
-        while self._runs and len(self._runs[-1]) <= len(run):
-            merged = np.concatenate((self._runs.pop(), run))
-            merged.sort(kind="stable")
-            run = merged
-        self._runs.append(run)
+        while (
+            self._runs
+            and len(self._runs[-1][0]) <= len(keys)
+            and len(self._runs[-1][0]) + len(keys) <= MAX_RUN_DIGESTS
+        ):
+            run_keys, run_checks = self._runs.pop()
+            merged_keys = np.concatenate((run_keys, keys))
+            merged_checks = np.concatenate((run_checks, checks))
+            # Timsort finds the two sorted halves and merges them in linear time.
+            order = np.argsort(merged_keys, kind="stable")
+            keys, checks = merged_keys[order], merged_checks[order]
+        self._runs.append((keys, checks))
 
 
-def _contains(run: np.ndarray[Any, Any], batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    positions = np.searchsorted(run, batch)
-    inside = positions < len(run)
-    found = np.zeros(len(batch), dtype=bool)
-    found[inside] = run[positions[inside]] == batch[inside]
+def _contains(run: tuple[_Lane, _Lane], keys: _Lane, checks: _Lane) -> np.ndarray[Any, Any]:
+    """Whether each (key, check) is in the run; ``keys`` sorted, for cache locality."""
+    run_keys, run_checks = run
+    positions = np.minimum(np.searchsorted(run_keys, keys), len(run_keys) - 1)
+    same_key = run_keys[positions] == keys
+    found: np.ndarray[Any, Any] = same_key & (run_checks[positions] == checks)
+    # A first lane shared by different digests (about one in 2**64 pairs): look at all.
+    for index in np.flatnonzero(same_key & ~found):
+        end = np.searchsorted(run_keys, keys[index], side="right")
+        found[index] = bool((run_checks[positions[index] : end] == checks[index]).any())
     return found

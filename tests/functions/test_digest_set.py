@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,40 +12,79 @@ from hypothesis import strategies as st
 from pipeline_core.digest_set import DigestSet
 
 
-def digest(value: int) -> bytes:
-    return hashlib.blake2b(value.to_bytes(8, "little"), digest_size=16).digest()
+def digest(value: int) -> tuple[int, int]:
+    raw = hashlib.blake2b(value.to_bytes(8, "little"), digest_size=16).digest()
+    return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+
+
+def digests(values: list[int] | range) -> np.ndarray:
+    return np.array([digest(value) for value in values], dtype=np.uint64).reshape(-1, 2)
 
 
 def test_new_digests_are_remembered_and_repeats_are_not_new() -> None:
     seen = DigestSet()
-    assert seen.add_new([digest(1), digest(2), digest(1)]) == [True, True, False]
-    assert seen.add_new([digest(2), digest(3)]) == [False, True]
+    assert seen.add_new(digests([1, 2, 1])).tolist() == [True, True, False]
+    assert seen.add_new(digests([2, 3])).tolist() == [False, True]
     assert len(seen) == 3
-    assert seen.add_new([]) == []
+    assert seen.add_new(digests([])).tolist() == []
 
 
 def test_many_batches_merge_without_forgetting() -> None:
     seen = DigestSet()
     for start in range(0, 5000, 100):
-        assert all(seen.add_new([digest(value) for value in range(start, start + 100)]))
+        assert seen.add_new(digests(range(start, start + 100))).all()
     assert len(seen) == 5000
-    assert not any(seen.add_new([digest(value) for value in range(0, 5000, 7)]))
+    assert not seen.add_new(digests(range(0, 5000, 7))).any()
+
+
+def test_digests_sharing_their_first_lane_stay_distinct() -> None:
+    """A first lane shared by different digests: the second lane decides, in a batch and
+    against every run."""
+    seen = DigestSet()
+    shared = np.array([[7, 1], [7, 2], [7, 1], [8, 1]], dtype=np.uint64)
+    assert seen.add_new(shared).tolist() == [True, True, False, True]
+    later = np.array([[7, 3], [7, 2], [7, 1], [7, 3]], dtype=np.uint64)
+    assert seen.add_new(later).tolist() == [True, False, False, False]
+    assert len(seen) == 4
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(min_value=0, max_value=300), max_size=40), max_size=30))
 def test_agrees_with_a_python_set(batches: list[list[int]]) -> None:
     seen = DigestSet()
-    oracle: set[bytes] = set()
+    oracle: set[tuple[int, int]] = set()
     for batch in batches:
         expected = []
         for item in (digest(value) for value in batch):
             expected.append(item not in oracle)
             oracle.add(item)
-        assert seen.add_new([digest(value) for value in batch]) == expected
+        assert seen.add_new(digests(batch)).tolist() == expected
     assert len(seen) == len(oracle)
 
 
-def test_digests_of_the_wrong_width_are_refused() -> None:
-    with pytest.raises(ValueError, match="16 bytes"):
-        DigestSet().add_new([b"short"])
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(min_value=0, max_value=3), st.integers(min_value=0, max_value=3)),
+            max_size=12,
+        ),
+        max_size=12,
+    )
+)
+def test_agrees_with_a_python_set_when_first_lanes_collide(
+    batches: list[list[tuple[int, int]]],
+) -> None:
+    seen = DigestSet()
+    oracle: set[tuple[int, int]] = set()
+    for batch in batches:
+        expected = []
+        for item in batch:
+            expected.append(item not in oracle)
+            oracle.add(item)
+        assert seen.add_new(np.array(batch, dtype=np.uint64).reshape(-1, 2)).tolist() == expected
+
+
+def test_digests_of_the_wrong_shape_are_refused() -> None:
+    with pytest.raises(ValueError, match="uint64 lanes"):
+        DigestSet().add_new(np.zeros(3, dtype=np.uint64))

@@ -1,0 +1,348 @@
+"""The cleaning rules, as pure functions over the string columns of one block of rows.
+
+Nothing here reads bytes, holds state across blocks or talks to storage: ``clean``
+maps one block's columns to its kept rows, its rejection counts and the first rejected
+row of each reason; ``row_digests`` names each kept row for exact-duplicate detection;
+``FeatureStats`` of two blocks merge associatively. That is what a distributed runner
+(an Apache Beam ``ParDo`` per block, a ``CombineFn`` for the statistics, a group-by on
+the digest for duplicates) needs to run the same rules on files no single function can
+hold; ``processing`` is the single-process runner.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline_core.errors import PermanentError
+
+# What a CSV cell may spell a number as: plain ASCII decimal notation. Python's float()
+# also takes "1_000" and non-ASCII digits, which in a data file mean something else.
+# inf and nan parse, so that the non-finite rule can name them. RE2 (Arrow) and Python
+# read this pattern alike: \d is ASCII-only in RE2 and under re.ASCII.
+NUMBER_PATTERN = r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)"
+NUMBER = re.compile(NUMBER_PATTERN, re.ASCII | re.IGNORECASE)
+# A plain decimal label ("1", "1.0", "-2.50", "1e3"); the exponent is bounded so that
+# writing the number out in full stays short.
+NUMERIC_LABEL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,2})?", re.ASCII)
+# What str.strip() removes, so that a cell means the same as it did to Python.
+WHITESPACE = "".join(chr(code) for code in range(0x110000) if chr(code).isspace())
+
+# Whole-file rejection reasons (recorded under rejected/).
+EMPTY = "empty"
+NOT_CSV = "not_csv"
+NO_HEADER = "no_header"
+BAD_HEADER = "bad_header"
+MISSING_TARGET = "missing_target"
+MISSING_FEATURES = "missing_features"
+NO_FEATURES = "no_features"
+NO_VALID_ROWS = "no_valid_rows"
+TOO_FEW_ROWS = "too_few_rows"
+TOO_FEW_CLASSES = "too_few_classes"
+
+# Row-level rejection reasons (counted in stats.json), in the order the rules apply.
+ROW_WRONG_FIELD_COUNT = "wrong_field_count"
+ROW_MISSING_TARGET = "missing_target"
+ROW_MISSING_FEATURE = "missing_feature"
+ROW_NON_NUMERIC_FEATURE = "non_numeric_feature"
+ROW_NON_FINITE_FEATURE = "non_finite_feature"
+ROW_DUPLICATE = "duplicate"
+
+_KEPT = 0
+# Per-row codes of the rules that look at one feature cell, most basic first.
+_CELL_REASONS = (ROW_MISSING_FEATURE, ROW_NON_NUMERIC_FEATURE, ROW_NON_FINITE_FEATURE)
+_MISSING_CELL, _NON_NUMERIC_CELL, _NON_FINITE_CELL = 1, 2, 3
+_MISSING_TARGET_CODE = 4
+
+
+class FileRejectedError(PermanentError):
+    """The whole file cannot be used; ``reason`` is one of the whole-file reasons."""
+
+    code = "rejected"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The header's column names (stripped) and which of them the rules read."""
+
+    names: tuple[str, ...]
+    features: tuple[str, ...]
+    target: str
+
+    @property
+    def positions(self) -> list[int]:
+        """Positions of the features, in their configured order, then of the target."""
+        return [self.names.index(name) for name in (*self.features, self.target)]
+
+
+def layout(header: list[str], target: str, feature_columns: tuple[str, ...]) -> Layout:
+    """The header rules: a header row, named and distinct columns, target and features."""
+    names = tuple(cell.strip() for cell in header)
+    if all(is_number(name) for name in names):
+        raise FileRejectedError(
+            NO_HEADER, "the first row holds only numbers; a header row is required"
+        )
+    if any(not name for name in names):
+        raise FileRejectedError(BAD_HEADER, f"the header has an empty column name: {list(names)}")
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise FileRejectedError(BAD_HEADER, f"the header repeats column names: {duplicates}")
+    if target not in names:
+        raise FileRejectedError(
+            MISSING_TARGET,
+            f"missing target column {target!r}; header: {list(names)}{_delimiter_hint(names)}",
+        )
+    if feature_columns:
+        absent = [name for name in feature_columns if name not in names]
+        if absent:
+            raise FileRejectedError(MISSING_FEATURES, f"missing feature columns {absent}")
+        features = feature_columns
+    else:
+        features = tuple(name for name in names if name != target)
+    if not features:
+        raise FileRejectedError(NO_FEATURES, f"no feature columns besides the target {target!r}")
+    return Layout(names, features, target)
+
+
+@dataclass(frozen=True)
+class CleanBlock:
+    """One block after the row rules: the kept rows and what was rejected."""
+
+    features: np.ndarray[Any, np.dtype[np.float64]]  # one contiguous row per feature
+    labels: pa.Array  # canonical label of each kept row
+    label_keys: np.ndarray[Any, np.dtype[np.uint64]]  # (kept rows, 2): digest of each label
+    rejections: dict[str, int]
+    first_rejected: dict[str, tuple[int, str]]  # reason -> (row in the block, detail)
+
+
+def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
+    """The row rules over one block; ``columns`` holds the layout's features, then its
+    target, every cell a string. A row is rejected for the first rule it breaks: target
+    first, then each feature in order (missing, not a number, not finite)."""
+    rows = columns.num_rows
+    target = pc.utf8_trim(columns.column(len(layout.features)), characters=WHITESPACE)
+    encoded = pc.dictionary_encode(target.combine_chunks())
+    spellings = encoded.dictionary.to_pylist()
+    canonical = pa.array([canonical_label(text) for text in spellings], type=pa.string())
+    codes = np.zeros(rows, dtype=np.int8)
+    label_index = encoded.indices.to_numpy(zero_copy_only=False)
+    missing_label = np.array([not label for label in canonical.to_pylist()], dtype=bool)
+    codes[missing_label[label_index]] = _MISSING_TARGET_CODE
+    culprit = np.full(rows, -1, dtype=np.int32)  # the feature a rejected row is named by
+    values = np.empty((len(layout.features), rows), dtype=np.float64)
+    for position in range(len(layout.features)):
+        cell_codes = _parse_numbers(columns.column(position), values[position])
+        if cell_codes is None:
+            continue
+        newly = (codes == _KEPT) & (cell_codes != _KEPT)
+        codes[newly] = cell_codes[newly]
+        culprit[newly] = position
+    kept = codes == _KEPT
+    label_keys = np.array([_label_key(label) for label in canonical.to_pylist()], np.uint64)
+    kept_index = label_index[kept]
+    return CleanBlock(
+        features=values if kept.all() else np.ascontiguousarray(values[:, kept]),
+        labels=canonical.take(pa.array(kept_index, type=pa.int32())),
+        label_keys=label_keys.reshape(-1, 2)[kept_index],
+        rejections=_counts(codes),
+        first_rejected=_first_rejected(columns, layout, codes, culprit),
+    )
+
+
+def _parse_numbers(
+    cells: pa.ChunkedArray, out: np.ndarray[Any, np.dtype[np.float64]]
+) -> np.ndarray[Any, np.dtype[np.int8]] | None:
+    """Writes each cell's number into ``out``; the per-cell codes, or None if all are
+    finite numbers. Arrow's cast takes a superset of NUMBER ("nan(1)") that only ever
+    yields NaN, so a cast to finite values alone proves every cell a number."""
+    try:
+        numbers = _numpy(pc.cast(cells, pa.float64()))
+    except pa.ArrowInvalid:
+        numbers = None
+    if numbers is not None and np.isfinite(numbers).all():
+        out[:] = numbers
+        return None
+    trimmed = pc.utf8_trim(cells, characters=WHITESPACE)
+    missing = _numpy(pc.equal(pc.binary_length(trimmed), 0))
+    matches = pc.match_substring_regex(trimmed, f"^(?:{NUMBER_PATTERN})$", ignore_case=True)
+    numeric = _numpy(matches)
+    spelled = pc.if_else(matches, trimmed, pa.scalar("nan"))
+    out[:] = _numpy(pc.cast(spelled, pa.float64()))
+    codes = np.where(np.isfinite(out), _KEPT, _NON_FINITE_CELL).astype(np.int8)
+    codes[~numeric] = _NON_NUMERIC_CELL
+    codes[missing] = _MISSING_CELL
+    return codes
+
+
+def _numpy(values: pa.ChunkedArray) -> np.ndarray[Any, Any]:
+    """One contiguous numpy array (ChunkedArray.to_numpy takes a much slower path)."""
+    return values.combine_chunks().to_numpy(zero_copy_only=False)
+
+
+def _counts(codes: np.ndarray[Any, np.dtype[np.int8]]) -> dict[str, int]:
+    tally = np.bincount(codes, minlength=_MISSING_TARGET_CODE + 1)
+    reasons = (None, *_CELL_REASONS, ROW_MISSING_TARGET)
+    return {
+        reason: int(count) for reason, count in zip(reasons, tally, strict=True) if reason and count
+    }
+
+
+def _first_rejected(
+    columns: pa.Table,
+    layout: Layout,
+    codes: np.ndarray[Any, np.dtype[np.int8]],
+    culprit: np.ndarray[Any, np.dtype[np.int32]],
+) -> dict[str, tuple[int, str]]:
+    first: dict[str, tuple[int, str]] = {}
+    for code in np.unique(codes[codes != _KEPT]):
+        row = int(np.argmax(codes == code))
+        if code == _MISSING_TARGET_CODE:
+            first[ROW_MISSING_TARGET] = (row, f"no value for {layout.target!r}")
+            continue
+        name = layout.features[culprit[row]]
+        cell = _shortened(str(columns.column(int(culprit[row]))[row].as_py()).strip())
+        detail = {
+            _MISSING_CELL: f"no value for feature {name!r}",
+            _NON_NUMERIC_CELL: f"feature {name!r} is {cell!r}, not a number",
+            _NON_FINITE_CELL: f"feature {name!r} is {cell!r}",
+        }[int(code)]
+        first[_CELL_REASONS[code - 1]] = (row, detail)
+    return first
+
+
+def row_digests(
+    features: np.ndarray[Any, np.dtype[np.float64]],
+    label_keys: np.ndarray[Any, np.dtype[np.uint64]],
+) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """A 128-bit digest of each row (two 64-bit lanes, shape (rows, 2)) over the exact
+    bits of its features and its label: equal rows, equal digests; any two different
+    rows collide with probability about 2**-128."""
+    rows = features.shape[1]
+    digests = np.empty((rows, 2), dtype=np.uint64)
+    for lane, (seed, first, second) in enumerate(_LANES):
+        digest = np.full(rows, seed, dtype=np.uint64)
+        for column in (*features.view(np.uint64), label_keys[:, lane]):
+            digest ^= column
+            _mix(digest, first, second)
+        digests[:, lane] = digest
+    return digests
+
+
+# Seed and multipliers of each lane: MurmurHash3's finalizer and one of Stafford's
+# variants (splitmix64), so the lanes are independent 64-bit hashes.
+_LANES = (
+    (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)),
+    (np.uint64(0xD1B54A32D192ED03), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)),
+)
+_SHIFT_A, _SHIFT_B = np.uint64(33), np.uint64(31)
+
+
+def _mix(digest: np.ndarray[Any, np.dtype[np.uint64]], first: np.uint64, second: np.uint64) -> None:
+    """A bijective avalanche step, in place (multiplication wraps modulo 2**64)."""
+    digest ^= digest >> _SHIFT_A
+    digest *= first
+    digest ^= digest >> _SHIFT_B
+    digest *= second
+    digest ^= digest >> _SHIFT_A
+
+
+@functools.lru_cache(maxsize=65_536)
+def _label_key(label: str) -> tuple[int, int]:
+    digest = hashlib.blake2b(label.encode(), digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-feature count/mean/M2/min/max of some rows; ``merge`` combines two disjoint
+    sets of rows exactly and in a numerically stable way (Chan et al.)."""
+
+    count: int
+    mean: np.ndarray[Any, np.dtype[np.float64]]
+    m2: np.ndarray[Any, np.dtype[np.float64]]
+    minimum: np.ndarray[Any, np.dtype[np.float64]]
+    maximum: np.ndarray[Any, np.dtype[np.float64]]
+
+    @classmethod
+    def empty(cls, features: int) -> FeatureStats:
+        zeros = np.zeros(features)
+        return cls(0, zeros, zeros, np.full(features, math.inf), np.full(features, -math.inf))
+
+    @classmethod
+    def of(cls, features: np.ndarray[Any, np.dtype[np.float64]]) -> FeatureStats:
+        if not features.shape[1]:
+            return cls.empty(features.shape[0])
+        mean = features.mean(axis=1)
+        m2 = ((features - mean[:, None]) ** 2).sum(axis=1)
+        return cls(features.shape[1], mean, m2, features.min(axis=1), features.max(axis=1))
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        if not other.count:
+            return self
+        if not self.count:
+            return other
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        return FeatureStats(
+            total,
+            self.mean + delta * other.count / total,
+            self.m2 + other.m2 + delta * delta * self.count * other.count / total,
+            np.minimum(self.minimum, other.minimum),
+            np.maximum(self.maximum, other.maximum),
+        )
+
+    def to_json(self, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        std = np.sqrt(self.m2 / self.count) if self.count else np.zeros(len(names))
+        return {
+            name: {
+                "min": float(self.minimum[index]),
+                "max": float(self.maximum[index]),
+                "mean": float(self.mean[index]),
+                "std": float(std[index]),
+            }
+            for index, name in enumerate(names)
+        }
+
+
+@functools.lru_cache(maxsize=65_536)
+def canonical_label(text: str) -> str:
+    """One spelling per numeric class: "1", "1.0" and "+1e0" are all class "1", as an
+    export that mixes integer and float formatting means them to be; other labels stay."""
+    if not NUMERIC_LABEL.fullmatch(text):
+        return text
+    number = Decimal(text)
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+def is_number(text: str) -> bool:
+    return NUMBER.fullmatch(text) is not None
+
+
+def _delimiter_hint(names: tuple[str, ...]) -> str:
+    if len(names) != 1:
+        return ""
+    for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+        if delimiter in names[0]:
+            return f"; the file looks separated by {name}: export it with commas"
+    return ""
+
+
+def _shortened(cell: str, limit: int = 40) -> str:
+    return cell if len(cell) <= limit else f"{cell[:limit]}..."
