@@ -37,6 +37,8 @@ def test_defaults_match_the_documented_ones() -> None:
     assert config.bucket_location == "US-CENTRAL1"
     assert config.trigger_region == "us-central1"
     assert config.name_prefix == "mlp-dev"
+    assert config.max_training_rows == 200_000
+    assert config.predict_runtime == "onnx"
 
 
 @pytest.mark.parametrize(
@@ -88,6 +90,9 @@ def test_defaults_match_the_documented_ones() -> None:
         ({"promotion": {"threshold": 1}}, "ml-pipeline:promotion.threshold", "tolerance"),
         ({"promotion": {"tolerance": -0.1}}, "ml-pipeline:promotion.tolerance", "from 0 to 1"),
         ({"minRows": 1}, "ml-pipeline:minRows", "from 2 to"),
+        ({"maxTrainingRows": 99}, "ml-pipeline:maxTrainingRows", "from 100 to 100000000"),
+        ({"maxTrainingRows": "lots"}, "ml-pipeline:maxTrainingRows", "use 100..100000000"),
+        ({"predictRuntime": "tensorrt"}, "ml-pipeline:predictRuntime", "onnx"),
         ({"modelRefreshSeconds": 7200}, "ml-pipeline:modelRefreshSeconds", "from 0 to 3600"),
         ({"functions": {"predict": 512}}, "ml-pipeline:functions.predict", "set memory"),
         (

@@ -309,6 +309,17 @@ def test_functions_take_sizing_and_environment_from_config(
         )
         assert function.get("serviceConfig.environmentVariables") == expected
         assert function.get("buildConfig.runtime") == "python311"
+    # Each setting reaches only the function that reads it.
+    environments = {
+        spec.key: function_named(
+            deployment, topology.resource_name(config, spec.key.replace("_", "-"))
+        ).get("serviceConfig.environmentVariables")
+        for spec in plan.functions
+    }
+    assert environments["train_model"]["MAX_TRAINING_ROWS"] == str(config.max_training_rows)
+    assert environments["predict"]["PREDICT_RUNTIME"] == config.predict_runtime
+    assert "PREDICT_RUNTIME" not in environments["train_model"]
+    assert "MAX_TRAINING_ROWS" not in environments["predict"]
 
 
 def test_functions_run_the_content_addressed_source_archive(stack: Deployment) -> None:
