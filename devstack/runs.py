@@ -130,9 +130,13 @@ def upload_and_follow(
     state: StackState, file: Path, *, name: str | None, timeout: float, progress: Progress
 ) -> dict[str, Any]:
     with summary_watch(state) as watch:
+        started = time.monotonic()
         key = upload(state, file, name=name)
-        progress(f"uploaded gs://{key.bucket}/{key.object} (generation {key.generation})")
-        return follow(state, key, watch=watch, timeout=timeout, progress=progress)
+        progress(
+            f"uploaded gs://{key.bucket}/{key.object} (generation {key.generation}) "
+            f"in {time.monotonic() - started:.1f} s"
+        )
+        return follow(state, key, watch=watch, timeout=timeout, progress=progress, started=started)
 
 
 def follow(
@@ -142,13 +146,18 @@ def follow(
     watch: RunWatch,
     timeout: float,
     progress: Progress,
+    started: float | None = None,
 ) -> dict[str, Any]:
-    """Report each stage as it appears; return the run summary when it is published.
+    """Report each stage as it appears, with the seconds since the previous line and
+    since ``started`` (a ``time.monotonic()`` reading, by default now); return the run
+    summary when it is published.
 
     Raises RunFailedError for a rejected or failed run, or when the upload's
     notification was dead-lettered; RunTimeoutError when no summary arrives in time.
     """
-    observer = _StageObserver(state, run, progress)
+    observer = _StageObserver(
+        state, run, progress, time.monotonic() if started is None else started
+    )
     pubsub = state.pubsub()
     deadline = time.monotonic() + timeout
     failed_at: float | None = None
@@ -224,10 +233,11 @@ def _take_dead_letter(
 class _StageObserver:
     """Turns what is visible of a run into one progress line per new fact."""
 
-    def __init__(self, state: StackState, run: RunKey, progress: Progress) -> None:
+    def __init__(self, state: StackState, run: RunKey, progress: Progress, started: float) -> None:
         self._state = state
         self._run = run
         self._progress = progress
+        self._started = self._previous = started
         self._bucket = state.storage_client().bucket(state.bucket)
         self._seen: set[str] = set()
         self._champion = self._champion_version()
@@ -237,7 +247,12 @@ class _StageObserver:
         if line not in self._seen:
             self._seen.add(line)
             self.last_stage = stage
-            self._progress(line)
+            # Seen at a poll, so a stage's time is exact to _POLL_SECONDS.
+            now = time.monotonic()
+            self._progress(
+                f"{line} (+{now - self._previous:.1f} s; {now - self._started:.1f} s in all)"
+            )
+            self._previous = now
 
     def poll(self) -> dict[str, Any] | None:
         """Report new facts; return a failure summary if the execution failed."""
