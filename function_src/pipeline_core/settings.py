@@ -20,7 +20,7 @@ DEFAULT_TIMEOUT_SECONDS = 540
 MODEL_TYPES = ("random_forest", "logistic_regression", "gradient_boosting")
 PROMOTION_METRICS = ("accuracy", "f1_macro")
 PREDICT_RUNTIMES = ("onnx", "joblib")
-DEFAULT_MAX_TRAINING_ROWS = 200_000
+DEFAULT_MAX_TRAINING_ROWS = 20_000
 
 
 class _Environment:

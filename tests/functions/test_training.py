@@ -7,9 +7,12 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline_core.errors import (
     BadRequestError,
@@ -28,7 +31,7 @@ from pipeline_core.registry import (
 )
 from pipeline_core.settings import PromotionPolicy, TrainingSettings
 from pipeline_core.storage import InMemoryStorage
-from pipeline_core.training import TrainingRequest, train
+from pipeline_core.training import TrainingRequest, stratified_sample, train
 from tests.functions.conftest import BREAST_CANCER, IRIS, WINE, train_and_decide, upload
 from tests.functions.fakes import InterleavedStorage
 
@@ -297,3 +300,72 @@ def test_promotion_gives_up_as_transient_when_the_pointer_never_settles() -> Non
     request = processed(flapping, "raw/a.csv", IRIS)
     with pytest.raises(TransientError, match="changed 5 times"):
         train_and_decide(flapping, request, SETTINGS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=6),
+    st.integers(min_value=100, max_value=1500),
+)
+def test_stratified_sampling_keeps_each_class_share(counts: list[int], limit: int) -> None:
+    codes = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    np.random.default_rng(0).shuffle(codes)
+    chosen = stratified_sample(codes, limit)
+    if len(codes) <= limit:
+        assert chosen is None
+        return
+    assert chosen is not None
+    assert np.array_equal(chosen, np.unique(chosen))  # sorted, no row twice
+    sampled = np.bincount(codes[chosen], minlength=len(counts))
+    floor = np.minimum(counts, 2)
+    assert len(chosen) <= limit + int(floor.sum())
+    for count, got, least in zip(counts, sampled, floor, strict=True):
+        share = count * limit / len(codes)
+        assert least <= got <= count
+        assert got >= min(least, count) and abs(got - share) <= max(1, least)
+    assert np.array_equal(stratified_sample(codes, limit), chosen)  # the seed is fixed
+
+
+def test_a_file_above_max_training_rows_is_sampled_and_the_manifest_says_how(
+    storage: InMemoryStorage,
+) -> None:
+    request = processed(storage, "raw/cancer.csv", BREAST_CANCER)
+    limited = replace(SETTINGS, max_training_rows=200)
+    outcome = train(storage, request, limited)
+    manifest = ModelRegistry(storage).manifest(outcome["model_version"])
+    assert manifest["sampling"] == {
+        "method": "stratified",
+        "max_training_rows": 200,
+        "rows_available": 569,
+        "rows_used": 200,
+        "seed": 42,
+    }
+    rows = manifest["lineage"]["rows"]
+    assert (rows["available"], rows["total"], rows["train"] + rows["test"]) == (569, 200, 200)
+    # Same file, same sample: the metrics repeat exactly.
+    again = train(storage, processed(storage, "raw/again.csv", BREAST_CANCER), limited)
+    assert again["metrics"] == outcome["metrics"]
+    everything = train(storage, processed(storage, "raw/all.csv", BREAST_CANCER), SETTINGS)
+    assert ModelRegistry(storage).manifest(everything["model_version"])["sampling"]["method"] == (
+        "all"
+    )
+
+
+def test_training_reads_the_processed_file_row_group_by_row_group(
+    storage: InMemoryStorage,
+) -> None:
+    """Many small row groups (as processing writes large files) give the same rows."""
+    request = processed(storage, "raw/a.csv", IRIS)
+    table = pq.read_table(pa.BufferReader(storage.read(request.processed_object).data))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=7)
+    split = "processed/raw/split.csv/1/data.parquet"
+    storage.write(split, sink.getvalue().to_pybytes(), content_type="x")
+    whole = train(storage, request, replace(SETTINGS, max_training_rows=100))
+    pieces = train(
+        storage,
+        TrainingRequest(replace(request.source, generation=1), split),
+        replace(SETTINGS, max_training_rows=100),
+    )
+    assert pieces["metrics"] == whole["metrics"]
+    assert pieces["smoke_instances"] == whole["smoke_instances"]

@@ -37,7 +37,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert config.bucket_location == "US-CENTRAL1"
     assert config.trigger_region == "us-central1"
     assert config.name_prefix == "mlp-dev"
-    assert config.max_training_rows == 200_000
+    assert config.max_training_rows == 20_000
     assert config.predict_runtime == "onnx"
 
 
