@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import flask
 import functions_framework
+import orjson
 from cloudevents.http import CloudEvent
 
 from pipeline_core import logging as log
@@ -107,8 +108,11 @@ runtime = Runtime()
 
 
 def _respond(body: Mapping[str, Any], status: int = 200) -> flask.Response:
+    # orjson: a 1,000-row prediction encodes in a fraction of the stdlib's time.
     return flask.Response(
-        json.dumps(body, sort_keys=True), status=status, mimetype="application/json"
+        orjson.dumps(body, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        mimetype="application/json",
     )
 
 
@@ -124,6 +128,10 @@ def _json_body(request: flask.Request) -> Any:
     data = request.get_data()
     if not data.strip():
         raise BadRequestError("the request body is empty; send JSON")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass  # the standard parser decides, so errors and NaN/huge numbers read as before
     try:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
