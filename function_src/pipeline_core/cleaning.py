@@ -136,9 +136,9 @@ def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
     first, then each feature in order (missing, not a number, not finite)."""
     rows = columns.num_rows
     target = pc.utf8_trim(columns.column(len(layout.features)), characters=WHITESPACE)
-    encoded = pc.dictionary_encode(target.combine_chunks())
+    encoded = pc.dictionary_encode(_combined(target))
     spellings = encoded.dictionary.to_pylist()
-    canonical = pa.array([canonical_label(text) for text in spellings], type=pa.string())
+    canonical = arrow_strings([canonical_label(text) for text in spellings])
     codes = np.zeros(rows, dtype=np.int8)
     label_index = encoded.indices.to_numpy(zero_copy_only=False)
     missing_label = np.array([not label for label in canonical.to_pylist()], dtype=bool)
@@ -157,7 +157,7 @@ def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
     kept_index = label_index[kept]
     return CleanBlock(
         features=values if kept.all() else np.ascontiguousarray(values[:, kept]),
-        labels=canonical.take(pa.array(kept_index, type=pa.int32())),
+        labels=canonical.take(arrow_numbers(kept_index)),
         label_keys=label_keys.reshape(-1, 2)[kept_index],
         rejections=_counts(codes),
         first_rejected=_first_rejected(columns, layout, codes, culprit),
@@ -189,9 +189,42 @@ def _parse_numbers(
     return codes
 
 
+# pa.array() of anything but Arrow data first asks whether it is a pandas Series, and
+# that imports pandas: 0.3 s and tens of MB the first time. These build the same arrays
+# from buffers.
+def arrow_numbers(values: np.ndarray[Any, Any]) -> pa.Array:
+    """A zero-copy Arrow view of a one-dimensional numeric numpy array."""
+    contiguous = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(
+        pa.from_numpy_dtype(contiguous.dtype), len(contiguous), [None, pa.py_buffer(contiguous)]
+    )
+
+
+def arrow_mask(flags: np.ndarray[Any, np.dtype[np.bool_]]) -> pa.Array:
+    bits = np.packbits(flags, bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(flags), [None, pa.py_buffer(bits)])
+
+
+def arrow_strings(texts: list[str]) -> pa.Array:
+    encoded = [text.encode() for text in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(text) for text in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.large_string(),
+        len(encoded),
+        [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+    ).cast(pa.string())
+
+
 def _numpy(values: pa.ChunkedArray) -> np.ndarray[Any, Any]:
     """One contiguous numpy array (ChunkedArray.to_numpy takes a much slower path)."""
-    return values.combine_chunks().to_numpy(zero_copy_only=False)
+    array: np.ndarray[Any, Any] = _combined(values).to_numpy(zero_copy_only=False)
+    return array
+
+
+def _combined(values: pa.ChunkedArray) -> pa.Array:
+    # ChunkedArray.combine_chunks() of no chunks calls pa.array([]).
+    return pa.concat_arrays(values.chunks) if values.num_chunks else pa.nulls(0, values.type)
 
 
 def _counts(codes: np.ndarray[Any, np.dtype[np.int8]]) -> dict[str, int]:

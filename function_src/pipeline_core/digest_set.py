@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 DIGEST_LANES = 2
-# 4M digests = 64 MB a run; a merge briefly holds two runs and the merged one.
-MAX_RUN_DIGESTS = 2**22
+# 2M digests = 32 MB a run; a merge briefly holds two runs and the merged one.
+MAX_RUN_DIGESTS = 2**21
 
 _Lane = np.ndarray[Any, np.dtype[np.uint64]]
 
@@ -68,13 +68,24 @@ class DigestSet:
             and len(self._runs[-1][0]) <= len(keys)
             and len(self._runs[-1][0]) + len(keys) <= MAX_RUN_DIGESTS
         ):
-            run_keys, run_checks = self._runs.pop()
-            merged_keys = np.concatenate((run_keys, keys))
-            merged_checks = np.concatenate((run_checks, checks))
-            # Timsort finds the two sorted halves and merges them in linear time.
-            order = np.argsort(merged_keys, kind="stable")
-            keys, checks = merged_keys[order], merged_checks[order]
+            keys, checks = _merged(self._runs.pop(), (keys, checks))
         self._runs.append((keys, checks))
+
+
+def _merged(older: tuple[_Lane, _Lane], newer: tuple[_Lane, _Lane]) -> tuple[_Lane, _Lane]:
+    """Two runs as one sorted run, in linear time and without an index array the size
+    of both: each newer digest goes where a binary search in the older run puts it."""
+    total = len(older[0]) + len(newer[0])
+    slots = np.searchsorted(older[0], newer[0]) + np.arange(len(newer[0]))
+    from_newer = np.zeros(total, dtype=bool)
+    from_newer[slots] = True
+    merged = []
+    for old_lane, new_lane in zip(older, newer, strict=True):
+        lane = np.empty(total, dtype=np.uint64)
+        lane[slots] = new_lane
+        lane[~from_newer] = old_lane
+        merged.append(lane)
+    return merged[0], merged[1]
 
 
 def _contains(run: tuple[_Lane, _Lane], keys: _Lane, checks: _Lane) -> np.ndarray[Any, Any]:

@@ -31,6 +31,8 @@ from pipeline_core.cleaning import (
     FeatureStats,
     FileRejectedError,
     Layout,
+    arrow_mask,
+    arrow_numbers,
     clean,
     layout,
     row_digests,
@@ -284,12 +286,13 @@ class _Cleaner:
             features, labels = cleaned.features, cleaned.labels
         else:
             features = cleaned.features[:, new]
-            labels = cleaned.labels.filter(pa.array(new))
+            labels = cleaned.labels.filter(arrow_mask(new))
         self.rows_out += kept
         for entry in pc.value_counts(labels).to_pylist():
             self.class_counts[entry["values"]] += entry["counts"]
         self.feature_stats = self.feature_stats.merge(FeatureStats.of(features))
-        self._pending.append(pa.Table.from_arrays([*features, labels], schema=arrow_schema))
+        columns = [*(arrow_numbers(values) for values in features), labels]
+        self._pending.append(pa.Table.from_arrays(columns, schema=arrow_schema))
         self._write_row_groups(sink, arrow_schema, final=False)
 
     def _write_row_groups(self, sink: IO[bytes], arrow_schema: pa.Schema, *, final: bool) -> None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline_core import digest_set
 from pipeline_core.digest_set import DigestSet
 
 
@@ -88,3 +89,12 @@ def test_agrees_with_a_python_set_when_first_lanes_collide(
 def test_digests_of_the_wrong_shape_are_refused() -> None:
     with pytest.raises(ValueError, match="uint64 lanes"):
         DigestSet().add_new(np.zeros(3, dtype=np.uint64))
+
+
+def test_runs_that_stop_merging_are_still_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(digest_set, "MAX_RUN_DIGESTS", 64)
+    seen = DigestSet()
+    for start in range(0, 1000, 50):
+        assert seen.add_new(digests(range(start, start + 50))).all()
+    assert len(seen) == 1000
+    assert not seen.add_new(digests(range(0, 1000, 3))).any()

@@ -1,0 +1,357 @@
+"""Measured, not asserted: process_data's throughput and peak memory against the pandas
+a user would write by hand, on the same generated files, in one run.
+
+Ours reads the upload from a real fake-gcs-server process through the real
+google-cloud-storage client (``GcsStorage``) and writes the Parquet back there; the
+pandas peer (``read_csv`` + ``dropna`` + ``drop_duplicates`` + ``to_parquet``) reads
+the same file from the local disk, which favours it. Every measurement runs in a
+fresh child process whose peak RSS is read from the kernel; an idle child (same
+imports as ours, no work) gives the baseline. Variants interleave (ours, pandas, ours,
+pandas, ...) so that a neighbour's load on the machine hits both alike.
+
+    python -m bench.processing [--rows 1000000 10000000 28000000] [--repeats N]
+    python -m bench.processing --rows 200000 --repeats 1       # a quick run
+    python -m bench.processing --end-to-end 28000000           # through the local stack
+
+Prints one JSON document on stdout; progress goes to stderr. The default run (1M, 10M
+and 28M rows: 36 MB, 362 MB, 1 GB; three, two and one repeats; pandas up to 10M rows,
+beyond that it holds several GB) takes about ten minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from devstack.plan import LOOPBACK, REPO_ROOT, ServicePlan, fake_gcs_binary
+from devstack.processes import start_service, stop_group, wait_until_healthy
+from devstack.stack import allocate_ports
+
+BUCKET = "bench-data"
+PROJECT = "bench-project"
+FEATURES = ("sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)")
+DEFAULT_ROWS = (1_000_000, 10_000_000, 28_000_000)
+PANDAS_MAX_ROWS = 10_000_000
+_GENERATED_ROWS_AT_ONCE = 1_000_000
+TARGETS = {
+    "min_mb_per_second": 50.0,
+    "min_ratio_to_pandas": 1.5,
+    "max_peak_rss_mb_at_1gb": 400.0,
+    "max_peak_rss_growth_over_smallest": 0.15,
+}
+
+
+def _progress(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def write_csv(path: Path, rows: int) -> None:
+    """Distinct rows (the worst case for duplicate detection): four features with six
+    decimals in [0, 10), three classes; about 36 bytes a row. Vectorized, so that a GB
+    takes seconds."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    generator = np.random.default_rng(rows)
+    with path.open("wb") as out:
+        out.write((",".join(f'"{name}"' for name in FEATURES) + ",target\n").encode())
+        for start in range(0, rows, _GENERATED_ROWS_AT_ONCE):
+            count = min(_GENERATED_ROWS_AT_ONCE, rows - start)
+            micros = generator.integers(0, 10_000_000, size=(len(FEATURES), count))
+            cells = [
+                pc.binary_join_element_wise(
+                    pc.cast(pa.array(column // 1_000_000), pa.string()),
+                    pc.utf8_lpad(pc.cast(pa.array(column % 1_000_000), pa.string()), 6, "0"),
+                    ".",
+                )
+                for column in micros
+            ]
+            labels = pc.cast(pa.array(np.arange(start, start + count) % 3), pa.string())
+            line = pc.binary_join_element_wise(*cells, labels, ",")
+            text = pc.binary_join_element_wise(line, pa.scalar(""), "\n")
+            _, offsets, data = text.buffers()
+            bounds = np.frombuffer(offsets, dtype=np.int32)[[0, len(text)]]
+            out.write(memoryview(data)[bounds[0] : bounds[1]])
+
+
+def _peak_rss_mb() -> float:
+    """The kernel's high-water mark of this process image (VmHWM, in KiB). Not
+    getrusage's ru_maxrss: that one survives exec, so a child would report its
+    parent's peak whenever the parent had been bigger."""
+    status = Path("/proc/self/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return round(int(line.split()[1]) / 1024, 1)
+
+
+def _child_ours(generation: int, object_name: str) -> dict[str, Any]:
+    from pipeline_core.events import ObjectRef
+    from pipeline_core.processing import DatasetSchema, process
+    from pipeline_core.storage import GcsStorage
+
+    storage = GcsStorage(BUCKET, PROJECT)  # a function instance makes its client once
+    started = time.perf_counter()
+    result = process(storage, ObjectRef(BUCKET, object_name, generation), DatasetSchema())
+    return {"seconds": time.perf_counter() - started, "rows_out": result.stats["rows_out"]}
+
+
+def _child_pandas(csv_path: str) -> dict[str, Any]:
+    import pandas as pd
+
+    started = time.perf_counter()
+    frame = pd.read_csv(csv_path).dropna().drop_duplicates()
+    frame.to_parquet(csv_path + ".parquet")
+    seconds = time.perf_counter() - started
+    os.unlink(csv_path + ".parquet")
+    return {"seconds": seconds, "rows_out": len(frame)}
+
+
+def _child(variant: str, arguments: list[str]) -> None:
+    """Runs in the measured process; its report is the last line of stdout."""
+    sys.path.insert(0, str(REPO_ROOT / "function_src"))
+    report: dict[str, Any] = {}
+    if variant == "ours":
+        report = _child_ours(int(arguments[0]), arguments[1])
+    elif variant == "pandas":
+        report = _child_pandas(arguments[0])
+    else:  # idle: the imports of ours, no work
+        import pipeline_core.processing
+        import pipeline_core.storage  # noqa: F401
+    report["peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(report))
+
+
+def _measure(storage_url: str, variant: str, *arguments: str) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.processing", "--child", variant, *arguments],
+        env={**os.environ, "STORAGE_EMULATOR_HOST": storage_url},
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    # The core logs JSON lines to stdout as well; the report is the last line.
+    measured: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return measured
+
+
+def _summary(runs: list[dict[str, Any]], file_mb: float) -> dict[str, Any]:
+    rates = [file_mb / run["seconds"] for run in runs]
+    return {
+        "runs": len(runs),
+        "seconds": [round(run["seconds"], 2) for run in runs],
+        "mb_per_second": {
+            "min": round(min(rates), 1),
+            "median": round(statistics.median(rates), 1),
+            "max": round(max(rates), 1),
+        },
+        "peak_rss_mb": {
+            "min": min(run["peak_rss_mb"] for run in runs),
+            "max": max(run["peak_rss_mb"] for run in runs),
+        },
+        "rows_out": runs[0]["rows_out"],
+    }
+
+
+def _repeats(rows: int, override: int | None) -> int:
+    """Three runs up to 1M rows; fewer for the sizes that take tens of seconds a run."""
+    if override is not None:
+        return override
+    return 3 if rows <= 1_000_000 else 2 if rows <= 10_000_000 else 1
+
+
+def _measure_size(
+    server_url: str, bucket: Any, scratch: Path, rows: int, *, repeats: int, pandas_max_rows: int
+) -> dict[str, Any]:
+    path = scratch / f"rows-{rows}.csv"
+    _progress(f"generating {rows} rows")
+    write_csv(path, rows)
+    file_mb = path.stat().st_size / 2**20
+    blob = bucket.blob(f"raw/rows-{rows}.csv")
+    blob.upload_from_filename(str(path), timeout=600)
+    ours: list[dict[str, Any]] = []
+    peer: list[dict[str, Any]] = []
+    for repeat in range(repeats):
+        _progress(f"{rows} rows ({file_mb:.0f} MB), run {repeat + 1}/{repeats}: ours")
+        ours.append(_measure(server_url, "ours", str(blob.generation), blob.name))
+        for processed in bucket.list_blobs(prefix="processed/"):
+            processed.delete()  # the next run must process again, not read the outcome
+        if rows <= pandas_max_rows:
+            _progress(f"{rows} rows, run {repeat + 1}/{repeats}: pandas")
+            peer.append(_measure(server_url, "pandas", str(path)))
+    blob.delete()
+    path.unlink()
+    result: dict[str, Any] = {
+        "rows": rows,
+        "file_mb": round(file_mb, 1),
+        "ours": _summary(ours, file_mb),
+    }
+    if peer:
+        result["pandas"] = _summary(peer, file_mb)
+        ours_rates, peer_rates = result["ours"]["mb_per_second"], result["pandas"]["mb_per_second"]
+        result["ratio_to_pandas"] = {
+            "median": round(ours_rates["median"] / peer_rates["median"], 2),
+            "worst": round(ours_rates["min"] / peer_rates["max"], 2),
+        }
+    return result
+
+
+def _targets(results: list[dict[str, Any]]) -> dict[str, Any]:
+    smallest, largest = results[0], results[-1]
+    growth = largest["ours"]["peak_rss_mb"]["max"] / smallest["ours"]["peak_rss_mb"]["max"] - 1
+    checks: dict[str, Any] = {
+        "min_mb_per_second_met": all(
+            result["ours"]["mb_per_second"]["min"] >= TARGETS["min_mb_per_second"]
+            for result in results
+            if result["rows"] >= 1_000_000
+        ),
+        "ratio_to_pandas_met": all(
+            result["ratio_to_pandas"]["median"] >= TARGETS["min_ratio_to_pandas"]
+            for result in results
+            if "ratio_to_pandas" in result
+        ),
+        "peak_rss_growth_over_smallest": round(growth, 2),
+        "peak_rss_flat_met": growth <= TARGETS["max_peak_rss_growth_over_smallest"],
+    }
+    if largest["file_mb"] >= 900:
+        checks["peak_rss_at_1gb_met"] = (
+            largest["ours"]["peak_rss_mb"]["max"] <= TARGETS["max_peak_rss_mb_at_1gb"]
+        )
+    return checks
+
+
+def _fake_gcs(scratch: Path) -> Any:
+    port = allocate_ports(("storage",))["storage"]
+    plan = ServicePlan(
+        name="storage",
+        port=port,
+        argv=(str(fake_gcs_binary()), "-scheme", "http", "-host", LOOPBACK, "-port", str(port),
+              "-backend", "memory", "-external-url", f"http://{LOOPBACK}:{port}"),
+        env={},
+        health_path="/storage/v1/b",
+    )  # fmt: skip
+    return start_service(plan, scratch)
+
+
+def measure_throughput(
+    rows: list[int], repeats: int | None, pandas_max_rows: int
+) -> dict[str, Any]:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    with tempfile.TemporaryDirectory(prefix="bench-processing-") as scratch:
+        server = _fake_gcs(Path(scratch))
+        try:
+            wait_until_healthy([server], timeout=30, hints={})
+            os.environ["STORAGE_EMULATOR_HOST"] = server.url
+            client = storage.Client(
+                project=PROJECT,
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            )
+            bucket = client.create_bucket(BUCKET)
+            baseline = _measure(server.url, "idle")
+            results = [
+                _measure_size(
+                    server.url,
+                    bucket,
+                    Path(scratch),
+                    size,
+                    repeats=_repeats(size, repeats),
+                    pandas_max_rows=pandas_max_rows,
+                )
+                for size in sorted(rows)
+            ]
+        finally:
+            stop_group(server)
+    return {
+        "baseline_rss_mb": baseline["peak_rss_mb"],
+        "results": results,
+        "targets": TARGETS,
+        "targets_met": _targets(results),
+    }
+
+
+def measure_end_to_end(rows: int, stack_file: Path) -> dict[str, Any]:
+    """One upload of a generated file through the local stack (workflow mode), with the
+    time of each stage as ``upload --wait`` reports it."""
+    from devstack import runs
+    from devstack.stack import load_state
+
+    stages: list[dict[str, Any]] = []
+    started = time.perf_counter()
+
+    def record(line: str) -> None:
+        _progress(line)
+        stages.append({"line": line, "at_seconds": round(time.perf_counter() - started, 1)})
+
+    with tempfile.TemporaryDirectory(prefix="bench-processing-e2e-") as work:
+        state_dir = Path(work) / "stack"
+        path = Path(work) / f"rows-{rows}.csv"
+        _progress(f"generating {rows} rows")
+        write_csv(path, rows)
+        file_mb = round(path.stat().st_size / 2**20, 1)
+        devstack = [sys.executable, "-m", "devstack", "--state-dir", str(state_dir)]
+        _progress("starting the local stack")
+        subprocess.run(
+            [*devstack, "up", "--detach", "--stack-file", str(stack_file)],
+            cwd=REPO_ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            started = time.perf_counter()
+            summary = runs.upload_and_follow(
+                load_state(state_dir), path, name=path.name, timeout=3600, progress=record
+            )
+            total = time.perf_counter() - started
+        finally:
+            subprocess.run([*devstack, "down"], cwd=REPO_ROOT, check=True)
+    return {
+        "rows": rows,
+        "file_mb": file_mb,
+        "stages": stages,
+        "upload_to_summary_seconds": round(total, 1),
+        "status": summary.get("status"),
+        "model_version": summary.get("model_version"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.processing")
+    parser.add_argument("--rows", type=int, nargs="+", default=list(DEFAULT_ROWS))
+    parser.add_argument("--repeats", type=int, help="runs per size (default 3, 2, 1 by size)")
+    parser.add_argument("--pandas-max-rows", type=int, default=PANDAS_MAX_ROWS)
+    parser.add_argument(
+        "--end-to-end",
+        type=int,
+        metavar="ROWS",
+        help="instead: upload a file of ROWS rows through the local stack, stage by stage",
+    )
+    parser.add_argument("--stack-file", type=Path, default=REPO_ROOT / "Pulumi.dev.yaml")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child[0], args.child[1:])
+        return
+    document: dict[str, Any] = {
+        "benchmark": "processing",
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+    }
+    if args.end_to_end:
+        document["end_to_end"] = measure_end_to_end(args.end_to_end, args.stack_file.resolve())
+    else:
+        document.update(measure_throughput(args.rows, args.repeats, args.pandas_max_rows))
+    print(json.dumps(document, indent=2))
+
+
+if __name__ == "__main__":
+    main()
