@@ -96,6 +96,43 @@ def test_better_data_is_promoted_and_worse_data_is_not(
     assert served["model_version"] == better["model_version"]
 
 
+def test_an_upload_with_other_columns_smokes_its_own_candidate_and_the_policy_decides(
+    local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """The smoke prediction goes to the candidate (pinned by version), so new columns
+    are not sent to the old champion: the run succeeds and the policy decides."""
+    run(local_stack, separable_csv(tmp_path / "before.csv"), "before.csv")
+    renamed = tmp_path / "renamed.csv"
+    original = separable_csv(tmp_path / "original.csv").read_text(encoding="utf-8")
+    header, _, rows = original.partition("\n")
+    renamed.write_text(header.replace("sepal_length_cm", "sepal_len") + "\n" + rows)
+
+    summary = run(local_stack, renamed, "renamed.csv")
+
+    assert summary["status"] == "succeeded"
+    smoke = summary["smoke_prediction"]
+    assert smoke["model_version"] == summary["model_version"]
+    assert smoke["predictions"]
+    assert summary["promoted"] is True  # equal f1 (1.0) is not worse than the champion
+    assert champion_version(local_stack.state) == summary["model_version"]
+    served = runs.predict(
+        local_stack.state,
+        {"instances": [dict.fromkeys(["sepal_len", *FEATURES[1:]], 1.0)]},
+    )
+    assert served["model_version"] == summary["model_version"]
+    # The version before it stays reachable by pinning it, with its own columns.
+    versions = sorted(model_versions(local_stack.state))
+    earlier = versions[-2]
+    pinned = runs.predict(
+        local_stack.state,
+        {
+            "instances": [dict.fromkeys(FEATURES, 1.0)],
+            "parameters": {"model_version": earlier},
+        },
+    )
+    assert pinned["model_version"] == earlier
+
+
 def test_corrupt_file_is_rejected_and_the_champion_untouched(
     local_stack: LocalStack, tmp_path: Path
 ) -> None:
