@@ -123,7 +123,7 @@ def header(source: Iterator[Block]) -> tuple[list[str], Iterator[Block]]:
         if cells is not None:
             consumed = len("".join(lines[: reader.line_num]).encode())
             rest = Block(block.data[consumed:], block.first_line + reader.line_num)
-            return cells, itertools.chain([rest], source)
+            return cells, itertools.chain([rest] if rest.data else [], source)
     raise FileRejectedError(EMPTY, "the file is empty")
 
 
