@@ -167,8 +167,11 @@ def test_agrees_with_a_row_by_row_reference(
     table = parquet.read()
     assert list(zip(*table.to_pydict().values(), strict=True)) == expected.rows
     assert parquet.num_row_groups == math.ceil(len(expected.rows) / chunk_rows)
-    for position, name in enumerate(HEADER[:2]):
-        values = [row[position] for row in expected.rows]
+    for name, values in zip(
+        HEADER[:2],
+        ([row[0] for row in expected.rows], [row[1] for row in expected.rows]),
+        strict=True,
+    ):
         mean = sum(values) / len(values)
         assert stats["feature_stats"][name] == {
             "min": min(values),
