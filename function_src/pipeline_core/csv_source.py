@@ -17,6 +17,7 @@ import io
 import itertools
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -75,15 +76,14 @@ def blocks(stream: IO[bytes], block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterato
     offset = 0  # of ``carry`` in the decoded stream, for error messages
     line = 1
     first = True
-    while True:
-        chunk = _read(stream, block_bytes)
+    for chunk in _read_ahead(stream, block_bytes):
+        data = carry + chunk
         if first:
             first = False
-            if chunk[:2] in UTF16_BOMS:
+            if data[:2] in UTF16_BOMS:
                 raise FileRejectedError(NOT_CSV, "the file is UTF-16 text; save it as UTF-8")
-            if chunk.startswith(UTF8_BOM):
-                chunk = chunk[len(UTF8_BOM) :]
-        data = carry + chunk
+            if data.startswith(UTF8_BOM):
+                data = data[len(UTF8_BOM) :]
         if not chunk:
             if data:
                 _validate(data, offset)
@@ -100,7 +100,7 @@ def blocks(stream: IO[bytes], block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterato
             if cut == 0:
                 raise FileRejectedError(
                     NOT_CSV,
-                    f"a line is longer than {len(data) // 2**20} MB: not CSV text, "
+                    f"a line is longer than {len(data):,} bytes: not CSV text, "
                     "or a quoted field is never closed",
                 )
         block = Block(data[:cut], line)
@@ -172,11 +172,22 @@ def record_lines(block: Block) -> Iterator[tuple[int, int]]:
             yield block.first_line - 1 + reader.line_num, len(row)
 
 
-def _read(stream: IO[bytes], size: int) -> bytes:
-    try:
-        return stream.read(size)
-    except (OSError, EOFError, zlib.error) as error:
-        raise FileRejectedError(NOT_CSV, f"the gzip stream is corrupt: {error}") from None
+def _read_ahead(stream: IO[bytes], size: int) -> Iterator[bytes]:
+    """Chunks of ``size`` bytes and a last empty one; the next chunk is read (downloaded,
+    decompressed) on a thread while the caller cleans this one."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-read-ahead") as reader:
+        upcoming = reader.submit(stream.read, size)
+        while True:
+            try:
+                chunk = upcoming.result()
+            # Only what gzip raises: a failed download is the storage's error to report.
+            except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+                raise FileRejectedError(NOT_CSV, f"the gzip stream is corrupt: {error}") from None
+            if chunk:
+                upcoming = reader.submit(stream.read, size)
+            yield chunk
+            if not chunk:
+                return
 
 
 def _record_end(data: bytes) -> int:
