@@ -265,7 +265,9 @@ class _StageObserver:
             self._report("processed", f"processed: {rows}")
         outcome = self._read_json(self._run.training_outcome)
         if outcome is not None:
-            self._report("trained", f"trained: {_describe_outcome(outcome)}")
+            # Written twice: once for the candidate, once with the promotion decision.
+            stage = "decided" if outcome.get("decided", True) else "trained"
+            self._report(stage, f"{stage}: {_describe_outcome(outcome)}")
         rejection = self._read_json(self._run.rejection)
         if rejection is not None:
             self._report("rejected", f"rejected: {_describe_rejection(rejection)}")
@@ -315,8 +317,12 @@ def _describe_rejection(rejection: dict[str, Any]) -> str:
 
 
 def _describe_outcome(outcome: dict[str, Any]) -> str:
+    version = outcome.get("model_version")
+    if not outcome.get("decided", True):
+        runtime = outcome.get("serving_runtime", "?")
+        return f"model {version} is a candidate (served by {runtime}); smoke test next"
     promoted = "promoted to champion" if outcome.get("promoted") else "not promoted"
-    return f"model {outcome.get('model_version')} {promoted} ({outcome.get('reason', '')})"
+    return f"model {version} {promoted} ({outcome.get('reason', '')})"
 
 
 def _executions_url(state: StackState) -> str:

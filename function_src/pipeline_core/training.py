@@ -136,10 +136,7 @@ def train(
     Concurrent deliveries for one upload train once: the first takes the lease, the
     others get ``LeaseHeldError`` (transient) and, redelivered, the recorded outcome.
     """
-    if request.source.bucket != storage.bucket:
-        raise BadRequestError(
-            f"bucket {request.source.bucket!r} is not this pipeline's data bucket"
-        )
+    _check_bucket(request.source, storage)
     registry = ModelRegistry(storage)
     recorded = _recorded_outcome(registry, request.source)
     if recorded is not None:
@@ -256,10 +253,7 @@ def promote_candidate(
 ) -> dict[str, Any]:
     """Decide the candidate trained from the upload; the decision is recorded, so a
     retry returns it instead of deciding again."""
-    if request.source.bucket != storage.bucket:
-        raise BadRequestError(
-            f"bucket {request.source.bucket!r} is not this pipeline's data bucket"
-        )
+    _check_bucket(request.source, storage)
     registry = ModelRegistry(storage)
     recorded = _recorded_outcome(registry, request.source)
     if recorded is None or recorded["model_version"] != request.model_version:
@@ -290,6 +284,11 @@ def promote_candidate(
         reason=decision.reason,
     )
     return outcome
+
+
+def _check_bucket(source: ObjectRef, storage: Storage) -> None:
+    if source.bucket != storage.bucket:
+        raise BadRequestError(f"bucket {source.bucket!r} is not this pipeline's data bucket")
 
 
 def _recorded_outcome(registry: ModelRegistry, source: ObjectRef) -> dict[str, Any] | None:

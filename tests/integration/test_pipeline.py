@@ -67,7 +67,7 @@ def test_upload_trains_a_champion_that_serves_predictions(
     assert summary["metrics"]["f1_macro"] > 0.7
     progress = uploaded.stderr
     # Stage by stage, in the order they happen.
-    stages = ("uploaded gs://", "processed: 150 rows in", "trained: model", "champion is now")
+    stages = ("uploaded gs://", "processed: 150 rows in", "decided: model", "champion is now")
     positions = [progress.find(stage) for stage in stages]
     assert -1 not in positions, progress
     assert positions == sorted(positions), progress
