@@ -38,7 +38,7 @@ test: lint typecheck $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline_latency
-	$(BIN)/python -m bench.processing_memory
+	$(BIN)/python -m bench.processing
 	$(BIN)/python -m bench.serving
 
 lock: $(STAMP)
