@@ -1,0 +1,73 @@
+"""process_data's streaming: block size changes nothing but speed, progress is logged,
+and a record no block can hold is refused with a reason."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline_core.errors import DataRejectedError
+from pipeline_core.processing import DatasetSchema, process, stats_object
+from pipeline_core.storage import InMemoryStorage
+from tests.functions.conftest import BUCKET, IRIS, log_lines, upload
+
+SCHEMA = DatasetSchema(min_rows=3)
+
+
+def outcome(block_bytes: int) -> tuple[pa.Table, dict[str, object]]:
+    storage = InMemoryStorage(BUCKET)
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    result = process(storage, ref, SCHEMA, block_bytes=block_bytes)
+    table = pq.read_table(pa.BufferReader(storage.read(result.stats["processed_object"]).data))
+    return table, json.loads(storage.read(stats_object(ref)).data)
+
+
+def test_tiny_blocks_give_the_same_rows_and_stats_as_one_block() -> None:
+    whole_table, whole_stats = outcome(block_bytes=1 << 20)
+    tiny_table, tiny_stats = outcome(block_bytes=64)  # a row or two a block
+    assert tiny_table.equals(whole_table)
+    assert tiny_stats["rows_in"] == whole_stats["rows_in"] == 150
+    assert tiny_stats["rejections"] == whole_stats["rejections"] == {"duplicate": 1}
+    for name, values in whole_stats["feature_stats"].items():  # type: ignore[attr-defined]
+        assert tiny_stats["feature_stats"][name] == pytest.approx(values)  # type: ignore[index]
+
+
+def test_logs_progress_with_rows_megabytes_and_rate(
+    storage: InMemoryStorage, captured_logs: io.StringIO
+) -> None:
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    process(storage, ref, SCHEMA, block_bytes=512, progress_seconds=0.0)
+    progress = [
+        line for line in log_lines(captured_logs) if line["message"] == "processing progress"
+    ]
+    assert len(progress) >= 5
+    assert [line["rows_in"] for line in progress] == sorted(line["rows_in"] for line in progress)
+    last = progress[-1]
+    assert last["object"] == "raw/iris.csv"
+    assert last["mb_read"] == pytest.approx(len(IRIS) / 2**20, abs=0.1)
+    assert last["mb_per_second"] > 0
+    finished = [
+        line for line in log_lines(captured_logs) if "read the whole upload" in line["message"]
+    ]
+    assert finished[0]["rows_in"] == 150
+
+
+def test_a_short_upload_logs_no_progress(
+    storage: InMemoryStorage, captured_logs: io.StringIO
+) -> None:
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    process(storage, ref, SCHEMA)
+    assert not [line for line in log_lines(captured_logs) if "progress" in line["message"]]
+
+
+def test_a_line_longer_than_any_block_is_refused(storage: InMemoryStorage) -> None:
+    data = b"a,b,target\n" + b"1" * 2000 + b",2,x\n"
+    ref = upload(storage, "raw/long.csv", data)
+    with pytest.raises(DataRejectedError) as caught:
+        process(storage, ref, SCHEMA, block_bytes=64)
+    assert caught.value.reason_code == "not_csv"
+    assert "a line is longer than" in caught.value.detail
