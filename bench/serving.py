@@ -80,16 +80,13 @@ BATCH_SCENARIO = f"batch_{BATCH_ROWS}_c1"
 COLD_STARTS = 5
 START_TIMEOUT_SECONDS = 120.0
 COLD_START_POLL_SECONDS = 0.005
+COLD_CONCURRENT_REQUESTS = max(CONCURRENCIES)
 # The Python client's bound besides the duration, so a fast server cannot make a
 # measurement unbounded in memory.
 PYTHON_CLIENT_MAX_REQUESTS = 200_000
 PREDICTION_MARKER = b'"predictions"'
 WRK_RESULT_PREFIX = "BENCH-RESULT "
 CLIENTS = ("auto", "wrk", "python")
-SERVER_DESCRIPTION = (
-    "functions-framework as the local stack starts it: gunicorn, gthread worker; WORKERS "
-    "and THREADS unset, so 1 worker process with 4 threads per core"
-)
 
 # Issue 8's targets, all about the ONNX path: (name, comparison, bound, description).
 TARGETS = (
@@ -376,12 +373,9 @@ def cold_start(
     """Seconds from exec to the first answer of /health, and to the first prediction
     equal to ``expected`` (the model is fetched from the bucket on the first request)."""
     started = time.perf_counter()
+    deadline = started + START_TIMEOUT_SECONDS
     with running(plan, log_dir) as service:
-        deadline = started + START_TIMEOUT_SECONDS
-        while not _answers_health(service.port):
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"{plan.name} did not answer within {START_TIMEOUT_SECONDS} s")
-            time.sleep(COLD_START_POLL_SECONDS)
+        _wait_listening(service, deadline)
         listening = time.perf_counter() - started
         while True:
             status, answer = _post(service.port, body)
@@ -392,6 +386,30 @@ def cold_start(
             time.sleep(COLD_START_POLL_SECONDS)
         predicted = time.perf_counter() - started
     return {"listening_s": listening, "first_prediction_s": predicted}
+
+
+def _wait_listening(service: RunningService, deadline: float) -> None:
+    while not _answers_health(service.port):
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{service.name} did not answer within {START_TIMEOUT_SECONDS} s")
+        time.sleep(COLD_START_POLL_SECONDS)
+
+
+def concurrent_first_requests(
+    plan: ServicePlan, log_dir: Path, body: bytes, expected: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A fresh instance that gets its first requests side by side, as a scaled-out
+    instance does: how many answers are not the correct prediction, and their statuses."""
+    with running(plan, log_dir) as service:
+        _wait_listening(service, time.perf_counter() + START_TIMEOUT_SECONDS)
+        with ThreadPoolExecutor(COLD_CONCURRENT_REQUESTS) as pool:
+            answers = list(
+                pool.map(lambda _: _post(service.port, body), range(COLD_CONCURRENT_REQUESTS))
+            )
+    wrong = [
+        status for status, answer in answers if status != 200 or json.loads(answer) != expected
+    ]
+    return {"requests": len(answers), "wrong": len(wrong), "wrong_statuses": sorted(wrong)}
 
 
 def _median_us(call: Callable[[], object], budget_seconds: float) -> tuple[float, int]:
@@ -532,6 +550,9 @@ def measure_cold_starts(setup: Setup, count: int) -> dict[str, Any]:
             "median_s": round(statistics.median(run["first_prediction_s"] for run in found), 3),
             "listening_median_s": round(statistics.median(run["listening_s"] for run in found), 3),
             "runs_s": [round(run["first_prediction_s"], 3) for run in found],
+            "concurrent_first_requests": concurrent_first_requests(
+                setup.predict_plans[runtime], setup.log_dir, body, expected[runtime]
+            ),
         }
         for runtime, found in runs.items()
     }
@@ -641,6 +662,16 @@ def _targets(figures: Mapping[str, float | None]) -> list[dict[str, Any]]:
     return checked
 
 
+def _server_settings() -> dict[str, Any]:
+    """What functions-framework gives gunicorn: it reads WORKERS and THREADS from the
+    environment, which the servers inherit from this process."""
+    return {
+        "command": "functions-framework as the local stack starts it (gunicorn, gthread)",
+        "workers": int(os.environ.get("WORKERS", "1")),
+        "threads": int(os.environ.get("THREADS", str((os.cpu_count() or 1) * 4))),
+    }
+
+
 def _git(*args: str) -> str:
     completed = subprocess.run(
         ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
@@ -706,7 +737,7 @@ def run(
             "hyperparameters": dict(config.hyperparameters),
             "champion_version": setup.champion.version,
             "runtime_served": served,
-            "server": SERVER_DESCRIPTION,
+            "server": _server_settings(),
             "floor": "POST / with an empty body: 400 from predict before any model is touched",
         },
         "load": load,

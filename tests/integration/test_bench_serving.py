@@ -64,6 +64,10 @@ def test_quick_run_serves_each_runtime_it_names(quick_run: dict[str, object]) ->
     for runtime in serving.RUNTIMES:
         assert len(cold_start[runtime]["runs_s"]) == 1
         assert 0 < cold_start[runtime]["listening_median_s"] <= cold_start[runtime]["median_s"]
+        # Reported, not asserted: a fresh instance's side-by-side first requests.
+        first_requests = cold_start[runtime]["concurrent_first_requests"]
+        assert first_requests["requests"] == max(serving.CONCURRENCIES)
+        assert first_requests["wrong"] == len(first_requests["wrong_statuses"])
         assert in_process[runtime]["runtime_loaded"] == runtime
         for size in ("one_row", f"rows_{serving.BATCH_ROWS}"):
             assert in_process[runtime][size]["total_us"] > 0
