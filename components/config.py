@@ -32,6 +32,9 @@ PREDICT_RUNTIMES: tuple[PredictRuntime, ...] = ("onnx", "joblib")
 # case (trees grow a leaf per row), a forest of 100 trees fits, compiles to ONNX and
 # passes parity in about 30 s at a 1.3 GB peak: inside the default 2 GiB and 540 s.
 DEFAULT_MAX_TRAINING_ROWS = 20_000
+# A candidate's smoke prediction sends up to this many held-out rows to predict
+# (pipeline_core.training.SMOKE_ROWS), so predict's batch limit may not be lower.
+SMOKE_ROWS = 5
 FUNCTION_KEYS: tuple[str, ...] = (
     "process_data",
     "train_model",
@@ -199,7 +202,7 @@ class StackConfig:
                 "maxTrainingRows", DEFAULT_MAX_TRAINING_ROWS, low=100, high=100_000_000
             ),
             functions=_functions(reader),
-            predict_max_batch=reader.integer("predictMaxBatch", 1000, low=1, high=100_000),
+            predict_max_batch=reader.integer("predictMaxBatch", 1000, low=SMOKE_ROWS, high=100_000),
             model_refresh_seconds=reader.integer("modelRefreshSeconds", 30, low=0, high=3600),
             predict_runtime=reader.choice("predictRuntime", PREDICT_RUNTIMES, "onnx"),
             public_predict=reader.boolean("publicPredict", False),

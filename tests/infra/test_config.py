@@ -62,7 +62,8 @@ def test_defaults_match_the_documented_ones() -> None:
             "raise maxInstances",
         ),
         ({"functions": {"nope": {}}}, "ml-pipeline:functions.nope", "process_data"),
-        ({"predictMaxBatch": "many"}, "ml-pipeline:predictMaxBatch", "use 1..100000"),
+        ({"predictMaxBatch": "many"}, "ml-pipeline:predictMaxBatch", "use 5..100000"),
+        ({"predictMaxBatch": 4}, "ml-pipeline:predictMaxBatch", "from 5 to"),
         ({"publicPredict": "yes"}, "ml-pipeline:publicPredict", "true or false"),
         ({"predictInvokers": ["allUsers"]}, "ml-pipeline:predictInvokers", "publicPredict: true"),
         ({"predictInvokers": ["alice"]}, "ml-pipeline:predictInvokers", "user:EMAIL"),
@@ -180,3 +181,10 @@ def test_the_seed_is_not_configurable() -> None:
         build(hyperparameters={"random_state": 7})
     assert error.value.key == "ml-pipeline:hyperparameters.random_state"
     assert "reproducible" in str(error.value)
+
+
+def test_predict_takes_every_smoke_row_a_candidate_sends() -> None:
+    from components import config
+    from pipeline_core import training
+
+    assert config.SMOKE_ROWS == training.SMOKE_ROWS
