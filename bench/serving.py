@@ -271,7 +271,7 @@ def choose_client(name: str = "auto") -> tuple[LoadClient, dict[str, Any]]:
 @dataclass(frozen=True)
 class Champion:
     version: str
-    features: list[dict[str, float]]  # every iris row's features, as JSON decodes them
+    features: list[dict[str, float]]  # every iris row's features, plain floats
 
 
 def build_champion(plan: StackPlan, storage: GcsStorage, scratch: Path, client: Any) -> Champion:
@@ -313,7 +313,7 @@ def build_champion(plan: StackPlan, storage: GcsStorage, scratch: Path, client: 
             {name: float(value) for name, value in row.items() if name != training.target_column}
             for row in csv.DictReader(rows)
         ]
-    return Champion(version, json.loads(json.dumps(features)))
+    return Champion(version, features)
 
 
 def predict_plan(
