@@ -140,7 +140,7 @@ def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
     spellings = encoded.dictionary.to_pylist()
     canonical = arrow_strings([canonical_label(text) for text in spellings])
     codes = np.zeros(rows, dtype=np.int8)
-    label_index = encoded.indices.to_numpy(zero_copy_only=False)
+    label_index = _numpy(encoded.indices)
     missing_label = np.array([not label for label in canonical.to_pylist()], dtype=bool)
     codes[missing_label[label_index]] = _MISSING_TARGET_CODE
     culprit = np.full(rows, -1, dtype=np.int32)  # the feature a rejected row is named by
@@ -216,10 +216,27 @@ def arrow_strings(texts: list[str]) -> pa.Array:
     ).cast(pa.string())
 
 
-def _numpy(values: pa.ChunkedArray) -> np.ndarray[Any, Any]:
-    """One contiguous numpy array (ChunkedArray.to_numpy takes a much slower path)."""
-    array: np.ndarray[Any, Any] = _combined(values).to_numpy(zero_copy_only=False)
-    return array
+_NUMPY_TYPES = {pa.float64(): np.float64, pa.int32(): np.int32}
+
+
+def _numpy(values: pa.ChunkedArray | pa.Array) -> np.ndarray[Any, Any]:
+    """One contiguous numpy view of float64, int32 or boolean values without nulls
+    (``to_numpy()`` asks pandas first, importing it)."""
+    combined = _combined(values) if isinstance(values, pa.ChunkedArray) else values
+    if combined.type != pa.bool_():
+        dtype = np.dtype(_NUMPY_TYPES[combined.type])
+        array: np.ndarray[Any, Any] = np.frombuffer(
+            combined.buffers()[1],
+            dtype=dtype,
+            count=len(combined),
+            offset=combined.offset * dtype.itemsize,
+        )
+        return array
+    bits = np.frombuffer(combined.buffers()[1], dtype=np.uint8)
+    flags = np.unpackbits(bits, bitorder="little")[
+        combined.offset : combined.offset + len(combined)
+    ]
+    return flags.view(bool)
 
 
 def _combined(values: pa.ChunkedArray) -> pa.Array:

@@ -8,6 +8,10 @@ by the first lane (numpy sorts and searches machine integers several times faste
 log-structured merge tree, so a lookup is a binary search per run and each digest is
 re-sorted O(log n) times over the whole upload. Runs stop merging at
 ``MAX_RUN_DIGESTS``, which bounds the transient memory of a merge to a few runs.
+
+In front of the runs sits a one-hash Bloom filter of about ``FILTER_BITS_PER_DIGEST``
+bits a digest (one byte): a digest whose bit is clear is new without searching any run,
+so only about one new digest in eight (and the true repeats) pays for the searches.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ DIGEST_LANES = 2
 # 2M digests = 32 MB a run; a merge briefly holds two runs and the merged one.
 MAX_RUN_DIGESTS = 2**21
 
+FILTER_BITS_PER_DIGEST = 8
+_FIRST_FILTER_BITS_LOG2 = 20
+
 _Lane = np.ndarray[Any, np.dtype[np.uint64]]
 
 
@@ -28,6 +35,8 @@ class DigestSet:
         # (first lanes sorted, second lanes in the same order); sizes decrease along the
         # list, as in a binary counter, except for runs that reached MAX_RUN_DIGESTS.
         self._runs: list[tuple[_Lane, _Lane]] = []
+        self._filter = _Filter(_FIRST_FILTER_BITS_LOG2)
+        self._size = 0
 
     def __len__(self) -> int:
         return sum(len(keys) for keys, _ in self._runs)
@@ -51,8 +60,9 @@ class DigestSet:
         groups = np.flatnonzero(starts)
         unique_keys, unique_checks = sorted_keys[groups], sorted_checks[groups]
         seen = np.zeros(len(groups), dtype=bool)
+        maybe = np.flatnonzero(self._filter.may_hold(unique_keys))
         for run in self._runs:
-            seen |= _contains(run, unique_keys, unique_checks)
+            seen[maybe] |= _contains(run, unique_keys[maybe], unique_checks[maybe])
         new = np.zeros(len(order), dtype=bool)
         if len(groups):
             # The sort is not stable: the first occurrence is the smallest index.
@@ -63,6 +73,13 @@ class DigestSet:
     def _push(self, keys: _Lane, checks: _Lane) -> None:
         if not len(keys):
             return
+        self._size += len(keys)
+        if self._size * FILTER_BITS_PER_DIGEST > self._filter.bits:
+            bits_log2 = int(np.ceil(np.log2(self._size * FILTER_BITS_PER_DIGEST))) + 1
+            self._filter = _Filter(bits_log2)
+            for run_keys, _ in self._runs:
+                self._filter.add(run_keys)
+        self._filter.add(keys)
         while (
             self._runs
             and len(self._runs[-1][0]) <= len(keys)
@@ -70,6 +87,32 @@ class DigestSet:
         ):
             keys, checks = _merged(self._runs.pop(), (keys, checks))
         self._runs.append((keys, checks))
+
+
+class _Filter:
+    """One bit per slot, addressed by the top bits of a (uniformly random) first lane."""
+
+    def __init__(self, bits_log2: int) -> None:
+        self.bits = 1 << bits_log2
+        self._shift = np.uint64(64 - bits_log2)
+        self._bytes = np.zeros(self.bits // 8, dtype=np.uint8)
+
+    def _slots(self, keys: _Lane) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        slots = keys >> self._shift
+        return (slots >> np.uint64(3)).astype(np.intp), (slots & np.uint64(7)).astype(np.uint8)
+
+    def may_hold(self, keys: _Lane) -> np.ndarray[Any, Any]:
+        byte, bit = self._slots(keys)
+        flags: np.ndarray[Any, Any] = ((self._bytes[byte] >> bit) & 1).astype(bool)
+        return flags
+
+    def add(self, sorted_keys: _Lane) -> None:
+        """Sorted keys share their bytes in runs: one OR per byte (``ufunc.at`` is slow)."""
+        if not len(sorted_keys):
+            return
+        byte, bit = self._slots(sorted_keys)
+        starts = np.flatnonzero(np.diff(byte, prepend=-1))
+        self._bytes[byte[starts]] |= np.bitwise_or.reduceat(np.uint8(1) << bit, starts)
 
 
 def _merged(older: tuple[_Lane, _Lane], newer: tuple[_Lane, _Lane]) -> tuple[_Lane, _Lane]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -218,8 +220,7 @@ class _Cleaner:
             + [(self.schema.target_column, pa.string())]
         )
         progress = _Progress(ref, self.progress_seconds)
-        for block in blocks:
-            parsed = csv_source.parse(block, len(columns.names), columns.positions)
+        for block, parsed in _parsed_ahead(blocks, columns):
             cleaned = clean(parsed.columns, columns)
             self._count(block, parsed, cleaned, columns)
             self._keep_new(cleaned, sink, arrow_schema)
@@ -350,6 +351,22 @@ class _Cleaner:
             "feature_stats": self.feature_stats.to_json(self.features),
             "class_counts": dict(sorted(self.class_counts.items())),
         }
+
+
+def _parsed_ahead(
+    blocks: Iterator[csv_source.Block], columns: Layout
+) -> Iterator[tuple[csv_source.Block, csv_source.ParsedBlock]]:
+    """Each block with its parsed columns; Arrow parses the next block on a thread (it
+    releases the GIL) while the caller cleans this one, so both cores work."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse") as parser:
+        previous: tuple[csv_source.Block, Future[csv_source.ParsedBlock]] | None = None
+        for block in blocks:
+            upcoming = parser.submit(csv_source.parse, block, len(columns.names), columns.positions)
+            if previous is not None:
+                yield previous[0], previous[1].result()
+            previous = block, upcoming
+        if previous is not None:
+            yield previous[0], previous[1].result()
 
 
 class _Progress:
