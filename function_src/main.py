@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class Runtime:
     model_service: ModelService | None = None
     serving: ServingSettings | None = None
     clock: Callable[[], datetime] = utc_now
+    _creating: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def bucket(self, project: str, bucket: str) -> Storage:
         if self.storage is None:
@@ -95,13 +97,15 @@ class Runtime:
         return self.serving
 
     def models(self) -> ModelService:
-        if self.model_service is None:
-            settings = self.serving_settings()
-            registry = ModelRegistry(self.bucket(settings.project, settings.data_bucket))
-            self.model_service = ModelService(
-                registry, refresh_seconds=settings.refresh_seconds, runtime=settings.runtime
-            )
-        return self.model_service
+        # Concurrent first requests must share one service, or each loads the champion.
+        with self._creating:
+            if self.model_service is None:
+                settings = self.serving_settings()
+                registry = ModelRegistry(self.bucket(settings.project, settings.data_bucket))
+                self.model_service = ModelService(
+                    registry, refresh_seconds=settings.refresh_seconds, runtime=settings.runtime
+                )
+            return self.model_service
 
 
 runtime = Runtime()

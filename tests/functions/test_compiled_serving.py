@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,9 @@ from pipeline_core import compiling
 from pipeline_core.errors import ModelRefusedError, ModelVersionNotFoundError, NoChampionError
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry
-from pipeline_core.serving import PINNED_CACHE_SIZE, ModelService, parse_instances
+from pipeline_core.serving import PINNED_CACHE_SIZE, JoblibModel, ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
-from pipeline_core.storage import InMemoryStorage
+from pipeline_core.storage import InMemoryStorage, StoredObject
 from pipeline_core.training import TrainingRequest, train
 from tests.functions.conftest import IRIS, ROOT, WINE, Function, train_and_decide, upload
 
@@ -280,3 +283,35 @@ print(json.dumps([at_import, sorted(sys.modules), model.runtime, label]))
         ]
     assert "onnxruntime" not in at_import and "onnxruntime" in after_serving
     assert "pyarrow" not in after_serving
+
+
+class SlowArtifacts(InMemoryStorage):
+    """Artifacts take a while to download, as from a real bucket on a cold instance."""
+
+    def read(self, name: str, generation: int | None = None) -> StoredObject:
+        if name.endswith((".onnx", ".joblib")):
+            time.sleep(0.2)
+        return super().read(name, generation)
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "joblib"])
+def test_requests_reaching_a_fresh_instance_together_all_get_the_champion(runtime: str) -> None:
+    storage = SlowArtifacts("test-bucket")
+    champion = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    service = ModelService(ModelRegistry(storage), refresh_seconds=30, runtime=runtime)
+    start = threading.Barrier(8)
+
+    def first_request() -> str:
+        start.wait()
+        return service.current().version
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        versions = list(pool.map(lambda _: first_request(), range(8)))
+    assert versions == [champion["model_version"]] * 8
+
+
+def test_the_joblib_path_predicts_on_one_thread(storage: InMemoryStorage) -> None:
+    train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    model = ModelService(ModelRegistry(storage), refresh_seconds=0, runtime="joblib").current()
+    assert isinstance(model.predictor, JoblibModel)
+    assert model.predictor._estimator.n_jobs == 1
