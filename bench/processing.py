@@ -7,7 +7,10 @@ pandas peer (``read_csv`` + ``dropna`` + ``drop_duplicates`` + ``to_parquet``) r
 the same file from the local disk, which favours it. Every measurement runs in a
 fresh child process whose peak RSS is read from the kernel; an idle child (same
 imports as ours, no work) gives the baseline. Variants interleave (ours, pandas, ours,
-pandas, ...) so that a neighbour's load on the machine hits both alike.
+pandas, ...) so that a neighbour's load on the machine hits both alike. A third child
+times the emulator alone (the same download and a Parquet-sized upload): fake-gcs-
+server's resumable uploads slow down as an object grows, so at large sizes that share
+dominates and ``mb_per_second_without_emulator_io`` says what our code costs.
 
     python -m bench.processing [--rows 1000000 10000000 28000000] [--repeats N]
     python -m bench.processing --rows 200000 --repeats 1       # a quick run
@@ -104,7 +107,37 @@ def _child_ours(generation: int, object_name: str) -> dict[str, Any]:
     storage.stat(object_name)
     started = time.perf_counter()
     result = process(storage, ObjectRef(BUCKET, object_name, generation), DatasetSchema())
-    return {"seconds": time.perf_counter() - started, "rows_out": result.stats["rows_out"]}
+    seconds = time.perf_counter() - started
+    parquet = storage.stat(result.stats["processed_object"])
+    return {
+        "seconds": seconds,
+        "rows_out": result.stats["rows_out"],
+        "parquet_bytes": parquet.size if parquet else 0,
+    }
+
+
+def _child_emulator_io(generation: int, object_name: str, parquet_bytes: int) -> dict[str, Any]:
+    """What ours spends in the emulator alone: the same download, and an upload of as
+    many bytes as our Parquet, through the same client and chunk sizes."""
+    from pipeline_core.storage import GcsStorage
+
+    storage = GcsStorage(BUCKET, PROJECT)
+    storage.stat(object_name)
+    started = time.perf_counter()
+    with storage.open_read(object_name, generation) as source:
+        while source.read(4 * 2**20):
+            pass
+    read_seconds = time.perf_counter() - started
+    block = bytes(4 * 2**20)
+    with storage.open_write("bench/io", content_type="application/octet-stream") as sink:
+        for start in range(0, parquet_bytes, len(block)):
+            sink.write(block[: parquet_bytes - start])
+    storage.delete("bench/io")
+    return {
+        "seconds": time.perf_counter() - started,
+        "read_seconds": read_seconds,
+        "rows_out": 0,
+    }
 
 
 def _child_pandas(csv_path: str) -> dict[str, Any]:
@@ -126,6 +159,8 @@ def _child(variant: str, arguments: list[str]) -> None:
         report = _child_ours(int(arguments[0]), arguments[1])
     elif variant == "pandas":
         report = _child_pandas(arguments[0])
+    elif variant == "emulator_io":
+        report = _child_emulator_io(int(arguments[0]), arguments[1], int(arguments[2]))
     else:  # idle: the imports of ours, no work
         import pipeline_core.processing
         import pipeline_core.storage  # noqa: F401
@@ -191,13 +226,26 @@ def _measure_size(
         if rows <= pandas_max_rows:
             _progress(f"{rows} rows, run {repeat + 1}/{repeats}: pandas")
             peer.append(_measure(server_url, "pandas", str(path)))
+    _progress(f"{rows} rows: the emulator's share (download + Parquet-sized upload)")
+    emulator = _measure(
+        server_url, "emulator_io", str(blob.generation), blob.name, str(ours[0]["parquet_bytes"])
+    )
     blob.delete()
     path.unlink()
     result: dict[str, Any] = {
         "rows": rows,
         "file_mb": round(file_mb, 1),
         "ours": _summary(ours, file_mb),
+        "emulator_io": {
+            "seconds": round(emulator["seconds"], 2),
+            "download_seconds": round(emulator["read_seconds"], 2),
+            "parquet_mb": round(ours[0]["parquet_bytes"] / 2**20, 1),
+        },
     }
+    # Approximate: the download overlaps our cleaning, the upload does not.
+    rest = statistics.median(run["seconds"] for run in ours) - emulator["seconds"]
+    if rest > 0:
+        result["ours"]["mb_per_second_without_emulator_io"] = round(file_mb / rest, 1)
     if peer:
         result["pandas"] = _summary(peer, file_mb)
         ours_rates, peer_rates = result["ours"]["mb_per_second"], result["pandas"]["mb_per_second"]
