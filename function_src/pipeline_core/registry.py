@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline_core import logging as log
-from pipeline_core.errors import PreconditionFailedError, TransientError
+from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 from pipeline_core.events import ObjectRef
 from pipeline_core.settings import PromotionPolicy
 from pipeline_core.storage import Storage, read_json, write_json
@@ -109,10 +109,12 @@ class ModelRegistry:
         self.storage = storage
 
     def champion(self) -> Champion | None:
-        info = self.storage.stat(CHAMPION_OBJECT)
-        if info is None:
+        """The pointer and its generation from one read: a stat followed by a read of
+        that generation fails when a rival promotes in between."""
+        try:
+            stored = self.storage.read(CHAMPION_OBJECT)
+        except ObjectNotFoundError:
             return None
-        stored = self.storage.read(CHAMPION_OBJECT, info.generation)
         return Champion(json.loads(stored.data), stored.generation)
 
     def champion_generation(self) -> int:

@@ -67,7 +67,9 @@ def test_generations_and_preconditions(gcs: GcsStorage) -> None:
         "runs/a.json", b"2", content_type="application/json", if_generation_match=first
     )
     assert second != first
-    assert gcs.read("runs/a.json").data == b"2"
+    latest = gcs.read("runs/a.json")
+    # One response carries both: the registry reads the champion pointer this way.
+    assert (latest.data, latest.generation) == (b"2", second)
     info = gcs.stat("runs/a.json")
     assert info is not None and info.generation == second
     # fake-gcs-server ignores ifGenerationMatch on delete (GCS honours it; the in-memory

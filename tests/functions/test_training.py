@@ -370,3 +370,22 @@ def test_training_reads_the_processed_file_row_group_by_row_group(
     )
     assert pieces["metrics"] == whole["metrics"]
     assert pieces["smoke_instances"] == whole["smoke_instances"]
+
+
+def test_the_champion_is_read_consistently_while_a_rival_replaces_it() -> None:
+    """Pointer and generation come from one read: a promotion landing between a
+    metadata call and the read cannot turn into a 404."""
+    storage = InterleavedStorage()
+
+    def pointer(version: str, **precondition: int) -> int:
+        document = json.dumps({"model_version": version}).encode()
+        return storage.write(
+            CHAMPION_OBJECT, document, content_type="application/json", **precondition
+        )
+
+    first = pointer("a", if_generation_match=0)
+    storage.before("read", CHAMPION_OBJECT, lambda: pointer("b", if_generation_match=first))
+    champion = ModelRegistry(storage).champion()
+    info = storage.stat(CHAMPION_OBJECT)
+    assert champion is not None and info is not None
+    assert (champion.version, champion.generation) == ("b", info.generation)
