@@ -288,7 +288,12 @@ def _function_service(
             str(port),
         ),
         # main.py imports its sibling package; the cloud build puts it on the path too.
-        env={**env, "PYTHONPATH": str(FUNCTION_SOURCE.parent)},
+        # FUNCTION_TARGET: Cloud Run functions sets it to the entry point it serves.
+        env={
+            **env,
+            "PYTHONPATH": str(FUNCTION_SOURCE.parent),
+            "FUNCTION_TARGET": function.entry_point,
+        },
         health_path="/health" if function.key == "predict" else "/",
     )
 

@@ -11,6 +11,7 @@ them: predict starts with neither (docs/FUNCTIONS.md, "Import budget").
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import threading
@@ -58,6 +59,15 @@ if TYPE_CHECKING:
     from pipeline_core.processing import ProcessingResult
 
 EXECUTION_ID_HEADER = "X-Workflow-Execution-Id"
+# The heavy core a stage function needs, imported while the instance starts (before it
+# listens) rather than by its first request; every other function never imports it.
+# Cloud Run functions names the entry point an instance serves in FUNCTION_TARGET.
+STAGE_CORES = {
+    "process_data": "pipeline_core.processing",
+    "process_data_event": "pipeline_core.processing",
+    "train_model": "pipeline_core.training",
+    "train_model_event": "pipeline_core.training",
+}
 
 
 @dataclass
@@ -109,6 +119,8 @@ class Runtime:
 
 
 runtime = Runtime()
+if os.environ.get("FUNCTION_TARGET") in STAGE_CORES:
+    importlib.import_module(STAGE_CORES[os.environ["FUNCTION_TARGET"]])
 
 
 def _respond(body: Mapping[str, Any], status: int = 200) -> flask.Response:

@@ -4,6 +4,7 @@ artifacts, pinned versions, readiness and the lean predict import."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -270,6 +271,7 @@ print(json.dumps([at_import, sorted(sys.modules), model.runtime, label]))
     completed = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT / "function_src",
+        env={**os.environ, "FUNCTION_TARGET": "predict"},
         capture_output=True,
         text=True,
         check=True,
@@ -315,3 +317,27 @@ def test_the_joblib_path_predicts_on_one_thread(storage: InMemoryStorage) -> Non
     model = ModelService(ModelRegistry(storage), refresh_seconds=0, runtime="joblib").current()
     assert isinstance(model.predictor, JoblibModel)
     assert model.predictor._estimator.n_jobs == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "core"),
+    [
+        ("train_model", "pipeline_core.training"),
+        ("train_model_event", "pipeline_core.training"),
+        ("process_data", "pipeline_core.processing"),
+        ("trigger_workflow", None),
+    ],
+)
+def test_a_stage_function_imports_its_core_while_it_starts(target: str, core: str | None) -> None:
+    probe = "import json, sys, main; print(json.dumps(sorted(sys.modules)))"
+    completed = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT / "function_src",
+        env={**os.environ, "FUNCTION_TARGET": target},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    modules = set(json.loads(completed.stdout.strip().splitlines()[-1]))
+    stage_cores = {"pipeline_core.training", "pipeline_core.processing"}
+    assert modules & stage_cores == ({core} if core else set())

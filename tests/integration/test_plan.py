@@ -68,6 +68,7 @@ def test_plan_follows_the_topology_and_config(mode: Orchestration, tmp_path: Pat
         assert expected.items() <= environment.items()
         assert environment["PUBSUB_EMULATOR_HOST"] == f"127.0.0.1:{ports['pubsub']}"
         assert environment["STORAGE_EMULATOR_HOST"] == f"http://127.0.0.1:{ports['storage']}"
+        assert environment["FUNCTION_TARGET"] == function.entry_point  # as Cloud Run sets it
         starts_executions = mode == "workflow" and function.key == "trigger_workflow"
         assert ("WORKFLOWS_API_ENDPOINT" in environment) is starts_executions
         if starts_executions:
