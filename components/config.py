@@ -141,11 +141,11 @@ class StackConfig:
 
     @property
     def trigger_region(self) -> str:
-        """Eventarc triggers must live where the bucket lives (pitfall 4).
-
-        A multi-region bucket location such as ``US`` maps to Eventarc's ``us``.
+        """Every Eventarc trigger of this stack is a Pub/Sub trigger, which exists in
+        single regions only and sits with the function it invokes (pitfall 4); only a
+        Cloud Storage trigger would follow the bucket's (possibly multi-region) location.
         """
-        return self.bucket_location.lower()
+        return self.region
 
     def function(self, key: str) -> FunctionSettings:
         return self.functions[key]
@@ -174,8 +174,7 @@ class StackConfig:
             raise ConfigError(
                 f"{PROJECT_NAMESPACE}:bucketLocation",
                 f"'{bucket_location}' differs from gcp:region '{region}'",
-                "use the region itself or a multi-region (US, EU, ASIA); Eventarc triggers "
-                "must be in the bucket's location",
+                "use the region itself or a multi-region (US, EU, ASIA)",
             )
         name_prefix = reader.string("namePrefix", _default_prefix(stack))
         if not _NAME_PREFIX.match(name_prefix):

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from components.packaging import package_source
@@ -102,14 +103,20 @@ def test_pitfall_03_service_identities_are_created_after_their_apis(stack: Deplo
     assert stack.waits_for(identities[APIS["eventarc"]], api(stack, "eventarc"))
 
 
-def test_pitfall_04_trigger_region_is_the_bucket_location(
-    deploy: Callable[..., Deployment],
+@pytest.mark.parametrize("bucket_location", ["EU", "europe-west1"])
+def test_pitfall_04_pubsub_triggers_sit_in_the_functions_single_region(
+    deploy: Callable[..., Deployment], bucket_location: str
 ) -> None:
-    deployment = deploy(orchestration="events", bucketLocation="EU")
+    """Eventarc Pub/Sub triggers exist in single regions only: a multi-region bucket
+    (EU) must not make them 'eu', which the deploy would refuse."""
+    deployment = deploy(orchestration="events", bucketLocation=bucket_location)
     triggered = [f for f in deployment.of_type(Types.FUNCTION) if "eventTrigger" in f.inputs]
     assert triggered
-    assert {f.get("eventTrigger.triggerRegion") for f in triggered} == {"eu"}
-    assert {b.inputs["location"] for b in deployment.of_type(Types.BUCKET)} >= {"EU"}
+    assert {f.get("eventTrigger.triggerRegion") for f in triggered} == {"europe-west1"}
+    assert {f.get("eventTrigger.eventType") for f in triggered} == {
+        "google.cloud.pubsub.topic.v1.messagePublished"
+    }
+    assert {b.inputs["location"] for b in deployment.of_type(Types.BUCKET)} >= {bucket_location}
 
 
 def test_pitfall_05_every_resource_waits_for_its_api_and_apis_survive_destroy(
