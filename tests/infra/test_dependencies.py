@@ -37,6 +37,12 @@ def test_every_deployed_and_development_pin_is_the_locked_version() -> None:
 def test_the_serving_and_compiling_libraries_are_deployed() -> None:
     deployed = pins(ROOT / "function_src" / "requirements.txt")
     assert {"onnxruntime", "skl2onnx", "onnx", "orjson", "google-cloud-storage"} <= set(deployed)
+    # No function imports pandas; deploying it would only slow builds and cold starts.
+    assert "pandas" not in deployed
+    sources = (ROOT / "function_src").rglob("*.py")
+    assert not [
+        path for path in sources if re.search(r"^\s*(import|from) pandas", path.read_text(), re.M)
+    ]
 
 
 def test_the_environment_is_the_lock_and_resolves_without_conflicts() -> None:
