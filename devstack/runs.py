@@ -237,7 +237,8 @@ class _StageObserver:
         self._state = state
         self._run = run
         self._progress = progress
-        self._started = self._previous = started
+        self._started = started
+        self._previous = time.monotonic()  # the upload line was the last one
         self._bucket = state.storage_client().bucket(state.bucket)
         self._seen: set[str] = set()
         self._champion = self._champion_version()
