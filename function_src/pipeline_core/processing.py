@@ -205,8 +205,6 @@ class _Cleaner:
     features: tuple[str, ...] = ()
     feature_stats: FeatureStats = field(default_factory=lambda: FeatureStats.empty(0))
     _seen: DigestSet = field(default_factory=DigestSet)
-    _pending: list[pa.Table] = field(default_factory=list)  # rows of the next row group
-    _writer: pq.ParquetWriter | None = None
 
     def run(self, source: IO[bytes], sink: IO[bytes], ref: ObjectRef) -> None:
         cells, blocks = csv_source.header(
@@ -220,14 +218,13 @@ class _Cleaner:
             + [(self.schema.target_column, pa.string())]
         )
         progress = _Progress(ref, self.progress_seconds)
-        for block, parsed in _parsed_ahead(blocks, columns):
-            cleaned = clean(parsed.columns, columns)
-            self._count(block, parsed, cleaned, columns)
-            self._keep_new(cleaned, sink, arrow_schema)
-            progress.advance(len(block.data), self.rows_in)
-        self._write_row_groups(sink, arrow_schema, final=True)
-        if self._writer is not None:
-            self._writer.close()
+        with _ParquetOutput(sink, arrow_schema, self.row_group_rows) as output:
+            for block, parsed in _parsed_ahead(blocks, columns):
+                cleaned = clean(parsed.columns, columns)
+                self._count(block, parsed, cleaned, columns)
+                self._keep_new(cleaned, output, arrow_schema)
+                progress.advance(len(block.data), self.rows_in)
+            output.finish()
         progress.finish(self.rows_in)
 
     def _count(
@@ -275,7 +272,9 @@ class _Cleaner:
             if not wanted and not ragged:
                 return
 
-    def _keep_new(self, cleaned: CleanBlock, sink: IO[bytes], arrow_schema: pa.Schema) -> None:
+    def _keep_new(
+        self, cleaned: CleanBlock, output: _ParquetOutput, arrow_schema: pa.Schema
+    ) -> None:
         """The rows of the block not seen before, in order; the first occurrence stays."""
         new = self._seen.add_new(row_digests(cleaned.features, cleaned.label_keys))
         kept = int(new.sum())
@@ -293,27 +292,7 @@ class _Cleaner:
             self.class_counts[entry["values"]] += entry["counts"]
         self.feature_stats = self.feature_stats.merge(FeatureStats.of(features))
         columns = [*(arrow_numbers(values) for values in features), labels]
-        self._pending.append(pa.Table.from_arrays(columns, schema=arrow_schema))
-        self._write_row_groups(sink, arrow_schema, final=False)
-
-    def _write_row_groups(self, sink: IO[bytes], arrow_schema: pa.Schema, *, final: bool) -> None:
-        """Row groups of exactly ``row_group_rows`` rows; the last one may be smaller."""
-        pending = sum(table.num_rows for table in self._pending)
-        full = pending if final else pending - pending % self.row_group_rows
-        if not full:
-            return
-        rows = pa.concat_tables(self._pending)
-        if self._writer is None:
-            # Dictionary pages only for the labels: distinct floats would fill a
-            # dictionary only to have it dropped, at several times the cost of the write.
-            self._writer = pq.ParquetWriter(
-                sink,
-                arrow_schema,
-                compression="snappy",
-                use_dictionary=[self.schema.target_column],
-            )
-        self._writer.write_table(rows.slice(0, full), row_group_size=self.row_group_rows)
-        self._pending = [rows.slice(full)] if full < pending else []
+        output.add(pa.Table.from_arrays(columns, schema=arrow_schema))
 
     def check_result(self) -> None:
         if self.rows_in == 0:
@@ -351,6 +330,62 @@ class _Cleaner:
             "feature_stats": self.feature_stats.to_json(self.features),
             "class_counts": dict(sorted(self.class_counts.items())),
         }
+
+
+class _ParquetOutput:
+    """Row groups of exactly ``row_group_rows`` rows (the last one may be smaller),
+    encoded and uploaded on a thread, one at a time, while the next block is cleaned."""
+
+    def __init__(self, sink: IO[bytes], arrow_schema: pa.Schema, row_group_rows: int) -> None:
+        self._sink = sink
+        self._schema = arrow_schema
+        self._row_group_rows = row_group_rows
+        self._pending: list[pa.Table] = []  # rows of the next row groups
+        self._writer: pq.ParquetWriter | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-write")
+        self._last_write: Future[None] | None = None
+
+    def __enter__(self) -> _ParquetOutput:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self._thread.shutdown(wait=True)
+
+    def add(self, rows: pa.Table) -> None:
+        self._pending.append(rows)
+        self._write(final=False)
+
+    def finish(self) -> None:
+        self._write(final=True)
+        self._wait()
+        if self._writer is not None:
+            self._writer.close()
+
+    def _write(self, *, final: bool) -> None:
+        pending = sum(table.num_rows for table in self._pending)
+        full = pending if final else pending - pending % self._row_group_rows
+        if not full:
+            return
+        rows = pa.concat_tables(self._pending)
+        self._pending = [rows.slice(full)] if full < pending else []
+        if self._writer is None:
+            # Dictionary pages only for the labels: distinct floats would fill a
+            # dictionary only to have it dropped, at several times the cost of the write.
+            self._writer = pq.ParquetWriter(
+                self._sink,
+                self._schema,
+                compression="snappy",
+                use_dictionary=[self._schema.names[-1]],
+            )
+        self._wait()  # one write in flight: memory holds at most two row groups' worth
+        self._last_write = self._thread.submit(
+            self._writer.write_table, rows.slice(0, full), row_group_size=self._row_group_rows
+        )
+
+    def _wait(self) -> None:
+        if self._last_write is not None:
+            self._last_write.result()
+            self._last_write = None
 
 
 def _parsed_ahead(
