@@ -36,7 +36,6 @@ UTF8_BOM = b"\xef\xbb\xbf"
 DEFAULT_BLOCK_BYTES = 4 * 2**20
 # A record longer than this many blocks is a runaway quote or not CSV at all.
 MAX_RECORD_BLOCKS = 8
-# The parser's own chunk: each is parsed by one thread.
 PARSE_CHUNK_BYTES = 2**20
 
 
@@ -62,7 +61,8 @@ class ParsedBlock:
 
 
 def decoded(source: IO[bytes]) -> IO[bytes]:
-    """The UTF-8 bytes of a plain or gzip-compressed upload, without a byte order mark."""
+    """The bytes of a plain or gzip-compressed upload, decompressed as they are read
+    (``blocks`` then checks the text and drops a byte order mark)."""
     head = source.read(2)
     stream: IO[bytes] = io.BufferedReader(_Prefixed(head, source))
     if head == GZIP_MAGIC:
@@ -136,31 +136,28 @@ def parse(block: Block, column_count: int, wanted: list[int]) -> ParsedBlock:
         return "skip"
 
     names = [str(position) for position in range(column_count)]
-    chunk = PARSE_CHUNK_BYTES
-    while True:
-        try:
-            table = pa_csv.read_csv(
-                pa.BufferReader(block.data),
-                read_options=pa_csv.ReadOptions(column_names=names, block_size=chunk),
-                parse_options=pa_csv.ParseOptions(
-                    # Without quotes no value holds a line break, and Arrow parses
-                    # twice as fast when it need not look for one.
-                    newlines_in_values=b'"' in block.data,
-                    invalid_row_handler=skip_wrong_field_count,
-                ),
-                convert_options=pa_csv.ConvertOptions(
-                    column_types=dict.fromkeys(names, pa.string()),
-                    include_columns=[names[position] for position in wanted],
-                    strings_can_be_null=False,
-                    check_utf8=False,  # the whole block was validated once
-                ),
-            )
-        except pa.ArrowInvalid as error:
-            if "straddl" in str(error) and chunk < len(block.data):
-                chunk, wrong = len(block.data) + 1, []  # one record spans parser chunks
-                continue
-            raise FileRejectedError(NOT_CSV, f"the file is not valid CSV: {error}") from None
-        return ParsedBlock(table, wrong)
+    try:
+        table = pa_csv.read_csv(
+            pa.BufferReader(block.data),
+            # Arrow parses the block in chunks of this size, one per thread; a record
+            # longer than a chunk is still read whole.
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=PARSE_CHUNK_BYTES),
+            parse_options=pa_csv.ParseOptions(
+                # Without quotes no value holds a line break, and Arrow parses twice as
+                # fast when it need not look for one.
+                newlines_in_values=b'"' in block.data,
+                invalid_row_handler=skip_wrong_field_count,
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                include_columns=[names[position] for position in wanted],
+                strings_can_be_null=False,
+                check_utf8=False,  # the whole block was validated once
+            ),
+        )
+    except pa.ArrowInvalid as error:
+        raise FileRejectedError(NOT_CSV, f"the file is not valid CSV: {error}") from None
+    return ParsedBlock(table, wrong)
 
 
 def record_lines(block: Block) -> Iterator[tuple[int, int]]:

@@ -71,3 +71,14 @@ def test_a_line_longer_than_any_block_is_refused(storage: InMemoryStorage) -> No
         process(storage, ref, SCHEMA, block_bytes=64)
     assert caught.value.reason_code == "not_csv"
     assert "a line is longer than" in caught.value.detail
+
+
+def test_a_record_longer_than_the_parsers_chunk_is_read_whole(storage: InMemoryStorage) -> None:
+    long_label = "y" * 1_500_000
+    rows = [f"{index},{index},{'xz'[index % 2]}" for index in range(10)]
+    data = ("a,b,target\n" + "\n".join([*rows, f'1,2,"{long_label}\n!"']) + "\n").encode()
+    ref = upload(storage, "raw/long-label.csv", data)
+    result = process(storage, ref, SCHEMA).to_json()
+    assert result["rows_in"] == result["rows_out"] == 11
+    classes = json.loads(storage.read(stats_object(ref)).data)["class_counts"]
+    assert classes[f"{long_label}\n!"] == 1
