@@ -57,7 +57,7 @@ class Block:
 @dataclass(frozen=True)
 class ParsedBlock:
     columns: pa.Table  # the requested columns, every cell a string
-    wrong_field_counts: list[int]  # fields of each record whose field count is wrong
+    wrong_field_count: int  # records skipped for a field count other than the header's
 
 
 def decoded(source: IO[bytes]) -> IO[bytes]:
@@ -129,10 +129,11 @@ def header(source: Iterator[Block]) -> tuple[list[str], Iterator[Block]]:
 
 def parse(block: Block, column_count: int, wanted: list[int]) -> ParsedBlock:
     """The ``wanted`` columns (by position) of every record with ``column_count`` fields."""
-    wrong: list[int] = []
+    wrong = 0
 
-    def skip_wrong_field_count(row: pa_csv.InvalidRow) -> str:
-        wrong.append(row.actual_columns)
+    def skip_wrong_field_count(_: pa_csv.InvalidRow) -> str:
+        nonlocal wrong
+        wrong += 1
         return "skip"
 
     names = [str(position) for position in range(column_count)]

@@ -234,16 +234,16 @@ class _Cleaner:
         cleaned: CleanBlock,
         columns: Layout,
     ) -> None:
-        self.rows_in += parsed.columns.num_rows + len(parsed.wrong_field_counts)
+        self.rows_in += parsed.columns.num_rows + parsed.wrong_field_count
         self.rejections.update(cleaned.rejections)
-        if parsed.wrong_field_counts:
-            self.rejections[ROW_WRONG_FIELD_COUNT] += len(parsed.wrong_field_counts)
+        if parsed.wrong_field_count:
+            self.rejections[ROW_WRONG_FIELD_COUNT] += parsed.wrong_field_count
         unnamed = {
             reason: first
             for reason, first in cleaned.first_rejected.items()
             if reason not in self.examples
         }
-        ragged = bool(parsed.wrong_field_counts) and ROW_WRONG_FIELD_COUNT not in self.examples
+        ragged = bool(parsed.wrong_field_count) and ROW_WRONG_FIELD_COUNT not in self.examples
         if unnamed or ragged:
             self._name_examples(block, unnamed, ragged, len(columns.names))
 
