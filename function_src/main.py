@@ -25,6 +25,7 @@ import flask
 import functions_framework
 import orjson
 from cloudevents.http import CloudEvent
+from werkzeug.exceptions import HTTPException
 
 from pipeline_core import logging as log
 from pipeline_core import summaries
@@ -150,7 +151,7 @@ def _json_body(request: flask.Request) -> Any:
         pass  # the standard parser decides, so errors and NaN/huge numbers read as before
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:  # bad syntax or UTF-8, or an integer of over 4,300 digits
         raise BadRequestError(f"the request body is not valid JSON: {error}") from None
     except RecursionError:
         raise BadRequestError("the request body nests JSON arrays or objects too deeply") from None
@@ -180,6 +181,19 @@ def _http_handler(
 
 
 Handler = Callable[[flask.Request], flask.Response]
+
+
+def _framework_error(error: HTTPException) -> flask.Response:
+    """The answers functions-framework and Flask give themselves (``/robots.txt``,
+    ``/favicon.ico``, a malformed request line), as JSON like every other answer."""
+    status = error.code or 500
+    code = "not_found" if status == 404 else "bad_request" if status < 500 else "internal"
+    return _respond({"error": {"code": code, "message": error.description}}, status)
+
+
+# functions-framework runs this module inside its app's context.
+if flask.has_app_context():
+    flask.current_app.register_error_handler(HTTPException, _framework_error)
 
 
 def _dispatch(request: flask.Request, routes: Mapping[str, tuple[str, Handler]]) -> flask.Response:

@@ -265,6 +265,12 @@ def test_predict_routes(function: Loader, storage: InMemoryStorage) -> None:
         ("DELETE", "/model", b"", 405, "use GET"),
         ("GET", "/reload", b"", 405, "use POST"),
         ("GET", "/nowhere", b"", 404, "no route /nowhere"),
+        # Routes functions-framework answers itself: JSON too.
+        ("GET", "/robots.txt", b"", 404, "Not Found"),
+        ("GET", "/favicon.ico", b"", 404, "Not Found"),
+        # Python refuses integers of over 4,300 digits with a plain ValueError.
+        ("POST", "/", b"[" + b"1" * 5000 + b"]", 400, "not valid JSON"),
+        ("POST", "/", b'{"instances": [[1, 2, 3, 1e39]]}', 422, "beyond the float32 range"),
     ],
 )
 def test_predict_errors_are_json_and_actionable(
