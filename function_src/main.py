@@ -291,14 +291,16 @@ def _predict(request: flask.Request) -> flask.Response:
 
 def _health(_: flask.Request) -> flask.Response:
     # Liveness only: never fetches or loads a model (that is /ready's question).
-    model = runtime.models().loaded
-    return _respond(
-        {
-            "status": "ok",
-            "model_loaded": model is not None,
-            "model_version": model.version if model else None,
-        }
-    )
+    service = runtime.models()
+    model = service.loaded
+    answer: dict[str, Any] = {
+        "status": "ok",
+        "model_loaded": model is not None,
+        "model_version": model.version if model else None,
+    }
+    if service.refused is not None:
+        answer["refused_champion"] = service.refused  # the pointer names a model not served
+    return _respond(answer)
 
 
 def _ready(_: flask.Request) -> flask.Response:

@@ -301,11 +301,17 @@ class ModelService:
         self._lock = threading.Lock()
         self._pinned: OrderedDict[str, LoadedModel] = OrderedDict()
         self._pinned_lock = threading.Lock()
+        self._refused: dict[str, str] | None = None
 
     @property
     def loaded(self) -> LoadedModel | None:
         """The champion in memory, without checking for a newer one (liveness)."""
         return self._model
+
+    @property
+    def refused(self) -> dict[str, str] | None:
+        """The newest champion that failed verification, while it is the pointer's."""
+        return self._refused
 
     def current(self) -> LoadedModel:
         """The model to serve now; raises NoChampionError when there is none to serve."""
@@ -340,6 +346,7 @@ class ModelService:
                 raise NoChampionError("the champion pointer disappeared while loading it")
             try:
                 self._model = self._load(champion.version, champion)
+                self._refused = None
             except _UnusableModelError as unusable:
                 raise self._refuse(champion.version, str(unusable)) from None
             log.info(
@@ -421,6 +428,7 @@ class ModelService:
 
     def _refuse(self, version: str, problem: str) -> PipelineError:
         serving = self._model.version if self._model else None
+        self._refused = {"model_version": version, "problem": problem}
         log.error(
             f"refusing champion {version}: {problem}",
             refused_version=version,

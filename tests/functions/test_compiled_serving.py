@@ -341,3 +341,23 @@ def test_a_stage_function_imports_its_core_while_it_starts(target: str, core: st
     modules = set(json.loads(completed.stdout.strip().splitlines()[-1]))
     stage_cores = {"pipeline_core.training", "pipeline_core.processing"}
     assert modules & stage_cores == ({core} if core else set())
+
+
+def test_health_names_a_refused_champion_while_the_previous_one_serves(
+    function: type[Function], storage: InMemoryStorage
+) -> None:
+    client = function("predict", "http").use(storage=storage).client
+    first = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    assert client.post("/reload").status_code == 200
+    assert "refused_champion" not in client.get("/health").get_json()
+    second = train_and_decide(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
+    onnx = ModelRegistry(storage).manifest(second["model_version"])["onnx"]["artifact"]
+    storage.write(onnx, b"evil", content_type="x")
+    assert client.post("/reload").status_code == 503
+    health = client.get("/health").get_json()
+    assert health["model_version"] == first["model_version"]
+    assert health["refused_champion"]["model_version"] == second["model_version"]
+    assert "does not match the manifest" in health["refused_champion"]["problem"]
+    third = train_and_decide(storage, request_for(storage, "raw/c.csv", IRIS), SETTINGS)
+    assert client.post("/reload").get_json()["model_version"] == third["model_version"]
+    assert "refused_champion" not in client.get("/health").get_json()
