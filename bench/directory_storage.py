@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError
-from pipeline_core.storage import ObjectInfo, StoredObject
+from pipeline_core.errors import ObjectNotFoundError
+from pipeline_core.storage import ObjectInfo, StoredObject, check_generation
 
 
 class DirectoryStorage:
@@ -92,11 +92,5 @@ class DirectoryStorage:
         return info
 
     def _check(self, name: str, if_generation_match: int | None) -> None:
-        if if_generation_match is None:
-            return
         info = self.stat(name)
-        current = info.generation if info else 0
-        if current != if_generation_match:
-            raise PreconditionFailedError(
-                f"{self.bucket}/{name} is at generation {current}, expected {if_generation_match}"
-            )
+        check_generation(self.bucket, name, info.generation if info else 0, if_generation_match)

@@ -149,15 +149,17 @@ class InMemoryStorage:
             del self._objects[name]
 
     def _check(self, name: str, if_generation_match: int | None) -> None:
-        if if_generation_match is None:
-            return
         stored = self._objects.get(name)
-        current = stored.generation if stored else 0
-        if current != if_generation_match:
-            raise PreconditionFailedError(
-                f"gs://{self.bucket}/{name} is at generation {current}, "
-                f"expected {if_generation_match}"
-            )
+        check_generation(self.bucket, name, stored.generation if stored else 0, if_generation_match)
+
+
+def check_generation(bucket: str, name: str, current: int, if_generation_match: int | None) -> None:
+    """GCS's precondition, for stores that keep generations themselves (``current`` is
+    0 for an absent object)."""
+    if if_generation_match is not None and current != if_generation_match:
+        raise PreconditionFailedError(
+            f"gs://{bucket}/{name} is at generation {current}, expected {if_generation_match}"
+        )
 
 
 class GcsStorage:
