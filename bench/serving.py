@@ -277,11 +277,10 @@ class Champion:
 def build_champion(plan: StackPlan, storage: GcsStorage, scratch: Path, client: Any) -> Champion:
     """The real pipeline's path: upload, process, train, smoke the candidate through
     predict's loading, promote; each stage with the settings its function receives."""
-    from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
+    from pipeline_core.events import ObjectRef, TrainingRequest
     from pipeline_core.processing import DatasetSchema, process
-    from pipeline_core.serving import smoke_test
     from pipeline_core.settings import ProcessingSettings, TrainingSettings
-    from pipeline_core.training import promote_candidate, train
+    from pipeline_core.training import train_smoke_and_promote
 
     processing = ProcessingSettings.from_env(plan.service("process_data").env)
     training = TrainingSettings.from_env(plan.service("train_model").env)
@@ -298,14 +297,9 @@ def build_champion(plan: StackPlan, storage: GcsStorage, scratch: Path, client: 
         chunk_rows=processing.chunk_rows,
         lease_seconds=processing.timeout_seconds,
     ).to_json()
-    candidate = train(storage, TrainingRequest(source, processed["processed_object"]), training)
-    version = candidate["model_version"]
-    smoke_test(
-        ModelService(ModelRegistry(storage), refresh_seconds=0),
-        version,
-        candidate["smoke_instances"],
-    )
-    decision = promote_candidate(storage, PromotionRequest(source, version), training)
+    request = TrainingRequest(source, processed["processed_object"])
+    decision = train_smoke_and_promote(storage, request, training)
+    version = decision["model_version"]
     if not decision["promoted"]:
         raise RuntimeError(f"the candidate was not promoted: {decision['reason']}")
     with data.open(encoding="utf-8", newline="") as rows:

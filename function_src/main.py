@@ -45,7 +45,7 @@ from pipeline_core.events import (
 from pipeline_core.leases import utc_now
 from pipeline_core.publishing import Publisher, PubSubPublisher
 from pipeline_core.registry import ModelRegistry
-from pipeline_core.serving import ModelService, parse_instances, requested_version, smoke_test
+from pipeline_core.serving import ModelService, parse_instances, requested_version
 from pipeline_core.settings import (
     ProcessingSettings,
     ServingSettings,
@@ -394,10 +394,12 @@ def train_model_event(event: CloudEvent) -> None:
         except BadRequestError as error:
             log.error(f"acknowledging a malformed training message: {error.message}")
             return
+        from pipeline_core.training import train_smoke_and_promote
+
         settings = TrainingSettings.from_env(runtime.environ)
         storage = runtime.bucket(settings.project, settings.data_bucket)
         try:
-            outcome = _train_smoke_and_promote(storage, request, settings)
+            outcome = train_smoke_and_promote(storage, request, settings, runtime.clock)
         except PermanentError as error:
             log.error(f"training failed permanently: {error.message}")
             _publish_summary(
@@ -417,23 +419,6 @@ def train_model_event(event: CloudEvent) -> None:
             settings.model_events_topic,
             summaries.succeeded(request.source, outcome),
         )
-
-
-def _train_smoke_and_promote(
-    storage: Storage, request: TrainingRequest, settings: TrainingSettings
-) -> dict[str, Any]:
-    """Events mode's counterpart of the workflow's train -> smoke -> promote steps; the
-    smoke prediction runs the candidate through predict's own loading and verification."""
-    from pipeline_core.training import promote_candidate, train
-
-    candidate = train(storage, request, settings, runtime.clock)
-    version = candidate["model_version"]
-    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
-    smoke = smoke_test(service, version, candidate["smoke_instances"])
-    outcome = promote_candidate(
-        storage, PromotionRequest(request.source, version), settings, runtime.clock
-    )
-    return {**outcome, "smoke_prediction": smoke}
 
 
 def _notification(event: CloudEvent) -> StorageNotification | None:

@@ -55,7 +55,13 @@ TEST_FRACTION = 0.2
 SMOKE_ROWS = 5
 
 
-__all__ = ["TrainingRequest", "build_estimator", "promote_candidate", "train"]
+__all__ = [
+    "TrainingRequest",
+    "build_estimator",
+    "promote_candidate",
+    "train",
+    "train_smoke_and_promote",
+]
 
 
 def available_cpus() -> int:
@@ -284,6 +290,25 @@ def promote_candidate(
         reason=decision.reason,
     )
     return outcome
+
+
+def train_smoke_and_promote(
+    storage: Storage,
+    request: TrainingRequest,
+    settings: TrainingSettings,
+    clock: Clock = utc_now,
+) -> dict[str, Any]:
+    """What both orchestrations do after processing: train a candidate, smoke it through
+    predict's own loading, verification and prediction (pinned by version), then decide
+    its promotion. The workflow runs the same steps as three HTTP calls."""
+    from pipeline_core.serving import ModelService, smoke_test
+
+    candidate = train(storage, request, settings, clock)
+    version = candidate["model_version"]
+    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
+    smoke = smoke_test(service, version, candidate["smoke_instances"])
+    outcome = promote_candidate(storage, PromotionRequest(request.source, version), settings, clock)
+    return {**outcome, "smoke_prediction": smoke}
 
 
 def _check_bucket(source: ObjectRef, storage: Storage) -> None:

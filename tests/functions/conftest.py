@@ -16,13 +16,8 @@ from functions_framework import create_app
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 
 from pipeline_core import logging as log
-from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
-from pipeline_core.leases import Clock, utc_now
-from pipeline_core.registry import ModelRegistry
-from pipeline_core.serving import ModelService, smoke_test
-from pipeline_core.settings import TrainingSettings
-from pipeline_core.storage import InMemoryStorage, Storage
-from pipeline_core.training import promote_candidate, train
+from pipeline_core.events import ObjectRef
+from pipeline_core.storage import InMemoryStorage
 from tests.functions.fakes import InMemoryPublisher, RecordingStarter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,21 +95,6 @@ BREAST_CANCER = dataset_csv(load_breast_cancer)
 def upload(storage: InMemoryStorage, name: str, data: bytes) -> ObjectRef:
     generation = storage.write(name, data, content_type="text/csv")
     return ObjectRef(storage.bucket, name, generation)
-
-
-def train_and_decide(
-    storage: Storage,
-    request: TrainingRequest,
-    settings: TrainingSettings,
-    clock: Clock = utc_now,
-) -> dict[str, Any]:
-    """What both orchestrations do after processing: train a candidate, smoke it through
-    predict's serving path (pinned by version), then decide its promotion."""
-    candidate = train(storage, request, settings, clock)
-    version = candidate["model_version"]
-    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
-    smoke_test(service, version, candidate["smoke_instances"])
-    return promote_candidate(storage, PromotionRequest(request.source, version), settings, clock)
 
 
 def load_event(name: str) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry
 from pipeline_core.serving import PINNED_CACHE_SIZE, JoblibModel, ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import InMemoryStorage, StoredObject
-from pipeline_core.training import TrainingRequest, train
-from tests.functions.conftest import IRIS, ROOT, WINE, Function, train_and_decide, upload
+from pipeline_core.training import TrainingRequest, train, train_smoke_and_promote
+from tests.functions.conftest import IRIS, ROOT, WINE, Function, upload
 
 SETTINGS = TrainingSettings(project="p", data_bucket="test-bucket")
 
@@ -49,7 +49,7 @@ def settings_for(model_type: str) -> TrainingSettings:
 def test_every_model_type_compiles_and_answers_as_scikit_learn_does(
     storage: InMemoryStorage, data: bytes, model_type: str
 ) -> None:
-    outcome = train_and_decide(
+    outcome = train_smoke_and_promote(
         storage, request_for(storage, "raw/d.csv", data), settings_for(model_type)
     )
     manifest = ModelRegistry(storage).manifest(outcome["model_version"])
@@ -86,7 +86,7 @@ def test_a_model_that_cannot_be_converted_is_served_through_joblib_and_says_so(
         raise NotImplementedError("no converter for this estimator")
 
     monkeypatch.setattr(compiling, "_convert", unsupported)
-    outcome = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    outcome = train_smoke_and_promote(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
     manifest = ModelRegistry(storage).manifest(outcome["model_version"])
     assert manifest["onnx"] == {
         "status": "not_convertible",
@@ -118,10 +118,10 @@ def test_a_compiled_model_that_fails_parity_is_not_served(
 def test_a_swapped_compiled_model_is_refused_and_the_previous_champion_keeps_serving(
     storage: InMemoryStorage,
 ) -> None:
-    first = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    first = train_smoke_and_promote(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
     service = ModelService(ModelRegistry(storage), refresh_seconds=0)
     assert service.current().version == first["model_version"]
-    wine = train_and_decide(storage, request_for(storage, "raw/w.csv", WINE), SETTINGS)
+    wine = train_smoke_and_promote(storage, request_for(storage, "raw/w.csv", WINE), SETTINGS)
     assert service.current().version == wine["model_version"]
     iris_again = train(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
     registry = ModelRegistry(storage)
@@ -143,8 +143,8 @@ def test_a_swapped_compiled_model_is_refused_and_the_previous_champion_keeps_ser
 
 
 def test_a_pinned_version_is_served_verified_and_cached(storage: InMemoryStorage) -> None:
-    old = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
-    new = train_and_decide(storage, request_for(storage, "raw/w.csv", WINE), SETTINGS)
+    old = train_smoke_and_promote(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    new = train_smoke_and_promote(storage, request_for(storage, "raw/w.csv", WINE), SETTINGS)
     registry = ModelRegistry(storage)
     service = ModelService(registry, refresh_seconds=0)
     assert service.current().version == new["model_version"]
@@ -176,7 +176,7 @@ def test_the_pinned_cache_is_bounded(storage: InMemoryStorage) -> None:
 
 
 def test_unknown_and_tampered_pinned_versions_are_refused(storage: InMemoryStorage) -> None:
-    champion = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    champion = train_smoke_and_promote(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
     candidate = train(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
     service = ModelService(ModelRegistry(storage), refresh_seconds=0)
     with pytest.raises(ModelVersionNotFoundError, match="GET /versions") as unknown:
@@ -199,8 +199,8 @@ def test_predict_http_pins_versions_lists_them_and_reports_readiness(
     assert not_ready.get_json()["status"] == "not_ready"
     assert client.get("/health").get_json()["model_loaded"] is False
 
-    old = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
-    new = train_and_decide(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
+    old = train_smoke_and_promote(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    new = train_smoke_and_promote(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
     ready = client.get("/ready")
     assert ready.status_code == 200
     assert ready.get_json() == {
@@ -244,7 +244,7 @@ def test_predict_starts_without_the_training_stack(
 ) -> None:
     """A fresh interpreter imports the entry point, loads a compiled champion and
     predicts: neither scikit-learn nor pandas nor the processing/training modules."""
-    train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    train_smoke_and_promote(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
     for name in storage.names("models/"):
         target = tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +299,7 @@ class SlowArtifacts(InMemoryStorage):
 @pytest.mark.parametrize("runtime", ["onnx", "joblib"])
 def test_requests_reaching_a_fresh_instance_together_all_get_the_champion(runtime: str) -> None:
     storage = SlowArtifacts("test-bucket")
-    champion = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    champion = train_smoke_and_promote(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
     service = ModelService(ModelRegistry(storage), refresh_seconds=30, runtime=runtime)
     start = threading.Barrier(8)
 
@@ -313,7 +313,7 @@ def test_requests_reaching_a_fresh_instance_together_all_get_the_champion(runtim
 
 
 def test_the_joblib_path_predicts_on_one_thread(storage: InMemoryStorage) -> None:
-    train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    train_smoke_and_promote(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
     model = ModelService(ModelRegistry(storage), refresh_seconds=0, runtime="joblib").current()
     assert isinstance(model.predictor, JoblibModel)
     assert model.predictor._estimator.n_jobs == 1
@@ -347,10 +347,10 @@ def test_health_names_a_refused_champion_while_the_previous_one_serves(
     function: type[Function], storage: InMemoryStorage
 ) -> None:
     client = function("predict", "http").use(storage=storage).client
-    first = train_and_decide(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
+    first = train_smoke_and_promote(storage, request_for(storage, "raw/a.csv", IRIS), SETTINGS)
     assert client.post("/reload").status_code == 200
     assert "refused_champion" not in client.get("/health").get_json()
-    second = train_and_decide(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
+    second = train_smoke_and_promote(storage, request_for(storage, "raw/b.csv", IRIS), SETTINGS)
     onnx = ModelRegistry(storage).manifest(second["model_version"])["onnx"]["artifact"]
     storage.write(onnx, b"evil", content_type="x")
     assert client.post("/reload").status_code == 503
@@ -358,6 +358,6 @@ def test_health_names_a_refused_champion_while_the_previous_one_serves(
     assert health["model_version"] == first["model_version"]
     assert health["refused_champion"]["model_version"] == second["model_version"]
     assert "does not match the manifest" in health["refused_champion"]["problem"]
-    third = train_and_decide(storage, request_for(storage, "raw/c.csv", IRIS), SETTINGS)
+    third = train_smoke_and_promote(storage, request_for(storage, "raw/c.csv", IRIS), SETTINGS)
     assert client.post("/reload").get_json()["model_version"] == third["model_version"]
     assert "refused_champion" not in client.get("/health").get_json()

@@ -21,8 +21,8 @@ from pipeline_core.processing import (
 )
 from pipeline_core.registry import lineage_object, training_lease_object
 from pipeline_core.settings import TrainingSettings
-from pipeline_core.training import TrainingRequest, train
-from tests.functions.conftest import IRIS, train_and_decide, upload
+from pipeline_core.training import TrainingRequest, train, train_smoke_and_promote
+from tests.functions.conftest import IRIS, upload
 from tests.functions.fakes import InterleavedStorage
 
 SETTINGS = TrainingSettings(
@@ -85,7 +85,7 @@ def test_a_failed_attempt_releases_its_lease(
     with pytest.raises(TrainingFailedError):
         train(storage, request_for_iris, bad)
     assert storage.stat(training_lease_object(request_for_iris.source)) is None
-    assert train_and_decide(storage, request_for_iris, SETTINGS)["promoted"] is True
+    assert train_smoke_and_promote(storage, request_for_iris, SETTINGS)["promoted"] is True
 
 
 def test_a_crashed_attempts_lease_blocks_until_it_expires(

@@ -23,8 +23,8 @@ from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry, sha256_hex
 from pipeline_core.serving import ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import InMemoryStorage
-from pipeline_core.training import TrainingRequest
-from tests.functions.conftest import IRIS, WINE, log_lines, train_and_decide, upload
+from pipeline_core.training import TrainingRequest, train_smoke_and_promote
+from tests.functions.conftest import IRIS, WINE, log_lines, upload
 
 FEATURES = ["a", "b c", "d/e"]
 SETTINGS = TrainingSettings(
@@ -35,7 +35,7 @@ SETTINGS = TrainingSettings(
 def trained(storage: InMemoryStorage, name: str, data: bytes = IRIS) -> dict[str, Any]:
     ref = upload(storage, name, data)
     result = process(storage, ref, DatasetSchema())
-    return train_and_decide(
+    return train_smoke_and_promote(
         storage, TrainingRequest(ref, result.to_json()["processed_object"]), SETTINGS
     )
 

@@ -31,8 +31,13 @@ from pipeline_core.registry import (
 )
 from pipeline_core.settings import PromotionPolicy, TrainingSettings
 from pipeline_core.storage import InMemoryStorage
-from pipeline_core.training import TrainingRequest, stratified_sample, train
-from tests.functions.conftest import BREAST_CANCER, IRIS, WINE, train_and_decide, upload
+from pipeline_core.training import (
+    TrainingRequest,
+    stratified_sample,
+    train,
+    train_smoke_and_promote,
+)
+from tests.functions.conftest import BREAST_CANCER, IRIS, WINE, upload
 from tests.functions.fakes import InterleavedStorage
 
 SETTINGS = TrainingSettings(
@@ -61,7 +66,7 @@ def test_trains_registers_and_promotes_the_first_model(
     settings = replace(SETTINGS, model_type=model_type, hyperparameters={})
     if model_type != "logistic_regression":
         settings = replace(settings, hyperparameters={"n_estimators": 10})
-    outcome = train_and_decide(storage, request, settings)
+    outcome = train_smoke_and_promote(storage, request, settings)
     assert outcome["promoted"] is True
     assert outcome["champion_version"] == outcome["model_version"]
     assert outcome["reason"].startswith("first model")
@@ -92,8 +97,8 @@ def test_trains_registers_and_promotes_the_first_model(
 
 
 def test_same_data_and_seed_give_the_same_metrics(storage: InMemoryStorage) -> None:
-    first = train_and_decide(storage, processed(storage, "raw/a.csv", IRIS), SETTINGS)
-    second = train_and_decide(storage, processed(storage, "raw/b.csv", IRIS), SETTINGS)
+    first = train_smoke_and_promote(storage, processed(storage, "raw/a.csv", IRIS), SETTINGS)
+    second = train_smoke_and_promote(storage, processed(storage, "raw/b.csv", IRIS), SETTINGS)
     assert first["metrics"] == second["metrics"]
     assert first["model_version"] != second["model_version"]
     # Equal is "not worse by more than the tolerance": the newer model takes over.
@@ -103,9 +108,9 @@ def test_same_data_and_seed_give_the_same_metrics(storage: InMemoryStorage) -> N
 
 
 def test_a_worse_candidate_is_registered_but_not_promoted(storage: InMemoryStorage) -> None:
-    good = train_and_decide(storage, processed(storage, "raw/good.csv", IRIS), SETTINGS)
+    good = train_smoke_and_promote(storage, processed(storage, "raw/good.csv", IRIS), SETTINGS)
     weak = replace(SETTINGS, hyperparameters={"n_estimators": 1, "max_depth": 1})
-    outcome = train_and_decide(storage, processed(storage, "raw/weak.csv", IRIS), weak)
+    outcome = train_smoke_and_promote(storage, processed(storage, "raw/weak.csv", IRIS), weak)
     assert outcome["promoted"] is False
     assert outcome["champion_version"] == good["model_version"]
     assert (
@@ -118,7 +123,7 @@ def test_a_worse_candidate_is_registered_but_not_promoted(storage: InMemoryStora
 
 def test_below_the_minimum_is_never_promoted(storage: InMemoryStorage) -> None:
     strict = replace(SETTINGS, promotion=PromotionPolicy(metric="accuracy", minimum=1.0))
-    outcome = train_and_decide(
+    outcome = train_smoke_and_promote(
         storage,
         processed(storage, "raw/a.csv", WINE),
         replace(strict, hyperparameters={"n_estimators": 1, "max_depth": 1}),
@@ -178,7 +183,7 @@ def test_two_promotions_racing_cannot_both_win() -> None:
         hyperparameters={"n_estimators": 1, "max_depth": 1},
         promotion=PromotionPolicy(minimum=0.0),
     )
-    outcome = train_and_decide(storage, request, weak)
+    outcome = train_smoke_and_promote(storage, request, weak)
     assert outcome["metrics"]["f1_macro"] < 1.0
     # Our precondition (no champion yet) failed, so we re-read and re-decided.
     assert outcome["promoted"] is False
@@ -190,7 +195,7 @@ def test_a_lost_race_against_an_equal_model_retries_with_the_new_generation() ->
     storage = InterleavedStorage()
     request = processed(storage, "raw/a.csv", IRIS)
     rival_promotes_first(storage, 0.75)
-    outcome = train_and_decide(storage, request, SETTINGS)
+    outcome = train_smoke_and_promote(storage, request, SETTINGS)
     assert outcome["promoted"] is True
     pointer = json.loads(storage.read(CHAMPION_OBJECT).data)
     assert pointer["model_version"] == outcome["model_version"]
@@ -209,7 +214,7 @@ def test_retry_after_a_crash_between_promotion_and_record_does_not_train_again(
     storage: InMemoryStorage,
 ) -> None:
     request = processed(storage, "raw/a.csv", IRIS)
-    first = train_and_decide(storage, request, SETTINGS)
+    first = train_smoke_and_promote(storage, request, SETTINGS)
     storage.delete(f"models/by-source/{request.source.name}/{request.source.generation}.json")
     models_before = storage.names("models/")
     again = train(storage, request, SETTINGS)
@@ -299,7 +304,7 @@ def test_promotion_gives_up_as_transient_when_the_pointer_never_settles() -> Non
     flapping = FlappingStorage("test-bucket")
     request = processed(flapping, "raw/a.csv", IRIS)
     with pytest.raises(TransientError, match="changed 5 times"):
-        train_and_decide(flapping, request, SETTINGS)
+        train_smoke_and_promote(flapping, request, SETTINGS)
 
 
 @settings(max_examples=60, deadline=None)
