@@ -20,9 +20,8 @@ Cloud Run's /tmp is memory, so the spill goes to the bucket, not to local disk.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +36,6 @@ SPILL_CONTENT_TYPE = "application/octet-stream"
 # One spilled digest: both lanes and the row's number within its window.
 SPILLED = np.dtype([("key", "<u8"), ("check", "<u8"), ("row", "<u4")])
 
-_T = TypeVar("_T")
 _Rows = np.ndarray[Any, np.dtype[np.int64]]
 
 
@@ -51,6 +49,7 @@ class Deduplicator:
         self._window = DigestSet(window_rows)
         self._window_start = 0  # the number of the window's first kept row
         self._spilled_starts: list[int] = []  # the first row number of each spill
+        self._spilled_sizes: list[list[int]] = []  # digests in each range of each spill
         self._io = ThreadPoolExecutor(max_workers=SPILL_THREADS, thread_name_prefix="spill")
         self._writes: list[Future[int]] = []
 
@@ -72,6 +71,7 @@ class Deduplicator:
             return np.zeros(0, dtype=np.int64)
         self._spill()
         self._finish_writes()
+        self._window.release()  # the ranges read back need the room
         repeats = [self._repeated_rows(part) for part in range(SPILL_RANGES)]
         return np.sort(np.concatenate(repeats))
 
@@ -85,7 +85,7 @@ class Deduplicator:
                 for window in range(len(self._spilled_starts))
                 for part in range(SPILL_RANGES)
             ]
-            self._spilled_starts = []
+            self._spilled_starts, self._spilled_sizes = [], []
             list(self._io.map(self._storage.delete, names))
             self._io.shutdown(wait=True)
 
@@ -95,20 +95,24 @@ class Deduplicator:
             return
         self._finish_writes()  # one spill in flight: its records are the only copy
         parts = (keys >> np.uint64(64 - RANGE_BITS)).astype(np.uint8)
-        order = np.argsort(parts, kind="stable")
-        bounds = np.searchsorted(parts[order], np.arange(SPILL_RANGES + 1))
-        records = np.empty(len(keys), dtype=SPILLED)
-        records["key"], records["check"], records["row"] = keys[order], checks[order], order
         window = len(self._spilled_starts)
-        self._writes = [
-            self._io.submit(
-                self._storage.write,
-                self._name(window, part),
-                records[bounds[part] : bounds[part + 1]].tobytes(),
-                content_type=SPILL_CONTENT_TYPE,
+        sizes = []
+        for part in range(SPILL_RANGES):
+            # One range at a time: memory holds the window and one range's records, plus
+            # the bytes of the writes still in flight.
+            rows = np.flatnonzero(parts == part)
+            records = np.empty(len(rows), dtype=SPILLED)
+            records["key"], records["check"], records["row"] = keys[rows], checks[rows], rows
+            self._writes.append(
+                self._io.submit(
+                    self._storage.write,
+                    self._name(window, part),
+                    records.tobytes(),
+                    content_type=SPILL_CONTENT_TYPE,
+                )
             )
-            for part in range(SPILL_RANGES)
-        ]
+            sizes.append(len(rows))
+        self._spilled_sizes.append(sizes)
         self._spilled_starts.append(self._window_start)
         self._window_start += len(keys)
         self._window.clear()
@@ -122,15 +126,14 @@ class Deduplicator:
         """Of each digest in this range held by more than one window, the rows of all
         windows but the first. Within a window digests are distinct, so a first lane
         seen twice is rare: only then are the checks and row numbers read as well."""
-        keys = np.concatenate(self._read(part, lambda records: records["key"].copy()))
-        keys.sort()
-        if not (keys[1:] == keys[:-1]).any():
+        sizes = [spill[part] for spill in self._spilled_sizes]
+        if not self._first_lane_repeats(part, sizes):
             return np.zeros(0, dtype=np.int64)
-        del keys
-        chunks = self._read(part, lambda records: records)
-        records = np.concatenate(chunks)
+        records = np.concatenate(
+            list(self._io.map(self._records, range(len(sizes)), [part] * len(sizes)))
+        )
         starts = np.array(self._spilled_starts, dtype=np.int64)
-        rows = np.repeat(starts, [len(chunk) for chunk in chunks]) + records["row"]
+        rows = np.repeat(starts, sizes) + records["row"]
         order = np.lexsort((rows, records["check"], records["key"]))
         ordered = records[order]
         same = (ordered["key"][1:] == ordered["key"][:-1]) & (
@@ -139,16 +142,21 @@ class Deduplicator:
         repeated: _Rows = rows[order][1:][same]
         return repeated
 
-    def _read(self, part: int, keep: Callable[[np.ndarray[Any, Any]], _T]) -> list[_T]:
-        """``keep`` of the records of one range, window by window."""
-        return list(
-            self._io.map(
-                lambda window: keep(
-                    np.frombuffer(self._storage.read(self._name(window, part)).data, SPILLED)
-                ),
-                range(len(self._spilled_starts)),
-            )
-        )
+    def _first_lane_repeats(self, part: int, sizes: list[int]) -> bool:
+        """Whether two windows hold a digest with the same first lane in this range;
+        memory holds the range's first lanes only (8 bytes a digest)."""
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        keys = np.empty(offsets[-1], dtype=np.uint64)
+
+        def copy_keys(window: int) -> None:
+            keys[offsets[window] : offsets[window + 1]] = self._records(window, part)["key"]
+
+        list(self._io.map(copy_keys, range(len(sizes))))
+        keys.sort()
+        return bool((keys[1:] == keys[:-1]).any())
+
+    def _records(self, window: int, part: int) -> np.ndarray[Any, Any]:
+        return np.frombuffer(self._storage.read(self._name(window, part)).data, dtype=SPILLED)
 
     def _name(self, window: int, part: int) -> str:
         return f"{self._prefix}{window:06d}-{part:02d}.digests"

@@ -56,6 +56,12 @@ class DigestSet:
         self._table.fill(0)  # the pages stay mapped for the next round of digests
         self._size = 0
 
+    def release(self) -> None:
+        """Gives the memory back; the set holds nothing and has no room afterwards."""
+        self.capacity = self._size = 0
+        self._table = np.zeros(1, dtype=np.int32)
+        self._keys = self._checks = np.empty(0, dtype=np.uint64)
+
     def add_new(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> _Flags:
         """For each digest (a row of ``digests``, shape (n, 2)), whether it is new
         (neither held before nor earlier in this batch); every new one is remembered.
