@@ -2,7 +2,7 @@
 
 An exact answer for every row needs every distinct row's digest somewhere: 16 bytes a
 row, 450 MB for the 28M rows of a 1 GB upload, more than a function should hold. So
-memory holds one window (a ``DigestSet`` of ``window_rows`` digests, 25 MB): a row
+memory holds one window (a ``DigestSet`` of ``window_rows`` digests, 32 MB): a row
 whose digest is in the window is a duplicate at once, the others are kept and their
 digests added. A full window is spilled to the object store, partitioned by the top
 bits of the digest into ``SPILL_RANGES`` objects (digest, row number), and a new one

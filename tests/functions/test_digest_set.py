@@ -105,9 +105,10 @@ def test_a_full_set_refuses_more_and_a_cleared_one_starts_over() -> None:
 
 
 def test_probing_wraps_around_the_end_of_the_table() -> None:
-    """Every first lane picks the last slot: the probe chain continues at slot 0."""
-    seen = DigestSet(capacity=16)  # 32 slots
-    crowded = np.array([[31 + 32 * index, index] for index in range(8)], dtype=np.uint64)
+    """Every first lane ends in 32 set bits, so each picks the last slot of the table:
+    the probe chain continues at slot 0."""
+    seen = DigestSet(capacity=16)
+    crowded = np.array([[(index << 32) | 0xFFFFFFFF, index] for index in range(8)], np.uint64)
     assert seen.add_new(crowded[:5]).all()
     assert seen.add_new(crowded[::-1]).tolist() == [True] * 3 + [False] * 5
     assert len(seen) == 8
