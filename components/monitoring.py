@@ -136,7 +136,7 @@ class PipelineMonitoring(pulumi.ComponentResource):
         settings = args.settings
         predict = args.service_names[args.predict]
         if settings.dead_letter_alert:
-            self._threshold_policy(
+            self._any_occurrence_policy(
                 "dead-letter",
                 "messages in the dead-letter hold",
                 filter=pulumi.Output.concat(
@@ -146,9 +146,6 @@ class PipelineMonitoring(pulumi.ComponentResource):
                     f'" AND metric.type="{UNDELIVERED_MESSAGES}"',
                 ),
                 aggregation=Aggregation("ALIGN_MAX", "REDUCE_MAX"),
-                threshold=0,
-                duration_seconds=0,
-                severity="ERROR",
                 documentation=pulumi.Output.concat(
                     "Messages failed every delivery attempt and wait in `",
                     args.dead_letter_subscription,
@@ -158,7 +155,7 @@ class PipelineMonitoring(pulumi.ComponentResource):
                 ),
             )
         if settings.workflow_failure_alert and args.workflow_name is not None:
-            self._threshold_policy(
+            self._any_occurrence_policy(
                 "workflow-failures",
                 "failed workflow executions",
                 filter=pulumi.Output.concat(
@@ -168,9 +165,6 @@ class PipelineMonitoring(pulumi.ComponentResource):
                     f' AND metric.type="{FINISHED_EXECUTIONS}" AND metric.labels.status="FAILED"',
                 ),
                 aggregation=Aggregation("ALIGN_DELTA", "REDUCE_SUM"),
-                threshold=0,
-                duration_seconds=0,
-                severity="ERROR",
                 documentation=pulumi.Output.concat(
                     "A run failed at some stage; its summary on the model-events topic names it. "
                     "`gcloud workflows executions list ",
@@ -212,6 +206,27 @@ class PipelineMonitoring(pulumi.ComponentResource):
         if settings.error_log_alerts:
             for key, service in args.service_names.items():
                 self._error_log_policy(key, service)
+
+    def _any_occurrence_policy(
+        self,
+        key: str,
+        title: str,
+        *,
+        filter: pulumi.Input[str],
+        aggregation: Aggregation,
+        documentation: pulumi.Input[str],
+    ) -> None:
+        """A policy on something that should never happen: one occurrence opens it."""
+        self._threshold_policy(
+            key,
+            title,
+            filter=filter,
+            aggregation=aggregation,
+            threshold=0,
+            duration_seconds=0,
+            severity="ERROR",
+            documentation=documentation,
+        )
 
     def _threshold_policy(
         self,
