@@ -32,6 +32,10 @@ FINISHED_EXECUTIONS = "workflows.googleapis.com/finished_execution_count"
 USER_METRIC_PREFIX = "logging.googleapis.com/user/"
 BY_SERVICE = ("resource.label.service_name",)
 ERROR_SEVERITIES = ("ERROR", "CRITICAL", "ALERT", "EMERGENCY")
+# Cloud Run writes a request log entry per request, at severity ERROR for a 5xx answer:
+# error-log alerts and charts leave it out, they are about what the code logged (5xx
+# answers have their own ratio alert and chart).
+REQUEST_LOG = "run.googleapis.com/requests"
 # A log-match incident closes this long after the last matching entry.
 ERROR_LOG_AUTO_CLOSE = "1800s"
 # Promotion metrics (accuracy, f1_macro) lie in [0, 1]: 100 buckets of 0.01.
@@ -283,7 +287,11 @@ class PipelineMonitoring(pulumi.ComponentResource):
             gcp.monitoring.AlertPolicyConditionArgs(
                 display_name=title,
                 condition_matched_log=gcp.monitoring.AlertPolicyConditionConditionMatchedLogArgs(
-                    filter=pulumi.Output.concat(_log_resource(service), " AND severity>=ERROR"),
+                    filter=pulumi.Output.concat(
+                        _log_resource(service),
+                        " AND severity>=ERROR AND NOT logName="
+                        f'"{_request_log_name(self._args.project)}"',
+                    ),
                 ),
             ),
             severity="WARNING",
@@ -478,7 +486,7 @@ def dashboard_json(
             "Error log entries per function",
             f'{run} AND metric.type="{LOG_ENTRY_COUNT}" AND metric.label.severity=one_of('
             + ", ".join(map(json.dumps, ERROR_SEVERITIES))
-            + ")",
+            + f') AND NOT metric.label.log="{REQUEST_LOG}"',
             "ALIGN_DELTA",
             "REDUCE_SUM",
             BY_SERVICE,
@@ -630,6 +638,10 @@ def _event_filter(services: Sequence[pulumi.Input[str]], event: str) -> pulumi.O
             + f') AND jsonPayload.event="{event}"'
         )
     )
+
+
+def _request_log_name(project: str) -> str:
+    return f"projects/{project}/logs/{REQUEST_LOG.replace('/', '%2F')}"
 
 
 def _slug(text: str) -> str:

@@ -176,6 +176,7 @@ def test_each_function_has_an_error_log_alert_on_its_own_service(stack: Deployme
         matched = condition(policy)["conditionMatchedLog"]
         assert matched["filter"] == (
             f'{RUN} AND resource.labels.service_name="{service(key)}" AND severity>=ERROR'
+            f' AND NOT logName="projects/{PROJECT}/logs/run.googleapis.com%2Frequests"'
         )
         assert policy.inputs["alertStrategy"]["notificationRateLimit"] == {"period": "300s"}
         assert stack.waits_for(policy, function_named(stack, service(key)))
@@ -228,6 +229,11 @@ def test_the_dashboard_charts_every_function_and_every_signal(stack: Deployment)
     )
     assert found["p95 latency per function (ms)"] == (
         f'{per_function} AND metric.type="run.googleapis.com/request_latencies"'
+    )
+    assert found["Error log entries per function"] == (
+        f'{per_function} AND metric.type="logging.googleapis.com/log_entry_count"'
+        ' AND metric.label.severity=one_of("ERROR", "CRITICAL", "ALERT", "EMERGENCY")'
+        ' AND NOT metric.label.log="run.googleapis.com/requests"'
     )
     assert "mlp-dev-dead-letter-hold" in found["Dead-letter backlog (messages)"]
     user = "logging.googleapis.com/user/mlp-dev/"
