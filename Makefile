@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit integration bench lock clean venv
 
-$(STAMP): requirements-dev.txt constraints.txt function_src/requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt function_src/requirements.txt
 	@echo ">> creating $(VENV) and installing pinned dependencies (first run takes a minute)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -67,6 +67,10 @@ CALL_LOG_LEVELS: tuple[str, ...] = ("LOG_ALL_CALLS", "LOG_ERRORS_ONLY", "LOG_NON
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _NAME_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$")
+# One Google Cloud region (us-central1, europe-west4, northamerica-northeast1), never a
+# multi-region (us, eu) or global: functions, the workflow and the Eventarc Pub/Sub
+# triggers all live in it, and Pub/Sub triggers exist in single regions only.
+_SINGLE_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _MEMBER = re.compile(
     r"^(user|serviceAccount|group|domain):[^\s]+$|^allUsers$|^allAuthenticatedUsers$"
 )
@@ -163,6 +167,14 @@ class StackConfig:
         if not region:
             raise ConfigError(
                 "gcp:region", "is not set", "pulumi config set gcp:region us-central1"
+            )
+        if not _SINGLE_REGION.match(region):
+            raise ConfigError(
+                "gcp:region",
+                f"'{region}' is not a single region (functions, the workflow and the "
+                "Eventarc Pub/Sub triggers need one)",
+                "use a region such as us-central1 or europe-west1; a multi-region "
+                "(US, EU, ASIA) belongs in ml-pipeline:bucketLocation",
             )
         reader = _Reader(values)
         bucket_location = reader.string("bucketLocation", region.upper())
