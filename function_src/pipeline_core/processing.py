@@ -502,6 +502,7 @@ class _Progress:
             generation=self._ref.generation,
             rows_in=rows,
             mb_read=round(self._bytes / 2**20, 1),
-            mb_per_second=round(self._bytes / 2**20 / elapsed, 1),
+            # Three decimals: a small upload on a busy machine is slow, not at 0 MB/s.
+            mb_per_second=round(self._bytes / 2**20 / elapsed, 3),
             elapsed_seconds=round(elapsed, 1),
         )
