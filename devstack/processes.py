@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc  # type: ignore[import-untyped]
+import psutil
 import requests
 
 from devstack.errors import PortBusyError, ServiceDiedError
@@ -149,20 +150,13 @@ def _died(service: RunningService, problem: str, hints: Mapping[str, str]) -> Se
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
+    """Live (non-zombie) processes of a process group (psutil: Linux and macOS alike)."""
     members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces; fields after its closing paren are fixed.
-        fields = stat.rsplit(")", 1)[1].split()
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            members.append(int(entry.name))
+    for process in psutil.process_iter():
+        # A process may exit between being listed and being asked.
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
     return members
 
 

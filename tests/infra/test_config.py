@@ -11,6 +11,7 @@ from components.config import (
     MODEL_TYPES,
     ConfigError,
     StackConfig,
+    did_you_mean,
     hyperparameter_names,
     load_stack_config,
 )
@@ -123,6 +124,56 @@ def test_invalid_values_name_the_key_and_the_fix(
         build(**values)
     assert raised.value.key == key
     assert fix in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "suggestion"),
+    [
+        ({"modeltype": "svm"}, "ml-pipeline:modeltype", "modelType"),
+        ({"minrow": 30}, "ml-pipeline:minrow", "minRows"),
+        ({"promotion": {"minimun": 0.5}}, "ml-pipeline:promotion.minimun", "minimum"),
+        ({"functions": {"predcit": {}}}, "ml-pipeline:functions.predcit", "predict"),
+        (
+            {"functions": {"predict": {"memroy": "1Gi"}}},
+            "ml-pipeline:functions.predict.memroy",
+            "memory",
+        ),
+        ({"hyperparameters": {"max_dept": 3}}, "ml-pipeline:hyperparameters.max_dept", "max_depth"),
+        (
+            {"modelType": "logistic_regression", "hyperparameters": {"maxiter": 50}},
+            "ml-pipeline:hyperparameters.maxiter",
+            "max_iter",
+        ),
+    ],
+)
+def test_a_misspelt_key_gets_the_key_it_resembles_instead_of_the_whole_list(
+    values: dict[str, Any], key: str, suggestion: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build(**values)
+    assert raised.value.key == key
+    assert str(raised.value).endswith(f"Fix: did you mean '{suggestion}'? Otherwise remove it")
+
+
+def test_a_key_like_none_of_the_known_ones_gets_the_list_of_them() -> None:
+    with pytest.raises(ConfigError) as raised:
+        build(colour="blue")
+    assert "remove it or use one of: bucketLocation, deadLetterMaxAttempts," in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ("n_estimator", "n_estimators"),
+        ("MODELTYPE", "modelType"),  # case is ignored, the suggestion keeps its own
+        ("orchestrations", "orchestration"),
+        ("zzz", None),
+        ("", None),
+    ],
+)
+def test_did_you_mean_picks_the_closest_option_or_none(word: str, expected: str | None) -> None:
+    options = ["n_estimators", "max_depth", "modelType", "orchestration", "minRows"]
+    assert did_you_mean(word, options) == expected
 
 
 def test_project_and_region_are_required() -> None:
