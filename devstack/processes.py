@@ -65,8 +65,8 @@ def ensure_port_free(service: str, port: int) -> None:
         except OSError:
             raise PortBusyError(
                 f"port {port} on {LOOPBACK}, chosen for '{service}', is taken by another "
-                f"process (see 'ss -ltnp | grep :{port}'); run the command again to pick "
-                "another free port"
+                f"process (see 'ss -ltnp | grep :{port}', on macOS 'lsof -nP "
+                f"-iTCP:{port} -sTCP:LISTEN'); run the command again to pick another free port"
             ) from None
 
 
@@ -162,6 +162,25 @@ def group_members(pgid: int) -> list[int]:
 
 def group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
+
+
+@dataclass(frozen=True)
+class GroupUsage:
+    processes: int
+    rss_bytes: int
+    started_at: float | None  # epoch seconds of its oldest live member
+
+
+def group_usage(pgid: int) -> GroupUsage:
+    """How many processes a service's group holds, their resident memory, since when."""
+    rss, starts = 0, []
+    members = group_members(pgid)
+    for pid in members:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            rss += process.memory_info().rss
+            starts.append(process.create_time())
+    return GroupUsage(len(members), rss, min(starts, default=None))
 
 
 def stop_group(service: RunningService, *, grace_seconds: float = 10.0) -> None:

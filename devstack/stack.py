@@ -320,6 +320,16 @@ def restart_service(state_dir: Path, name: str, progress: Progress) -> RunningSe
     return new
 
 
+def still_running(state_dir: Path) -> bool:
+    """Whether the stack of ``state_dir`` is up: its state is there (``down`` removes it)
+    and a process of it lives (re-read each time: ``restart`` records a new pid)."""
+    try:
+        state = load_state(state_dir)
+    except StackStateError:
+        return False
+    return any(group_alive(service.pid) for service in state.services)
+
+
 def dead_services(state: StackState) -> list[RunningService]:
     return [service for service in state.services if not group_alive(service.pid)]
 
