@@ -129,6 +129,24 @@ def test_upload_names_must_stay_plain_object_names_under_raw(name: str, tmp_path
         runs.upload_to_cloud("any-bucket", data, name=name)
 
 
+def test_sample_data_writes_the_demo_csv_and_never_replaces_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "iris.csv"
+
+    assert main(["sample-data", str(data)]) == 0
+
+    written = json.loads(capsys.readouterr().out)
+    header = data.read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert header == [*written["features"], written["target_column"]]
+    assert written["target_column"] == "target"
+    assert len(data.read_text(encoding="utf-8").splitlines()) == 151
+    before = data.read_bytes()
+    assert main(["sample-data", str(data)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert data.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "argv",
     [
