@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -42,6 +40,7 @@ from bench.serving import (
     Target,
     choose_client,
     commit_description,
+    machine_description,
     summarize,
 )
 from components.config import ORCHESTRATIONS
@@ -212,13 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     document = {
         "benchmark": "load",
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            # The cores may be shared: compare ratios within one run.
-            "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
-        },
+        "machine": machine_description(),
         "commit": commit_description(),
         "client": client_info,
         "settings": {

@@ -673,6 +673,16 @@ def _git(*args: str) -> str:
     return completed.stdout.strip()
 
 
+def machine_description() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        # The cores may be shared: ratios within one run are what compare.
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
 def commit_description() -> dict[str, Any]:
     # Uncommitted edits of the served code change what was measured.
     uncommitted = _git("status", "--porcelain", "--", "function_src")
@@ -713,13 +723,7 @@ def run(
     )
     return {
         "benchmark": "serving",
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            # The cores may be shared: ratios within one run are what compare.
-            "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
-        },
+        "machine": machine_description(),
         "commit": commit_description(),
         "client": client_info,
         "settings": {

@@ -5,6 +5,7 @@ deliveries of one run, and trainers of different uploads contending for the cham
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -221,6 +222,16 @@ def recorded(storage: InterleavedStorage, request: TrainingRequest) -> dict[str,
     return read_json(storage, lineage_object(request.source))
 
 
+def before_a_pointer_write(
+    storage: InterleavedStorage, rival: Callable[[], dict[str, Any]], *, skip: int = 0
+) -> list[dict[str, Any]]:
+    """Stage ``rival`` just before the write of the champion pointer that follows
+    ``skip`` such writes; its outcome lands in the list returned."""
+    outcomes: list[dict[str, Any]] = []
+    storage.before("write", CHAMPION_OBJECT, lambda: outcomes.append(rival()), skip=skip)
+    return outcomes
+
+
 @pytest.mark.parametrize(
     ("ours", "rivals", "we_win"),
     [(STRONG, WEAK, True), (WEAK, STRONG, False), (STRONG, STRONG, True)],
@@ -234,12 +245,9 @@ def test_a_promotion_that_loses_the_pointer_race_reads_again_and_decides_again(
 ) -> None:
     our_request = processed_upload(storage, "raw/ours.csv")
     rival_request = processed_upload(storage, "raw/rival.csv")
-    rival: list[dict[str, Any]] = []
     # The rival's whole run lands between our reading "no champion" and our pointer write.
-    storage.before(
-        "write",
-        CHAMPION_OBJECT,
-        lambda: rival.append(train_smoke_and_promote(storage, rival_request, rivals)),
+    rival = before_a_pointer_write(
+        storage, lambda: train_smoke_and_promote(storage, rival_request, rivals)
     )
 
     outcome = train_smoke_and_promote(storage, our_request, ours)
@@ -262,24 +270,23 @@ def test_a_promotion_that_loses_the_pointer_race_reads_again_and_decides_again(
 def test_a_promotion_decides_again_each_time_another_lands_first(
     storage: InterleavedStorage,
 ) -> None:
-    requests = [processed_upload(storage, f"raw/{name}.csv") for name in ("ours", "b", "c")]
-    rivals: list[dict[str, Any]] = []
-
-    def rival(request: TrainingRequest) -> None:
-        rivals.append(train_smoke_and_promote(storage, request, STRONG))
-
+    ours, b_request, c_request = (processed_upload(storage, f"raw/{name}.csv") for name in "abc")
     # Our first write loses to b; b's own write passes; our second write loses to c.
-    storage.before("write", CHAMPION_OBJECT, lambda: rival(requests[1]))
-    storage.before("write", CHAMPION_OBJECT, lambda: rival(requests[2]), skip=1)
+    b_outcomes = before_a_pointer_write(
+        storage, lambda: train_smoke_and_promote(storage, b_request, STRONG)
+    )
+    c_outcomes = before_a_pointer_write(
+        storage, lambda: train_smoke_and_promote(storage, c_request, STRONG), skip=1
+    )
 
-    outcome = train_smoke_and_promote(storage, requests[0], STRONG)
+    outcome = train_smoke_and_promote(storage, ours, STRONG)
 
-    b, c = rivals
+    (b,), (c,) = b_outcomes, c_outcomes
     assert outcome["promoted"] and b["promoted"] and c["promoted"]  # ties are not worse
     pointer = champion_pointer(storage)
     assert pointer["model_version"] == outcome["model_version"]
     assert pointer["previous_version"] == c["model_version"]
-    assert recorded(storage, requests[2])["champion_version"] == c["model_version"]
+    assert recorded(storage, c_request)["champion_version"] == c["model_version"]
 
 
 def test_a_duplicate_promotion_of_the_same_candidate_is_already_the_champion(
@@ -288,11 +295,8 @@ def test_a_duplicate_promotion_of_the_same_candidate_is_already_the_champion(
     request = processed_upload(storage, "raw/ours.csv")
     candidate = train(storage, request, STRONG)
     promotion = PromotionRequest(request.source, candidate["model_version"])
-    duplicate: list[dict[str, Any]] = []
-    storage.before(
-        "write",
-        CHAMPION_OBJECT,
-        lambda: duplicate.append(promote_candidate(storage, promotion, STRONG)),
+    duplicate = before_a_pointer_write(
+        storage, lambda: promote_candidate(storage, promotion, STRONG)
     )
 
     outcome = promote_candidate(storage, promotion, STRONG)
