@@ -117,9 +117,7 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
     }
     services: list[ServicePlan] = [
         _pubsub_service(config, ports[PUBSUB], data_dir),
-        _storage_service(
-            config, ports[STORAGE], pubsub_host, topics[wiring.notification_topic], data_dir
-        ),
+        _storage_service(config, ports[STORAGE], pubsub_host, topics[wiring.notification_topic]),
     ]
     emulators = {"PUBSUB_EMULATOR_HOST": pubsub_host, "STORAGE_EMULATOR_HOST": storage_url}
     workflows_grpc = f"{LOOPBACK}:{ports[WORKFLOWS_GRPC]}" if wiring.workflow else None
@@ -236,10 +234,8 @@ def fake_gcs_binary() -> Path:
 
 
 def _storage_service(
-    config: StackConfig, port: int, pubsub_host: str, notification_topic: str, data_dir: Path
+    config: StackConfig, port: int, pubsub_host: str, notification_topic: str
 ) -> ServicePlan:
-    """fake-gcs-server keeping its objects in ``data_dir/storage``, so a restarted (or
-    crashed) storage comes back with the bucket as it was; ``up`` starts it empty."""
     url = f"http://{LOOPBACK}:{port}"
     return ServicePlan(
         name=STORAGE,
@@ -253,9 +249,7 @@ def _storage_service(
             "-port",
             str(port),
             "-backend",
-            "filesystem",
-            "-filesystem-root",
-            str(data_dir / STORAGE),
+            "memory",
             "-external-url",
             url,
             "-event.pubsub-project-id",

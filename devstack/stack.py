@@ -210,9 +210,6 @@ def up(
     log_dir.mkdir(parents=True, exist_ok=True)
     # The emulator writes its env.yaml there and fails if the folder is missing.
     (state_dir / stack_plan.PUBSUB).mkdir(exist_ok=True)
-    # Objects survive a restart of storage, not a new 'up': each stack starts empty.
-    shutil.rmtree(state_dir / stack_plan.STORAGE, ignore_errors=True)
-    (state_dir / stack_plan.STORAGE).mkdir()
     plan = stack_plan.plan_stack(
         config, allocate_ports(stack_plan.port_names(config)), data_dir=state_dir
     )
@@ -312,9 +309,9 @@ def down(state_dir: Path, progress: Progress) -> StackState:
 def restart_service(state_dir: Path, name: str, progress: Progress) -> RunningService:
     """Stop the service if it still runs and start it again, same port and settings.
 
-    The Pub/Sub emulator keeps nothing across a restart, so its topics and
-    subscriptions are created again (from the stack file 'up' read); storage keeps its
-    objects on disk."""
+    Neither emulator keeps anything across a restart: the Pub/Sub emulator's topics
+    and subscriptions are created again (from the stack file 'up' read), and storage
+    gets its bucket again, empty."""
     state = load_state(state_dir)
     old = state.service(name)
     if group_alive(old.pid):
@@ -326,6 +323,9 @@ def restart_service(state_dir: Path, name: str, progress: Progress) -> RunningSe
     if name == stack_plan.PUBSUB:
         _create_messaging(_running_plan(state, state_dir), state.pubsub())
         progress("created the topics and subscriptions again")
+    if name == stack_plan.STORAGE:
+        state.storage_client().create_bucket(state.bucket)
+        progress(f"created bucket {state.bucket} again (empty)")
     progress(f"restarted {name} on {new.url} (process group {new.pid})")
     return new
 

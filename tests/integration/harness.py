@@ -122,6 +122,16 @@ def kill(service: RunningService) -> None:
     wait_for(lambda: not group_alive(service.pid) or None, timeout=30, what=f"{service.name} dying")
 
 
+def freeze(service: RunningService, seconds: float) -> None:
+    """An outage that keeps the service's state: its process group stopped (SIGSTOP:
+    connections are accepted, nothing is answered) for ``seconds``, then continued."""
+    os.killpg(service.pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.killpg(service.pid, signal.SIGCONT)
+
+
 def model_versions(state: StackState) -> set[str]:
     blobs = state.storage_client().list_blobs(state.bucket, prefix="models/")
     return {blob.name.split("/")[1] for blob in blobs if blob.name.endswith("/manifest.json")}
