@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,25 @@ def upload_and_follow(
             f"in {time.monotonic() - started:.1f} s"
         )
         return follow(state, key, watch=watch, timeout=timeout, progress=progress, started=started)
+
+
+def upload_all_and_follow(
+    state: StackState, files: Mapping[str, Path], *, timeout: float, progress: Progress
+) -> list[dict[str, Any]]:
+    """Upload every file (object name under raw/ -> file) at once, one thread each, and
+    follow every run; the summaries in ``files``' order. A run that did not succeed
+    gives its failure summary, or status ``timed_out`` when none came in time."""
+
+    def upload_and_follow_one(name: str, file: Path) -> dict[str, Any]:
+        try:
+            return upload_and_follow(state, file, name=name, timeout=timeout, progress=progress)
+        except RunFailedError as failed:
+            return failed.summary
+        except RunTimeoutError as late:
+            return {"status": "timed_out", "object": RAW_PREFIX + name, "reason": str(late)}
+
+    with ThreadPoolExecutor(max_workers=max(1, len(files))) as pool:
+        return list(pool.map(upload_and_follow_one, files.keys(), files.values()))
 
 
 def follow(
@@ -377,12 +397,14 @@ def _execution_of(executions: list[dict[str, Any]], run: RunKey) -> dict[str, An
 class RunRow:
     object: str
     generation: str
+    uploaded_at: str  # ISO 8601, UTC, to the second
     state: str
     detail: str
 
 
 def list_runs(state: StackState) -> list[RunRow]:
-    """One row per raw object: what the bucket (and the Executions API) says of its run."""
+    """One row per raw object, oldest upload first: what the bucket (and the Executions
+    API) says of its run."""
     client = state.storage_client()
     bucket = client.bucket(state.bucket)
     names = {blob.name for blob in client.list_blobs(state.bucket)}
@@ -405,8 +427,28 @@ def list_runs(state: StackState) -> list[RunRow]:
         if execution is not None:
             execution_detail = f"execution {execution.get('state')} {execution.get('name', '')}"
             detail = f"{detail}; {execution_detail}" if detail else execution_detail
-        rows.append(RunRow(run.object, run.generation, row_state, detail))
-    return rows
+        uploaded_at = blob.time_created.isoformat(timespec="seconds")
+        rows.append(RunRow(run.object, run.generation, uploaded_at, row_state, detail))
+    return sorted(rows, key=lambda row: (row.uploaded_at, row.object))
+
+
+def read_champion(state: StackState) -> dict[str, Any] | None:
+    """The champion pointer (models/champion.json), or None before the first promotion."""
+    blob = state.storage_client().bucket(state.bucket).get_blob(CHAMPION_OBJECT)
+    if blob is None:
+        return None
+    pointer: dict[str, Any] = json.loads(blob.download_as_bytes())
+    return pointer
+
+
+def serving(state: StackState) -> dict[str, Any] | None:
+    """What predict's liveness answer says it serves, or None when it does not answer."""
+    try:
+        response = requests.get(state.service("predict").url + "/health", timeout=5)
+        answer: dict[str, Any] = response.json()
+    except (requests.RequestException, ValueError):
+        return None
+    return answer
 
 
 def predict(state: StackState, payload: Any) -> dict[str, Any]:
