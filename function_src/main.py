@@ -11,11 +11,11 @@ them: predict starts with neither (docs/FUNCTIONS.md, "Import budget").
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import threading
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -120,6 +120,9 @@ class Runtime:
 
 
 runtime = Runtime()
+log.install(
+    function=os.environ.get("FUNCTION_TARGET"), project=os.environ.get("GOOGLE_CLOUD_PROJECT")
+)
 if os.environ.get("FUNCTION_TARGET") in STAGE_CORES:
     importlib.import_module(STAGE_CORES[os.environ["FUNCTION_TARGET"]])
 
@@ -163,13 +166,16 @@ def _http_handler(
     """Ids in every log line; core errors -> their status; anything else -> logged 500."""
 
     def wrapper(request: flask.Request) -> flask.Response:
-        with log.log_context(execution_id=request.headers.get(EXECUTION_ID_HEADER)):
+        with log.log_context(
+            log.trace_from_headers(request.headers),
+            execution_id=request.headers.get(EXECUTION_ID_HEADER),
+        ):
             try:
                 return handle(request)
             except PipelineError as error:
                 return _error_response(error)
             except Exception as error:
-                log.error(f"unexpected error: {error}", traceback=traceback.format_exc())
+                log.exception(f"unexpected error: {error}", error)
                 return _respond(
                     {"error": {"code": "internal", "message": "internal error; see the logs"}},
                     500,
@@ -338,7 +344,7 @@ def _reload(request: flask.Request) -> flask.Response:
 @functions_framework.cloud_event
 def trigger_workflow(event: CloudEvent) -> None:
     """Upload notification -> one Workflows execution per object generation."""
-    with log.log_context(event_id=event["id"]):
+    with _event_log_context(event):
         notification = _notification(event)
         if notification is None:
             return
@@ -350,7 +356,7 @@ def trigger_workflow(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def process_data_event(event: CloudEvent) -> None:
     """Events mode: notification -> process -> message on model-training-trigger."""
-    with log.log_context(event_id=event["id"]):
+    with _event_log_context(event):
         notification = _notification(event)
         if notification is None:
             return
@@ -388,7 +394,7 @@ def process_data_event(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def train_model_event(event: CloudEvent) -> None:
     """Events mode: processed data message -> train -> model-serving-trigger + summary."""
-    with log.log_context(event_id=event["id"]):
+    with _event_log_context(event):
         try:
             request = TrainingRequest.from_json(pubsub_message(event.data).json())
         except BadRequestError as error:
@@ -419,6 +425,11 @@ def train_model_event(event: CloudEvent) -> None:
             settings.model_events_topic,
             summaries.succeeded(request.source, outcome),
         )
+
+
+def _event_log_context(event: CloudEvent) -> contextlib.AbstractContextManager[None]:
+    """The event id, and the trace Eventarc sends in the ``traceparent`` extension."""
+    return log.log_context(log.parse_traceparent(event.get("traceparent")), event_id=event["id"])
 
 
 def _notification(event: CloudEvent) -> StorageNotification | None:

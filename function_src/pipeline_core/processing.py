@@ -48,6 +48,7 @@ from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
 from pipeline_core.storage import Storage, read_json, write_json
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+UPLOAD_REJECTED_EVENT = "upload_rejected"
 # A long upload says how far it is this often (Cloud Logging, `devstack logs`).
 PROGRESS_SECONDS = 5.0
 
@@ -128,6 +129,7 @@ def process(
 
 
 def _clean(storage: Storage, ref: ObjectRef, cleaner: _Cleaner) -> ProcessingResult:
+    start = log.started()
     try:
         with (
             storage.open_read(ref.name, ref.generation) as source,
@@ -136,7 +138,7 @@ def _clean(storage: Storage, ref: ObjectRef, cleaner: _Cleaner) -> ProcessingRes
             cleaner.run(source, sink, ref)
             cleaner.check_result()
     except FileRejectedError as rejection:
-        raise _record_rejection(storage, ref, rejection, cleaner) from None
+        raise _record_rejection(storage, ref, rejection, cleaner, start) from None
     stats = cleaner.stats_document(ref)
     _write_once(storage, stats_object(ref), stats)
     log.info(
@@ -145,6 +147,7 @@ def _clean(storage: Storage, ref: ObjectRef, cleaner: _Cleaner) -> ProcessingRes
         generation=ref.generation,
         rows_in=stats["rows_in"],
         rows_out=stats["rows_out"],
+        duration_ms=log.elapsed_ms(start),
     )
     return ProcessingResult(stats)
 
@@ -172,7 +175,11 @@ def _previous_outcome(storage: Storage, ref: ObjectRef) -> ProcessingResult | No
 
 
 def _record_rejection(
-    storage: Storage, ref: ObjectRef, rejection: FileRejectedError, cleaner: _Cleaner
+    storage: Storage,
+    ref: ObjectRef,
+    rejection: FileRejectedError,
+    cleaner: _Cleaner,
+    start: float,
 ) -> DataRejectedError:
     record = {
         "source": ref.to_json(),
@@ -183,8 +190,15 @@ def _record_rejection(
         "row_rejection_examples": dict(sorted(cleaner.examples.items())),
     }
     _write_once(storage, rejection_object(ref), record)
+    # event and reason are a contract: the log-based metric of rejections counts them.
     log.warning(
-        "rejected upload", object=ref.name, generation=ref.generation, reason=rejection.reason
+        "rejected upload",
+        event=UPLOAD_REJECTED_EVENT,
+        reason=rejection.reason,
+        object=ref.name,
+        generation=ref.generation,
+        rows_in=cleaner.rows_in,
+        duration_ms=log.elapsed_ms(start),
     )
     return DataRejectedError(
         rejection.reason, rejection_object=rejection_object(ref), detail=rejection.detail

@@ -344,6 +344,7 @@ class ModelService:
             champion = self._registry.champion()
             if champion is None:
                 raise NoChampionError("the champion pointer disappeared while loading it")
+            start = log.started()
             try:
                 self._model = self._load(champion.version, champion)
                 self._refused = None
@@ -353,6 +354,7 @@ class ModelService:
                 "serving a new champion",
                 model_version=self._model.version,
                 runtime=self._model.runtime,
+                duration_ms=log.elapsed_ms(start),
             )
             return self._model
 

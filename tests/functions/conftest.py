@@ -16,7 +16,8 @@ from functions_framework import create_app
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 
 from pipeline_core import logging as log
-from pipeline_core.events import ObjectRef
+from pipeline_core.events import ObjectRef, TrainingRequest
+from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.storage import InMemoryStorage
 from tests.functions.fakes import InMemoryPublisher, RecordingStarter
 
@@ -95,6 +96,13 @@ BREAST_CANCER = dataset_csv(load_breast_cancer)
 def upload(storage: InMemoryStorage, name: str, data: bytes) -> ObjectRef:
     generation = storage.write(name, data, content_type="text/csv")
     return ObjectRef(storage.bucket, name, generation)
+
+
+def processed_request(storage: InMemoryStorage, name: str, data: bytes) -> TrainingRequest:
+    """Upload ``data`` as ``name`` and process it: the request that trains from it."""
+    ref = upload(storage, name, data)
+    result = process(storage, ref, DatasetSchema())
+    return TrainingRequest(ref, result.to_json()["processed_object"])
 
 
 def load_event(name: str) -> dict[str, Any]:
