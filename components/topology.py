@@ -301,6 +301,12 @@ def resource_name(config: StackConfig, suffix: str) -> str:
     return f"{config.name_prefix}-{suffix}"
 
 
+def summaries_subscription_name(config: StackConfig) -> str:
+    """The pull subscription that keeps the run summaries published to model-events
+    (``python -m devstack events`` reads the local stack's)."""
+    return resource_name(config, "model-events-sub")
+
+
 def workflow_name(config: StackConfig) -> str:
     """The Workflows id; the local Executions API serves the same id."""
     return resource_name(config, "ml-pipeline")

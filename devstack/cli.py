@@ -15,8 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from components.config import ORCHESTRATIONS, ConfigError, StackConfig, load_stack_file
-from devstack import runs, stack
+from components.config import (
+    ORCHESTRATIONS,
+    PROMOTION_METRICS,
+    ConfigError,
+    StackConfig,
+    load_stack_file,
+)
+from devstack import events, runs, stack
 from devstack.errors import DevstackError, RunFailedError, ServiceDiedError
 from devstack.plan import REPO_ROOT
 from devstack.processes import log_tail
@@ -24,6 +30,7 @@ from devstack.processes import log_tail
 DEFAULT_STACK_FILE = REPO_ROOT / "Pulumi.dev.yaml"
 RUN_TIMEOUT_SECONDS = 300.0
 STATE_DIR_ENV = "DEVSTACK_STATE_DIR"
+DEFAULT_REPORT_METRIC = "f1_macro"  # the default promotion.metric
 
 Number = TypeVar("Number", int, float)
 
@@ -107,8 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("runs", help="list runs and their state")
     logs = commands.add_parser("logs", help="show a service's log (all services without one)")
-    logs.add_argument("service", nargs="?")
+    logs.add_argument("service", nargs="?", help="a service, or the workflow's name")
     logs.add_argument("--lines", type=positive(int), default=40, help="default %(default)s")
+    commands.add_parser(
+        "events", help="print the run summaries published to model-events, oldest first"
+    )
+    report = commands.add_parser(
+        "report", help="write the model history (versions, champion, uploads) as one HTML page"
+    )
+    report.add_argument(
+        "--out", type=Path, help="the HTML file to write (default: report.html in --state-dir)"
+    )
+    report.add_argument(
+        "--bucket", help="read this real GCS bucket (default credentials), not the local stack"
+    )
+    report.add_argument(
+        "--metric",
+        choices=PROMOTION_METRICS,
+        help="the metric charted (default: the local stack's promotion.metric, else f1_macro)",
+    )
     predict = commands.add_parser("predict", help="call the prediction endpoint")
     predict.add_argument("payload", help='JSON, e.g. \'{"instances": [{"x": 1.0}]}\'')
     demo = commands.add_parser("demo", help="start, train on iris, predict, stop")
@@ -151,12 +175,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         key = runs.upload_to_cloud(args.bucket, args.file, name=args.name)
         emit(dataclasses.asdict(key))
         return 0
-    if args.command == "restart":
+    if args.command == "report":
+        emit(_report(args, state_dir))
+    elif args.command == "restart":
         stack.restart_service(state_dir, args.service, progress)
-        return 0
-    state = stack.load_state(state_dir)
-    if args.command in ("upload", "predict"):
-        _require_all_running(state)
+    else:
+        state = stack.load_state(state_dir)
+        if args.command in ("upload", "predict"):
+            _require_all_running(state)
+        _state_command(state, args)
+    return 0
+
+
+def _state_command(state: stack.StackState, args: argparse.Namespace) -> None:
+    """The commands that read or use a running local stack."""
     if args.command == "endpoints":
         emit(state.endpoints())
     elif args.command == "upload":
@@ -167,7 +199,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_logs(state, args.service, args.lines)
     elif args.command == "predict":
         emit(runs.predict(state, _parse_json(args.payload)))
-    return 0
+    elif args.command == "events":
+        for summary in events.model_events(state):
+            emit(summary)
+
+
+def _report(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
+    from devstack import report
+
+    out: Path = args.out or state_dir / report.REPORT_NAME
+    if args.bucket:
+        return report.write_report(
+            report.cloud_storage(args.bucket), args.metric or DEFAULT_REPORT_METRIC, out
+        )
+    state = stack.load_state(state_dir)
+    metric = args.metric or load_stack_file(Path(state.config_path)).promotion.metric
+    return report.write_report(report.local_storage(state), metric, out)
 
 
 def _up(config: StackConfig, stack_file: Path, state_dir: Path, *, detach: bool) -> int:
@@ -227,7 +274,7 @@ def _print_runs(state: stack.StackState) -> None:
 
 
 def _print_logs(state: stack.StackState, service: str | None, lines: int) -> None:
-    chosen = [state.service(service)] if service else state.services
+    chosen = [state.logged_service(service)] if service else state.services
     for item in chosen:
         if not service:
             print(f"==> {item.name} ({item.log}) <==")

@@ -31,6 +31,10 @@ _CLOUDEVENT_PUSH_PATH = "/projects/{project}/topics/{topic}"
 # Redeliver quickly so retries and dead-lettering take seconds locally (the emulator's
 # observed spacing is about 3 s per attempt with these bounds).
 RETRY_BACKOFF_SECONDS = (0, 1)
+# functions-framework answers this path itself (404 for HTTP functions, 405 for
+# CloudEvent ones) without calling the function, so probing a stage that has no health
+# route leaves nothing in its log (GET / would log a method_not_allowed WARNING).
+_FRAMEWORK_ANSWERED_PATH = "/robots.txt"
 _MAX_ACK_DEADLINE_SECONDS = 600
 
 
@@ -74,6 +78,7 @@ class StackPlan:
     topics: Mapping[str, str]  # topic key -> topic name
     subscriptions: tuple[SubscriptionPlan, ...]
     dead_letter_subscription: str
+    summaries_subscription: str
     services: tuple[ServicePlan, ...]  # in start order
 
     def service(self, name: str) -> ServicePlan:
@@ -161,9 +166,11 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
         for delivery in wiring.deliveries
     ]
     dead_letter_subscription = topology.resource_name(config, "dead-letter-sub")
-    subscriptions.append(
-        SubscriptionPlan(dead_letter_subscription, dead_letter_topic, None, None, None, 60)
-    )
+    summaries_subscription = topology.summaries_subscription_name(config)
+    subscriptions += [
+        SubscriptionPlan(dead_letter_subscription, dead_letter_topic, None, None, None, 60),
+        SubscriptionPlan(summaries_subscription, topics["model_events"], None, None, None, 60),
+    ]
     return StackPlan(
         config=config,
         topology=wiring,
@@ -171,6 +178,7 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
         topics=topics,
         subscriptions=tuple(subscriptions),
         dead_letter_subscription=dead_letter_subscription,
+        summaries_subscription=summaries_subscription,
         services=tuple(services),
     )
 
@@ -294,7 +302,7 @@ def _function_service(
             "PYTHONPATH": str(FUNCTION_SOURCE.parent),
             "FUNCTION_TARGET": function.entry_point,
         },
-        health_path="/health" if function.key == "predict" else "/",
+        health_path="/health" if function.key == "predict" else _FRAMEWORK_ANSWERED_PATH,
     )
 
 

@@ -66,6 +66,7 @@ class StackState:
     bucket: str
     topics: dict[str, str]
     dead_letter_subscription: str
+    summaries_subscription: str
     workflow_name: str | None
     services: list[RunningService] = field(default_factory=list)
 
@@ -75,6 +76,13 @@ class StackState:
                 return service
         known = ", ".join(service.name for service in self.services)
         raise DevstackError(f"no service '{name}' in this stack; services: {known}")
+
+    def logged_service(self, name: str) -> RunningService:
+        """The service whose log holds ``name``'s lines: a service, or the workflow
+        (served, with its executions' ``sys.log`` lines, by the Executions API)."""
+        if self.workflow_name is not None and name == self.workflow_name:
+            return self.service(stack_plan.WORKFLOWS)
+        return self.service(name)
 
     @property
     def pubsub_host(self) -> str:
@@ -110,6 +118,7 @@ class StackState:
             },
             "topics": self.topics,
             "dead_letter_subscription": self.dead_letter_subscription,
+            "summaries_subscription": self.summaries_subscription,
             "config_path": self.config_path,
         }
 
@@ -222,6 +231,7 @@ def up(
         bucket=plan.bucket,
         topics=dict(plan.topics),
         dead_letter_subscription=plan.dead_letter_subscription,
+        summaries_subscription=plan.summaries_subscription,
         workflow_name=topology.workflow_name(config) if plan.topology.workflow else None,
     )
     try:

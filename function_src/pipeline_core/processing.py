@@ -64,8 +64,11 @@ def processed_object(ref: ObjectRef) -> str:
     return f"processed/{ref.name}/{ref.generation}/data.parquet"
 
 
+STATS_NAME = "stats.json"
+
+
 def stats_object(ref: ObjectRef) -> str:
-    return f"processed/{ref.name}/{ref.generation}/stats.json"
+    return f"processed/{ref.name}/{ref.generation}/{STATS_NAME}"
 
 
 def rejection_object(ref: ObjectRef) -> str:

@@ -102,3 +102,21 @@ def test_upload_names_must_stay_plain_object_names_under_raw(name: str, tmp_path
     with pytest.raises(DevstackError, match="not a plain object name under raw/"):
         # The name is checked before any client is used: nothing is uploaded.
         runs.upload_to_cloud("any-bucket", data, name=name)
+
+
+def test_report_and_events_without_a_stack_say_how_to_start_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("report", "events"):
+        assert main(["--state-dir", str(tmp_path), command]) == 1
+        error = capsys.readouterr().err
+        assert "no local stack is running" in error and "up --detach" in error
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_metric_is_one_the_promotion_policy_knows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = usage_error(capsys, "--state-dir", str(tmp_path), "report", "--metric", "auc")
+
+    assert "argument --metric: invalid choice: 'auc'" in error
