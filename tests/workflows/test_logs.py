@@ -11,17 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
 import pytest
-from google.cloud.workflows.executions_v1 import ExecutionsClient
-from google.cloud.workflows.executions_v1.services.executions.transports import (
-    ExecutionsGrpcTransport,
-)
 from google.cloud.workflows.executions_v1.types import Execution
 
 from devstack.workflows import logs
-from devstack.workflows.api import ExecutionsServer
-from tests.workflows.test_api import LOCATION, PARENT, PROJECT, wait_until_done
+from tests.workflows.test_api import PARENT, serving_files, wait_until_done
 
 LOGGING_WORKFLOW = """\
 main:
@@ -55,22 +49,11 @@ def engine_log() -> Iterator[io.StringIO]:
 def test_steps_sys_log_and_the_outcome_are_logged_per_execution(
     tmp_path: Path, engine_log: io.StringIO
 ) -> None:
-    (tmp_path / "talk.yaml").write_text(LOGGING_WORKFLOW, encoding="utf-8")
-    with ExecutionsServer(
-        "127.0.0.1",
-        0,
-        workflows={"talk": tmp_path / "talk.yaml"},
-        env={},
-        project=PROJECT,
-        location=LOCATION,
-    ) as server:
-        channel = grpc.insecure_channel(server.grpc_target)
-        client = ExecutionsClient(transport=ExecutionsGrpcTransport(channel=channel))
+    with serving_files(tmp_path, {"talk": LOGGING_WORKFLOW}) as client:
         created = client.create_execution(
             parent=f"{PARENT}/talk", execution=Execution(argument='{"name": "ada"}')
         )
         assert wait_until_done(client, created.name).state == Execution.State.FAILED
-        channel.close()
     execution_id = created.name.rsplit("/", 1)[-1]
     lines: list[dict[str, Any]] = [json.loads(line) for line in engine_log.getvalue().splitlines()]
     ours = [line for line in lines if line.get("execution_id") == execution_id]
@@ -94,23 +77,10 @@ def test_steps_sys_log_and_the_outcome_are_logged_per_execution(
 
 
 def test_a_cancelled_execution_logs_its_end(tmp_path: Path, engine_log: io.StringIO) -> None:
-    (tmp_path / "wait.yaml").write_text(
-        "main:\n  steps:\n    - wait:\n        call: sys.sleep\n        args: {seconds: 30}\n",
-        encoding="utf-8",
-    )
-    with ExecutionsServer(
-        "127.0.0.1",
-        0,
-        workflows={"wait": tmp_path / "wait.yaml"},
-        env={},
-        project=PROJECT,
-        location=LOCATION,
-    ) as server:
-        channel = grpc.insecure_channel(server.grpc_target)
-        client = ExecutionsClient(transport=ExecutionsGrpcTransport(channel=channel))
+    waiting = "main:\n  steps:\n    - wait:\n        call: sys.sleep\n        args: {seconds: 30}\n"
+    with serving_files(tmp_path, {"wait": waiting}) as client:
         created = client.create_execution(parent=f"{PARENT}/wait", execution=Execution())
         client.cancel_execution(name=created.name)
-        channel.close()
     ends = [
         json.loads(line)
         for line in engine_log.getvalue().splitlines()
