@@ -1,7 +1,7 @@
 """``python -m devstack events``: the run summaries published to model-events, in order.
 
 The local stack creates one pull subscription for them when it starts
-(``topology.summaries_subscription_name``, e.g. ``mlp-dev-model-events-sub``), as the
+(``topology.summary_subscription_name``, e.g. ``mlp-dev-run-summaries``), as the
 cloud stack keeps them in its own. Reading does not consume: every message is given
 back after it is read, so each call shows the whole history since ``up``.
 """
@@ -23,7 +23,7 @@ def model_events(state: StackState) -> list[dict[str, Any]]:
     """Every summary published since the stack started, oldest first, each with the
     time the emulator received it (``published_at``)."""
     pubsub = state.pubsub()
-    subscription = state.summaries_subscription
+    subscription = state.summary_subscription
     received: dict[str, ReceivedMessage] = {}
     try:
         for _ in range(_MAX_PULLS):

@@ -78,7 +78,7 @@ class StackPlan:
     topics: Mapping[str, str]  # topic key -> topic name
     subscriptions: tuple[SubscriptionPlan, ...]
     dead_letter_subscription: str
-    summaries_subscription: str
+    summary_subscription: str
     services: tuple[ServicePlan, ...]  # in start order
 
     def service(self, name: str) -> ServicePlan:
@@ -166,10 +166,12 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
         for delivery in wiring.deliveries
     ]
     dead_letter_subscription = topology.resource_name(config, "dead-letter-sub")
-    summaries_subscription = topology.summaries_subscription_name(config)
+    summary_subscription = topology.summary_subscription_name(config)
     subscriptions += [
         SubscriptionPlan(dead_letter_subscription, dead_letter_topic, None, None, None, 60),
-        SubscriptionPlan(summaries_subscription, topics["model_events"], None, None, None, 60),
+        SubscriptionPlan(
+            summary_subscription, topics[topology.SUMMARY_TOPIC], None, None, None, 60
+        ),
     ]
     return StackPlan(
         config=config,
@@ -178,7 +180,7 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
         topics=topics,
         subscriptions=tuple(subscriptions),
         dead_letter_subscription=dead_letter_subscription,
-        summaries_subscription=summaries_subscription,
+        summary_subscription=summary_subscription,
         services=tuple(services),
     )
 

@@ -66,7 +66,7 @@ class StackState:
     bucket: str
     topics: dict[str, str]
     dead_letter_subscription: str
-    summaries_subscription: str
+    summary_subscription: str
     workflow_name: str | None
     services: list[RunningService] = field(default_factory=list)
 
@@ -118,7 +118,7 @@ class StackState:
             },
             "topics": self.topics,
             "dead_letter_subscription": self.dead_letter_subscription,
-            "summaries_subscription": self.summaries_subscription,
+            "summary_subscription": self.summary_subscription,
             "config_path": self.config_path,
         }
 
@@ -231,7 +231,7 @@ def up(
         bucket=plan.bucket,
         topics=dict(plan.topics),
         dead_letter_subscription=plan.dead_letter_subscription,
-        summaries_subscription=plan.summaries_subscription,
+        summary_subscription=plan.summary_subscription,
         workflow_name=topology.workflow_name(config) if plan.topology.workflow else None,
     )
     try:

@@ -114,6 +114,83 @@ def test_defaults_match_the_documented_ones() -> None:
         ),
         ({"forceDestroy": 1}, "ml-pipeline:forceDestroy", "true or false"),
         ({"labels": ["team"]}, "ml-pipeline:labels", "YAML map"),
+        ({"monitoring": "on"}, "ml-pipeline:monitoring", "YAML map"),
+        ({"monitoring": {"alerts": True}}, "ml-pipeline:monitoring.alerts", "deadLetterAlert"),
+        ({"monitoring": {"enabled": "maybe"}}, "ml-pipeline:monitoring.enabled", "true or false"),
+        (
+            {"monitoring": {"dashboard": 1}},
+            "ml-pipeline:monitoring.dashboard",
+            "true or false",
+        ),
+        (
+            {"monitoring": {"notificationEmails": "a@b.co"}},
+            "ml-pipeline:monitoring.notificationEmails",
+            "YAML list",
+        ),
+        (
+            {"monitoring": {"notificationEmails": ["oncall"]}},
+            "ml-pipeline:monitoring.notificationEmails",
+            "name@domain",
+        ),
+        (
+            {"monitoring": {"notificationEmails": ["a@b.co", "a@b.co"]}},
+            "ml-pipeline:monitoring.notificationEmails",
+            "each address once",
+        ),
+        (
+            {"monitoring": {"notificationChannels": ["email-channel"]}},
+            "ml-pipeline:monitoring.notificationChannels",
+            "projects/PROJECT/notificationChannels/ID",
+        ),
+        (
+            {
+                "monitoring": {
+                    "notificationChannels": ["7", "projects/p-123/notificationChannels/7"]
+                }
+            },
+            "ml-pipeline:monitoring.notificationChannels",
+            "each channel once",
+        ),
+        (
+            {"monitoring": {"predict5xxRatio": 0}},
+            "ml-pipeline:monitoring.predict5xxRatio",
+            "above 0 and below 1",
+        ),
+        (
+            {"monitoring": {"predict5xxRatio": 1}},
+            "ml-pipeline:monitoring.predict5xxRatio",
+            "above 0 and below 1",
+        ),
+        (
+            {"monitoring": {"predict5xxRatio": "high"}},
+            "ml-pipeline:monitoring.predict5xxRatio",
+            "from 0 to 1",
+        ),
+        (
+            {"monitoring": {"predictLatencyP95Ms": 0}},
+            "ml-pipeline:monitoring.predictLatencyP95Ms",
+            "from 1 to 3600000",
+        ),
+        (
+            {"monitoring": {"predictLatencyP95Ms": 60000}},
+            "ml-pipeline:monitoring.predictLatencyP95Ms",
+            "raise predict's timeoutSeconds",
+        ),
+        (
+            {"monitoring": {"alertDurationSeconds": 90}},
+            "ml-pipeline:monitoring.alertDurationSeconds",
+            "multiple of 60",
+        ),
+        (
+            {"monitoring": {"alertDurationSeconds": 90000}},
+            "ml-pipeline:monitoring.alertDurationSeconds",
+            "from 0 to 86400",
+        ),
+        (
+            {"monitoring": {"errorLogNotifyEverySeconds": 60}},
+            "ml-pipeline:monitoring.errorLogNotifyEverySeconds",
+            "from 300 to 86400",
+        ),
     ],
 )
 def test_invalid_values_name_the_key_and_the_fix(
@@ -123,6 +200,24 @@ def test_invalid_values_name_the_key_and_the_fix(
         build(**values)
     assert raised.value.key == key
     assert fix in str(raised.value)
+
+
+def test_monitoring_defaults_and_the_latency_check_follow_predicts_timeout() -> None:
+    monitoring = build().monitoring
+    assert monitoring.enabled and monitoring.alerts and monitoring.log_metrics
+    assert monitoring.dashboard
+    assert (monitoring.predict_5xx_ratio, monitoring.predict_latency_p95_ms) == (0.05, 2000)
+    assert monitoring.notification_emails == monitoring.notification_channels == ()
+    # A longer predict timeout admits a higher threshold; a disabled alert is not checked.
+    slow = build(
+        functions={"predict": {"timeoutSeconds": 120}},
+        monitoring={"predictLatencyP95Ms": 90000, "notificationChannels": ["12"]},
+    ).monitoring
+    assert slow.predict_latency_p95_ms == 90000
+    assert slow.notification_channels == ("projects/p-123/notificationChannels/12",)
+    unchecked = build(monitoring={"predictLatencyAlert": False, "predictLatencyP95Ms": 90000})
+    assert not unchecked.monitoring.predict_latency_alert
+    assert not build(monitoring={"enabled": False}).monitoring.alerts
 
 
 def test_project_and_region_are_required() -> None:
@@ -144,6 +239,7 @@ def test_pulumi_config_reads_scalars_as_text_and_structures_as_json() -> None:
             deadLetterMaxAttempts="9",
             labels={"team": "ml"},
             featureColumns=["x", "y"],
+            monitoring={"enabled": False},
         )
     )
     config = load_stack_config()
@@ -153,6 +249,7 @@ def test_pulumi_config_reads_scalars_as_text_and_structures_as_json() -> None:
     assert config.dead_letter_max_attempts == 9
     assert config.labels == {"team": "ml"}
     assert config.feature_columns == ("x", "y")
+    assert config.monitoring.enabled is False
 
 
 def test_hyperparameter_names_are_those_training_accepts() -> None:
