@@ -20,13 +20,13 @@ from devstack.plan import FUNCTION_SOURCE
 if str(FUNCTION_SOURCE.parent) not in sys.path:
     sys.path.append(str(FUNCTION_SOURCE.parent))
 
-from pipeline_core.errors import ObjectNotFoundError
+from pipeline_core.errors import ObjectNotFoundError, PipelineError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import STATS_NAME
 from pipeline_core.registry import ModelRegistry, lineage_object
 from pipeline_core.storage import GcsStorage, Storage, read_json
 
-__all__ = ["GcsStorage", "History", "Run", "Storage", "Version", "load_history"]
+__all__ = ["GcsStorage", "History", "PipelineError", "Run", "Storage", "Version", "load_history"]
 
 
 @dataclass(frozen=True)

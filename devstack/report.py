@@ -16,7 +16,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from devstack.history import GcsStorage, History, Run, Storage, Version, load_history
+from devstack.errors import DevstackError
+from devstack.history import (
+    GcsStorage,
+    History,
+    PipelineError,
+    Run,
+    Storage,
+    Version,
+    load_history,
+)
 from devstack.stack import StackState
 
 REPORT_NAME = "report.html"  # in the state folder, unless --out says otherwise
@@ -38,7 +47,10 @@ _REJECTION_COLOURS = ("#c62828", "#8e24aa", "#f9a825", "#6d4c41", "#00838f", "#5
 
 def write_report(storage: Storage, metric: str, out: Path) -> dict[str, Any]:
     """Read the registry in ``storage``, write the page to ``out``; return what it shows."""
-    history = load_history(storage, metric)
+    try:
+        history = load_history(storage, metric)
+    except PipelineError as error:  # a missing bucket, no permission, the network
+        raise DevstackError(f"cannot read the registry in gs://{storage.bucket}: {error}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(history), encoding="utf-8")
     return {
@@ -57,9 +69,17 @@ def local_storage(state: StackState) -> Storage:
 
 def cloud_storage(bucket: str) -> Storage:
     """A real bucket, with the caller's default credentials."""
+    from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
 
-    return GcsStorage(bucket, "", client=storage.Client())
+    try:
+        client = storage.Client()
+    except DefaultCredentialsError as error:
+        raise DevstackError(
+            f"cannot read gs://{bucket}: no Google credentials ({error}); run "
+            "'gcloud auth application-default login'"
+        ) from None
+    return GcsStorage(bucket, "", client=client)
 
 
 def render(history: History, *, generated_at: datetime | None = None) -> str:

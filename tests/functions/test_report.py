@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from devstack.errors import DevstackError
 from devstack.history import load_history
 from devstack.report import render, write_report
-from pipeline_core.errors import DataRejectedError
+from pipeline_core.errors import DataRejectedError, TransientError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process, stats_object
 from pipeline_core.registry import ModelRegistry, lineage_object
@@ -216,3 +217,15 @@ def test_an_empty_registry_still_renders() -> None:
     assert "No model version is registered yet" in page
     assert "No champion has been promoted yet" in page
     assert "No upload has been processed yet" in page
+
+
+class UnreachableBucket(InMemoryStorage):
+    def names(self, prefix: str = "") -> list[str]:
+        raise TransientError("Cloud Storage call for gs://gone/models/ failed: 403 Forbidden")
+
+
+def test_an_unreadable_bucket_is_a_clear_error_and_no_file(tmp_path: Path) -> None:
+    out = tmp_path / "history.html"
+    with pytest.raises(DevstackError, match=r"cannot read the registry in gs://gone: .*403"):
+        write_report(UnreachableBucket("gone"), "f1_macro", out)
+    assert not out.exists()

@@ -350,7 +350,8 @@ def test_the_workflow_log_holds_its_executions_steps(local_stack: LocalStack) ->
     assert shown.returncode == 0, shown.stderr
     lines = [json.loads(line) for line in shown.stdout.splitlines() if line.startswith("{")]
     steps = {line["step"] for line in lines if line.get("workflow") == workflow and "step" in line}
-    assert {"init", "post", "answer", "publish_succeeded", "publish"} <= steps, steps
+    # Steps every run takes, rejected or trained (the events test made a rejected one).
+    assert {"init", "process", "post", "publish"} <= steps, steps
     messages = {line.get("message") for line in lines if line.get("workflow") == workflow}
     assert {"execution started", "execution succeeded"} <= messages
 
@@ -366,5 +367,13 @@ def test_report_shows_the_local_stacks_history(local_stack: LocalStack, tmp_path
     assert summary["versions"] == len(model_versions(local_stack.state))
     assert summary["champion_version"] == champion_version(local_stack.state)
     page = out.read_text(encoding="utf-8")
-    for chart in ("metric-over-time", "confusion-matrix", "per-class", "rows-per-upload"):
-        assert f"<svg id='{chart}'" in page
+    # Earlier tests of the module uploaded, trained and promoted; each chart shows what
+    # exists (run alone, a fresh stack has no data and the page says so).
+    charts = {
+        "rows-per-upload": summary["uploads"] > 0,
+        "metric-over-time": summary["versions"] > 0,
+        "confusion-matrix": summary["champion_version"] is not None,
+        "per-class": summary["champion_version"] is not None,
+    }
+    for chart, shown in charts.items():
+        assert (f"<svg id='{chart}'" in page) is shown, chart
