@@ -163,8 +163,10 @@ def _metric_chart(history: History) -> str:
     versions = history.versions
     values = [float(version.metrics[history.metric]) for version in versions]
     low = max(0.0, min(int(min(values) * 10 - 0.5) / 10, 0.9))
-    start = versions[0].created_at - timedelta(seconds=30)
-    end = versions[-1].created_at + timedelta(seconds=30)
+    # A margin of 5 % of the time shown (at least a second) keeps edge points whole.
+    margin = max((versions[-1].created_at - versions[0].created_at) / 20, timedelta(seconds=1))
+    start = versions[0].created_at - margin
+    end = versions[-1].created_at + margin
     span = (end - start).total_seconds()
 
     def x(moment: datetime) -> float:

@@ -265,15 +265,18 @@ class _StageObserver:
             rows = f"{stats.get('rows_in', '?')} rows in, {stats.get('rows_out', '?')} kept"
             self._report("processed", f"processed: {rows}")
         outcome = self._read_json(self._run.training_outcome)
+        deciding = outcome is not None and not outcome.get("decided", True)
         if outcome is not None:
             # Written twice: once for the candidate, once with the promotion decision.
-            stage = "decided" if outcome.get("decided", True) else "trained"
+            stage = "trained" if deciding else "decided"
             self._report(stage, f"{stage}: {_describe_outcome(outcome)}")
         rejection = self._read_json(self._run.rejection)
         if rejection is not None:
             self._report("rejected", f"rejected: {_describe_rejection(rejection)}")
         champion = self._champion_version()
-        if champion != self._champion:
+        # Promoting replaces the pointer before it records the decision; a new champion
+        # seen in between is reported with the decision, at the next poll, in that order.
+        if champion != self._champion and not deciding:
             self._champion = champion
             self._report("champion", f"champion is now {champion}")
         return failure

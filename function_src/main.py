@@ -166,9 +166,11 @@ def _http_handler(
     """Ids in every log line; core errors -> their status; anything else -> logged 500."""
 
     def wrapper(request: flask.Request) -> flask.Response:
+        headers = request.headers
         with log.log_context(
-            log.trace_from_headers(request.headers),
-            execution_id=request.headers.get(EXECUTION_ID_HEADER),
+            traceparent=headers.get(log.TRACEPARENT_HEADER),
+            cloud_trace_context=headers.get(log.CLOUD_TRACE_HEADER),
+            execution_id=headers.get(EXECUTION_ID_HEADER),
         ):
             try:
                 return handle(request)
@@ -429,7 +431,7 @@ def train_model_event(event: CloudEvent) -> None:
 
 def _event_log_context(event: CloudEvent) -> contextlib.AbstractContextManager[None]:
     """The event id, and the trace Eventarc sends in the ``traceparent`` extension."""
-    return log.log_context(log.parse_traceparent(event.get("traceparent")), event_id=event["id"])
+    return log.log_context(traceparent=event.get("traceparent"), event_id=event["id"])
 
 
 def _notification(event: CloudEvent) -> StorageNotification | None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 TRACE_FIELD = "logging.googleapis.com/trace"
 SPAN_FIELD = "logging.googleapis.com/spanId"
@@ -81,18 +81,10 @@ def parse_cloud_trace_context(value: str | None) -> TraceContext | None:
     )
 
 
-class Headers(Protocol):
-    """What a request's headers offer (Flask's ``Headers``, a plain dict)."""
-
-    def get(self, key: str, /) -> str | None: ...
-
-
-def trace_from_headers(headers: Headers) -> TraceContext | None:
-    """The request's trace: ``traceparent`` first (the standard, which Cloud Run
-    propagates), else ``X-Cloud-Trace-Context``; a malformed one counts as absent."""
-    return parse_traceparent(headers.get(TRACEPARENT_HEADER)) or parse_cloud_trace_context(
-        headers.get(CLOUD_TRACE_HEADER)
-    )
+def _trace_of(traceparent: str | None, cloud_trace_context: str | None) -> TraceContext | None:
+    """``traceparent`` first (the standard, which Cloud Run propagates), else
+    ``X-Cloud-Trace-Context``; a malformed one counts as absent."""
+    return parse_traceparent(traceparent) or parse_cloud_trace_context(cloud_trace_context)
 
 
 @dataclass
@@ -104,7 +96,9 @@ class _Settings:
 
 _settings = _Settings()
 _context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039
-_trace: ContextVar[TraceContext | None] = ContextVar("log_trace", default=None)
+# The raw trace headers (traceparent, X-Cloud-Trace-Context): parsed only when a line is
+# written, so a request that logs nothing (most predictions) pays for no parsing.
+_trace: ContextVar[tuple[str | None, str | None]] = ContextVar("log_trace", default=(None, None))
 
 
 def set_stream(stream: TextIO | None) -> None:
@@ -124,12 +118,16 @@ def install(*, function: str | None, project: str | None) -> None:
 
 
 @contextlib.contextmanager
-def log_context(trace: TraceContext | None = None, **ids: str | None) -> Iterator[None]:
-    """Attach ids (event_id, execution_id, ...) and the request's trace to every line
-    logged inside the block."""
+def log_context(
+    *, traceparent: str | None = None, cloud_trace_context: str | None = None, **ids: str | None
+) -> Iterator[None]:
+    """Attach ids (event_id, execution_id, ...) and the trace of the request or event
+    (its ``traceparent`` and ``X-Cloud-Trace-Context`` values, as received) to every
+    line logged inside the block."""
     merged = {**_context.get(), **{key: value for key, value in ids.items() if value}}
     token = _context.set(merged)
-    trace_token = _trace.set(trace or _trace.get())
+    headers = (traceparent, cloud_trace_context)
+    trace_token = _trace.set(headers if any(headers) else _trace.get())
     try:
         yield
     finally:
@@ -155,7 +153,7 @@ def log(severity: str, message: str, **fields: Any) -> None:
     entry: dict[str, Any] = {"severity": severity, "message": message, "time": timestamp()}
     entry.update(_context.get())
     entry.update(fields)
-    _add_trace(entry, _trace.get())
+    _add_trace(entry, _trace_of(*_trace.get()))
     labels = {"function": _settings.function, "model_version": entry.get("model_version")}
     present = {key: str(value) for key, value in labels.items() if value}
     if present:

@@ -125,13 +125,38 @@ def test_no_header_value_makes_the_parsers_fail(header: str) -> None:
         assert parsed is None or re.fullmatch("[0-9a-f]{32}", parsed.trace_id)
 
 
-def test_traceparent_wins_and_a_malformed_one_falls_back_to_the_cloud_header() -> None:
+def traced(installed: io.StringIO, **headers: str) -> dict[str, Any]:
+    with log.log_context(**headers):
+        log.info("traced")
+    line = only_line(installed)
+    installed.truncate(0)
+    installed.seek(0)
+    return line
+
+
+def test_traceparent_wins_and_a_malformed_one_falls_back_to_the_cloud_header(
+    installed: io.StringIO,
+) -> None:
     cloud = f"{'a' * 32}/7;o=1"
-    both = {"traceparent": f"00-{TRACE_ID}-{SPAN_HEX}-01", "X-Cloud-Trace-Context": cloud}
-    assert log.trace_from_headers(both) == log.TraceContext(TRACE_ID, SPAN_HEX, True)
-    broken = {**both, "traceparent": "00-garbage"}
-    assert log.trace_from_headers(broken) == log.TraceContext("a" * 32, f"{7:016x}", True)
-    assert log.trace_from_headers({}) is None
+    both = traced(installed, traceparent=f"00-{TRACE_ID}-{SPAN_HEX}-00", cloud_trace_context=cloud)
+    assert both[log.TRACE_FIELD] == f"projects/{PROJECT}/traces/{TRACE_ID}"
+    assert (both[log.SPAN_FIELD], both[log.SAMPLED_FIELD]) == (SPAN_HEX, False)
+    fallback = traced(installed, traceparent="00-garbage", cloud_trace_context=cloud)
+    assert fallback[log.TRACE_FIELD] == f"projects/{PROJECT}/traces/{'a' * 32}"
+    assert (fallback[log.SPAN_FIELD], fallback[log.SAMPLED_FIELD]) == (f"{7:016x}", True)
+    neither = traced(installed, traceparent="00-garbage", cloud_trace_context="nope")
+    assert {log.TRACE_FIELD, log.SPAN_FIELD, log.SAMPLED_FIELD}.isdisjoint(neither)
+
+
+def test_a_trace_without_a_span_has_no_span_field(installed: io.StringIO) -> None:
+    line = traced(installed, cloud_trace_context=f"{TRACE_ID};o=1")
+    assert line[log.TRACE_FIELD].endswith(TRACE_ID) and log.SPAN_FIELD not in line
+
+
+def test_an_inner_context_keeps_the_outer_trace(installed: io.StringIO) -> None:
+    with log.log_context(traceparent=f"00-{TRACE_ID}-{SPAN_HEX}-01"):
+        line = traced(installed, model_version="v2")
+    assert line[log.SPAN_FIELD] == SPAN_HEX and line["model_version"] == "v2"
 
 
 def test_an_http_function_puts_the_request_trace_on_its_lines(
