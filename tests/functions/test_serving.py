@@ -117,7 +117,7 @@ def test_serves_the_champion_and_caches_it_until_the_refresh_interval(
     answer = model.predict(np.array([[5.1, 3.5, 1.4, 0.2]]))
     prediction = answer["predictions"][0]
     assert answer["model_version"] == first["model_version"]
-    assert prediction["label"] == "0"
+    assert prediction["label"] == "setosa"  # the training data's class value
     assert prediction["confidence"] == max(prediction["probabilities"].values())
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
 
@@ -190,8 +190,13 @@ def test_a_corrupt_artifact_with_a_matching_hash_is_refused(
     pointer[pointer_key] = sha256_hex(garbage)
     storage.write(CHAMPION_OBJECT, json.dumps(pointer).encode(), content_type="application/json")
     service = ModelService(registry, refresh_seconds=0, runtime=runtime)
-    with pytest.raises(NoChampionError, match="cannot be loaded"):
+    # What is wrong and what to do, not a bare unpickling error.
+    kind = "an ONNX graph" if runtime == "onnx" else "a joblib pickle"
+    with pytest.raises(NoChampionError) as refused:
         service.current()
+    message = refused.value.message
+    assert f"matches its SHA-256 but is not {kind} that loads" in message
+    assert "stored corrupt" in message and "upload the training data again under raw/" in message
 
 
 def test_describe_reports_what_the_model_needs(storage: InMemoryStorage) -> None:

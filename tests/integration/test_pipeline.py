@@ -76,7 +76,7 @@ def test_upload_trains_a_champion_that_serves_predictions(
     assert predicted.returncode == 0, predicted.stderr
     answer = json.loads(predicted.stdout)
     assert answer["model_version"] == summary["model_version"]
-    assert answer["predictions"][0]["label"] == "0"  # the first iris row is a setosa
+    assert answer["predictions"][0]["label"] == "setosa"  # the first iris row
 
 
 def test_better_data_is_promoted_and_worse_data_is_not(
