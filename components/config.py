@@ -1,6 +1,8 @@
 """Typed, validated stack configuration.
 
-This is the only module that reads ``pulumi.Config`` (``load_stack_config``). The same
+This is the only module that reads ``pulumi.Config`` (``load_stack_config``, and
+``load_public_predict`` for the policy pack). Every key is declared, with its type and
+default, in Pulumi.yaml's ``config:`` block (components/config_schema.py). The same
 validation serves the local stack, which reads a stack file (``Pulumi.<stack>.yaml``)
 through ``load_stack_file``, so a value that would fail ``pulumi up`` fails locally too.
 
@@ -67,9 +69,16 @@ CALL_LOG_LEVELS: tuple[str, ...] = ("LOG_ALL_CALLS", "LOG_ERRORS_ONLY", "LOG_NON
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _NAME_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$")
+# One Google Cloud region (us-central1, europe-west4, northamerica-northeast1), never a
+# multi-region (us, eu) or global: functions, the workflow and the Eventarc Pub/Sub
+# triggers all live in it, and Pub/Sub triggers exist in single regions only.
+_SINGLE_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _MEMBER = re.compile(
     r"^(user|serviceAccount|group|domain):[^\s]+$|^allUsers$|^allAuthenticatedUsers$"
 )
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_CHANNEL_NAME = re.compile(r"^projects/[^/\s]+/notificationChannels/[0-9]+$")
+_CHANNEL_ID = re.compile(r"^[0-9]+$")
 
 
 class ConfigError(ValueError):
@@ -97,6 +106,40 @@ class PromotionPolicy:
     metric: PromotionMetric = "f1_macro"
     minimum: float = 0.7
     tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """What ``components/monitoring.py`` creates; ``enabled=False`` creates nothing."""
+
+    enabled: bool = True
+    notification_emails: tuple[str, ...] = ()
+    # Full names (projects/<project>/notificationChannels/<id>) of existing channels.
+    notification_channels: tuple[str, ...] = ()
+    dead_letter_alert: bool = True
+    workflow_failure_alert: bool = True  # workflow mode only: events mode has no workflow
+    predict_5xx_alert: bool = True
+    predict_5xx_ratio: float = 0.05
+    predict_latency_alert: bool = True
+    predict_latency_p95_ms: int = 2000
+    # How long a threshold must stay crossed before an incident opens (ratio, latency).
+    alert_duration_seconds: int = 300
+    error_log_alerts: bool = True
+    # At most one notification per this period for each function's error-log alert.
+    error_log_notify_every_seconds: int = 300
+    log_metrics: bool = True
+    dashboard: bool = True
+
+    @property
+    def alerts(self) -> bool:
+        """Whether any alert policy is switched on (channels exist only for alerts)."""
+        return self.enabled and (
+            self.dead_letter_alert
+            or self.workflow_failure_alert
+            or self.predict_5xx_alert
+            or self.predict_latency_alert
+            or self.error_log_alerts
+        )
 
 
 _DEFAULT_FUNCTIONS: dict[str, FunctionSettings] = {
@@ -138,6 +181,7 @@ class StackConfig:
     workflow_call_log_level: str = "LOG_ERRORS_ONLY"
     force_destroy: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     @property
     def trigger_region(self) -> str:
@@ -164,8 +208,17 @@ class StackConfig:
             raise ConfigError(
                 "gcp:region", "is not set", "pulumi config set gcp:region us-central1"
             )
+        if not _SINGLE_REGION.match(region):
+            raise ConfigError(
+                "gcp:region",
+                f"'{region}' is not a single region (functions, the workflow and the "
+                "Eventarc Pub/Sub triggers need one)",
+                "use a region such as us-central1 or europe-west1; a multi-region "
+                "(US, EU, ASIA) belongs in ml-pipeline:bucketLocation",
+            )
         reader = _Reader(values)
-        bucket_location = reader.string("bucketLocation", region.upper())
+        # Empty means derived (Pulumi.yaml declares "" as the default of these keys).
+        bucket_location = reader.string("bucketLocation", "") or region.upper()
         if bucket_location.lower() != region.lower() and bucket_location.upper() not in (
             "US",
             "EU",
@@ -176,7 +229,7 @@ class StackConfig:
                 f"'{bucket_location}' differs from gcp:region '{region}'",
                 "use the region itself or a multi-region (US, EU, ASIA)",
             )
-        name_prefix = reader.string("namePrefix", _default_prefix(stack))
+        name_prefix = reader.string("namePrefix", "") or _default_prefix(stack)
         if not _NAME_PREFIX.match(name_prefix):
             raise ConfigError(
                 f"{PROJECT_NAMESPACE}:namePrefix",
@@ -184,6 +237,7 @@ class StackConfig:
                 "start with a letter, end with a letter or digit, e.g. 'mlp-dev'",
             )
         model_type: ModelType = reader.choice("modelType", MODEL_TYPES, "random_forest")
+        functions = _functions(reader)
         config = cls(
             project=project,
             region=region,
@@ -200,7 +254,7 @@ class StackConfig:
             max_training_rows=reader.integer(
                 "maxTrainingRows", DEFAULT_MAX_TRAINING_ROWS, low=100, high=100_000_000
             ),
-            functions=_functions(reader),
+            functions=functions,
             predict_max_batch=reader.integer("predictMaxBatch", 1000, low=SMOKE_ROWS, high=100_000),
             model_refresh_seconds=reader.integer("modelRefreshSeconds", 30, low=0, high=3600),
             predict_runtime=reader.choice("predictRuntime", PREDICT_RUNTIMES, "onnx"),
@@ -214,6 +268,7 @@ class StackConfig:
             ),
             force_destroy=reader.boolean("forceDestroy", False),
             labels=_labels(reader),
+            monitoring=_monitoring(reader, project, functions["predict"]),
         )
         if config.target_column in config.feature_columns:
             raise ConfigError(
@@ -247,10 +302,19 @@ _KEYS = (
     "workflowCallLogLevel",
     "forceDestroy",
     "labels",
+    "monitoring",
 )
 
 _STRUCTURED_KEYS = frozenset(
-    {"featureColumns", "hyperparameters", "promotion", "functions", "predictInvokers", "labels"}
+    {
+        "featureColumns",
+        "hyperparameters",
+        "promotion",
+        "functions",
+        "predictInvokers",
+        "labels",
+        "monitoring",
+    }
 )
 
 
@@ -497,7 +561,7 @@ def _members(reader: _Reader) -> tuple[str, ...]:
 
 def _deployer(reader: _Reader) -> str | None:
     value = reader.raw("deployer")
-    if value is None:
+    if value is None or value == "":
         return None
     if not isinstance(value, str) or not _MEMBER.match(value) or value.startswith("all"):
         raise ConfigError(
@@ -527,6 +591,129 @@ def _labels(reader: _Reader) -> dict[str, str]:
     return {str(k): str(v) for k, v in labels.items()}
 
 
+_MONITORING_SWITCHES = {
+    "enabled": "enabled",
+    "deadLetterAlert": "dead_letter_alert",
+    "workflowFailureAlert": "workflow_failure_alert",
+    "predict5xxAlert": "predict_5xx_alert",
+    "predictLatencyAlert": "predict_latency_alert",
+    "errorLogAlerts": "error_log_alerts",
+    "logMetrics": "log_metrics",
+    "dashboard": "dashboard",
+}
+_MONITORING_KEYS = (
+    *_MONITORING_SWITCHES,
+    "notificationEmails",
+    "notificationChannels",
+    "predict5xxRatio",
+    "predictLatencyP95Ms",
+    "alertDurationSeconds",
+    "errorLogNotifyEverySeconds",
+)
+
+
+def _monitoring(reader: _Reader, project: str, predict: FunctionSettings) -> MonitoringSettings:
+    raw = reader.mapping("monitoring")
+    key = reader.full("monitoring")
+    _reject_unknown(raw, _MONITORING_KEYS, key)
+    defaults = MonitoringSettings()
+    switches = {
+        field_name: as_bool(f"{key}.{name}", raw.get(name, getattr(defaults, field_name)))
+        for name, field_name in _MONITORING_SWITCHES.items()
+    }
+    settings = MonitoringSettings(
+        **switches,
+        notification_emails=_emails(f"{key}.notificationEmails", raw.get("notificationEmails", [])),
+        notification_channels=_channels(
+            f"{key}.notificationChannels", raw.get("notificationChannels", []), project
+        ),
+        predict_5xx_ratio=_open_fraction(
+            f"{key}.predict5xxRatio", raw.get("predict5xxRatio", defaults.predict_5xx_ratio)
+        ),
+        predict_latency_p95_ms=as_int(
+            f"{key}.predictLatencyP95Ms",
+            raw.get("predictLatencyP95Ms", defaults.predict_latency_p95_ms),
+            low=1,
+            high=3_600_000,
+        ),
+        alert_duration_seconds=_whole_minutes(
+            f"{key}.alertDurationSeconds",
+            raw.get("alertDurationSeconds", defaults.alert_duration_seconds),
+            low=0,
+        ),
+        error_log_notify_every_seconds=_whole_minutes(
+            f"{key}.errorLogNotifyEverySeconds",
+            raw.get("errorLogNotifyEverySeconds", defaults.error_log_notify_every_seconds),
+            low=300,
+        ),
+    )
+    timeout_ms = predict.timeout_seconds * 1000
+    if settings.predict_latency_alert and settings.predict_latency_p95_ms >= timeout_ms:
+        raise ConfigError(
+            f"{key}.predictLatencyP95Ms",
+            f"{settings.predict_latency_p95_ms} ms is not below predict's timeout "
+            f"({reader.full('functions')}.predict.timeoutSeconds = {predict.timeout_seconds} s), "
+            "so the alert could never fire",
+            f"use a value below {timeout_ms}, or raise predict's timeoutSeconds",
+        )
+    return settings
+
+
+def _emails(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(
+            key, f"must be a list of email addresses, got {value!r}", "use a YAML list"
+        )
+    for address in value:
+        if not _EMAIL.match(address):
+            raise ConfigError(key, f"'{address}' is not an email address", "use name@domain")
+    if len(set(value)) != len(value):
+        raise ConfigError(key, "has duplicates", "list each address once")
+    return tuple(value)
+
+
+def _channels(key: str, value: Any, project: str) -> tuple[str, ...]:
+    """Existing channels, by full name or by the numeric id of a channel in ``project``."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(key, f"must be a list of channel ids, got {value!r}", "use a YAML list")
+    names = []
+    for given in value:
+        channel = (
+            f"projects/{project}/notificationChannels/{given}"
+            if _CHANNEL_ID.match(given)
+            else given
+        )
+        if not _CHANNEL_NAME.match(channel):
+            raise ConfigError(
+                key,
+                f"'{given}' is not a notification channel id",
+                "use projects/PROJECT/notificationChannels/ID or the numeric ID "
+                "(gcloud beta monitoring channels list --format='value(name)')",
+            )
+        names.append(channel)
+    if len(set(names)) != len(names):
+        raise ConfigError(key, "has duplicates", "list each channel once")
+    return tuple(names)
+
+
+def _open_fraction(key: str, value: Any) -> float:
+    """A ratio threshold: 0 would alert on any single error, 1 could never be exceeded."""
+    number = as_fraction(key, value)
+    if not 0.0 < number < 1.0:
+        raise ConfigError(key, f"{value!r} is out of range", "use a number above 0 and below 1")
+    return number
+
+
+def _whole_minutes(key: str, value: Any, *, low: int) -> int:
+    """Cloud Monitoring accepts alert durations in whole minutes only."""
+    seconds = as_int(key, value, low=low, high=86_400)
+    if seconds % 60:
+        raise ConfigError(
+            key, f"{seconds} is not a whole number of minutes", "use a multiple of 60 seconds"
+        )
+    return seconds
+
+
 def load_stack_config() -> StackConfig:
     """Read the current Pulumi stack's configuration (the only pulumi.Config reader)."""
     import pulumi
@@ -546,6 +733,16 @@ def load_stack_config() -> StackConfig:
         stack=pulumi.get_stack(),
         values=values,
     )
+
+
+def load_public_predict() -> bool:
+    """The stack's ``publicPredict`` alone, for the policy pack (policy/pack.py): Pulumi
+    hands a pack the stack's config, but the pack's own virtualenv lacks scikit-learn and
+    the rest that validating the whole stack imports."""
+    import pulumi
+
+    value = pulumi.Config(PROJECT_NAMESPACE).get("publicPredict")
+    return as_bool(_Reader.full("publicPredict"), False if value is None else value)
 
 
 def load_stack_file(path: Path) -> StackConfig:

@@ -75,6 +75,7 @@ class CloudFunction(pulumi.ComponentResource):
     function: gcp.cloudfunctionsv2.Function
     url: pulumi.Output[str]
     service: pulumi.Output[str]
+    service_name: pulumi.Output[str]  # the Cloud Run service's short name (monitoring labels)
 
     def __init__(
         self, name: str, args: CloudFunctionArgs, opts: pulumi.ResourceOptions | None = None
@@ -125,6 +126,7 @@ class CloudFunction(pulumi.ComponentResource):
         )
         self.url = self.function.service_config.apply(_service_uri)
         self.service = self.function.service_config.apply(_service_name)
+        self.service_name = self.service.apply(lambda service: service.rsplit("/", 1)[-1])
         for invoker in args.invokers:
             # 2nd-gen functions are Cloud Run services: the cloudfunctions IAM API does
             # not govern who may call them.

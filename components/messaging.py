@@ -13,6 +13,13 @@ from components.topology import TopicSpec
 
 # How long the dead-letter subscription keeps what failed: the Pub/Sub maximum.
 DEAD_LETTER_RETENTION = "604800s"
+# Run summaries are kept 7 days, the longest a subscription holds messages, and kept
+# after they are acknowledged too, so a week of runs can be replayed with `seek`
+# whoever read them first: long enough to look back over a weekend or a week's
+# uploads. Longer history is not needed here: every outcome is also recorded in the
+# data bucket (models/ manifests, models/by-source/, rejected/), which is the lasting
+# record; 31-day topic retention would bill for a copy of it.
+SUMMARY_RETENTION = "604800s"
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class MessagingArgs:
     topics: tuple[TopicSpec, ...]
     dead_letter_topic: str  # topic key
     notification_topic: str  # topic key the bucket notification publishes to
+    summary_topic: str  # topic key of the run summaries, kept by a pull subscription
+    summary_subscription_name: str
     storage_agent: pulumi.Input[str]
     pubsub_agent: pulumi.Input[str]
     push_identity: pulumi.Input[str]  # account id (projects/.../serviceAccounts/...) of OIDC push
@@ -41,6 +50,7 @@ class MessagingArgs:
         for role, key in (
             ("dead_letter_topic", self.dead_letter_topic),
             ("notification_topic", self.notification_topic),
+            ("summary_topic", self.summary_topic),
             *(("publishers", publisher.topic) for publisher in self.publishers),
         ):
             if key not in keys:
@@ -81,6 +91,19 @@ class Messaging(pulumi.ComponentResource):
             labels=dict(args.labels),
             opts=needs_apis,
         )
+        # Without a subscription the summaries published to the topic are dropped.
+        self.summary_subscription = gcp.pubsub.Subscription(
+            f"{name}-run-summaries",
+            project=args.project,
+            name=args.summary_subscription_name,
+            topic=self.topics[args.summary_topic].id,
+            message_retention_duration=SUMMARY_RETENTION,
+            retain_acked_messages=True,
+            # The default deletes a subscription nobody pulled from for 31 days.
+            expiration_policy=gcp.pubsub.SubscriptionExpirationPolicyArgs(ttl=""),
+            labels=dict(args.labels),
+            opts=needs_apis,
+        )
 
         def grant_publisher(
             suffix: str, topic_key: str, member: pulumi.Input[str]
@@ -114,6 +137,7 @@ class Messaging(pulumi.ComponentResource):
             {
                 "topics": {key: topic.name for key, topic in self.topics.items()},
                 "dead_letter_subscription": self.dead_letter_subscription.name,
+                "summary_subscription": self.summary_subscription.name,
             }
         )
 

@@ -19,12 +19,14 @@ from components.data_bucket import BucketGrant, DataBucket, DataBucketArgs, Uplo
 from components.function import CloudFunction, CloudFunctionArgs, EventTrigger, Invoker
 from components.identities import WorkloadIdentities, WorkloadIdentitiesArgs
 from components.messaging import Messaging, MessagingArgs, TopicPublisher
+from components.monitoring import PipelineMonitoring, PipelineMonitoringArgs
 from components.packaging import package_source
 from components.push_subscription import PushSubscription, PushSubscriptionArgs
 from components.services import ProjectServices, ProjectServicesArgs
 from components.workflow import PipelineWorkflow, PipelineWorkflowArgs
 
 DEAD_LETTER_TOPIC = "dead_letter"
+PREDICT_FUNCTION = "predict"
 FUNCTION_SOURCE_DIR = "function_src"
 REQUIRED_SOURCE_FILES = ("main.py", "requirements.txt")
 _READ = "roles/storage.objectViewer"
@@ -101,6 +103,8 @@ class MlPipeline(pulumi.ComponentResource):
                 topics=plan.topics,
                 dead_letter_topic=DEAD_LETTER_TOPIC,
                 notification_topic=plan.notification_topic,
+                summary_topic=topology.SUMMARY_TOPIC,
+                summary_subscription_name=topology.summary_subscription_name(config),
                 storage_agent=services.storage_agent,
                 pubsub_agent=services.pubsub_agent,
                 push_identity=identities.account("event_trigger").name,
@@ -217,13 +221,38 @@ class MlPipeline(pulumi.ComponentResource):
                 child,
             )
 
+        self.monitoring: PipelineMonitoring | None = None
+        if config.monitoring.enabled:
+            self.monitoring = PipelineMonitoring(
+                f"{name}-monitoring",
+                PipelineMonitoringArgs(
+                    project=config.project,
+                    region=config.region,
+                    name_prefix=config.name_prefix,
+                    settings=config.monitoring,
+                    service_names={
+                        key: function.service_name for key, function in self.functions.items()
+                    },
+                    predict=PREDICT_FUNCTION,
+                    promoting=plan.functions_logging(topology.LogEvent.MODEL_PROMOTED),
+                    rejecting=plan.functions_logging(topology.LogEvent.UPLOAD_REJECTED),
+                    dead_letter_subscription=messaging.dead_letter_subscription.name,
+                    workflow_name=self.workflow.name if self.workflow is not None else None,
+                    labels=labels,
+                    monitoring_apis=services.apis_for("monitoring"),
+                    logging_apis=services.apis_for("logging"),
+                ),
+                child,
+            )
+
         self.data_bucket = data.name
+        self.summary_subscription = messaging.summary_subscription.name
         self.source_bucket = source.name
         self.topic_names = topic_names
         self.account_emails = {
             workload: account.email for workload, account in identities.accounts.items()
         }
-        self.predict_url = self.functions["predict"].url
+        self.predict_url = self.functions[PREDICT_FUNCTION].url
         self.function_urls = {key: function.url for key, function in self.functions.items()}
         self.source_sha256 = archive.sha256
         self.register_outputs(
@@ -234,6 +263,7 @@ class MlPipeline(pulumi.ComponentResource):
                 "service_accounts": self.account_emails,
                 "source_sha256": self.source_sha256,
                 "workflow": self.workflow.name if self.workflow is not None else None,
+                "summary_subscription": self.summary_subscription,
             }
         )
 
@@ -303,7 +333,7 @@ def _function_args(
         invokers.append(Invoker("workflow", identities.member("workflow")))
     if deliveries:
         invokers.append(Invoker("event-trigger", identities.member("event_trigger")))
-    if spec.key == "predict":
+    if spec.key == PREDICT_FUNCTION:
         invokers.extend(
             Invoker(f"member-{index}", member)
             for index, member in enumerate(config.predict_invokers)
@@ -312,7 +342,7 @@ def _function_args(
             invokers.append(Invoker("public", "allUsers"))
     eventarc = [delivery for delivery in deliveries if delivery.mechanism == "eventarc"]
     return CloudFunctionArgs(
-        function_name=topology.resource_name(config, spec.key.replace("_", "-")),
+        function_name=topology.function_name(config, spec.key),
         project=config.project,
         region=config.region,
         entry_point=spec.entry_point,

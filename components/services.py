@@ -20,6 +20,7 @@ APIS: dict[str, str] = {
     "eventarc": "eventarc.googleapis.com",
     "iam": "iam.googleapis.com",
     "logging": "logging.googleapis.com",
+    "monitoring": "monitoring.googleapis.com",
     "pubsub": "pubsub.googleapis.com",
     "run": "run.googleapis.com",
     "storage": "storage.googleapis.com",

@@ -6,7 +6,8 @@ cloud wiring and the local wiring cannot drift apart. Nothing here imports Pulum
 How events reach functions:
 
 * ``eventarc`` deliveries become a Cloud Functions event trigger in the cloud (its own
-  trigger service account, trigger region = bucket location, retry policy). Eventarc's
+  trigger service account, retry policy; every one is a Pub/Sub trigger, so it sits in
+  the functions' single region, never the bucket's multi-region: pitfall 4). Eventarc's
   managed subscription cannot carry a dead-letter policy (pitfall 9), so these are used
   where retrying is the whole story.
 * ``push`` deliveries are explicit Pub/Sub push subscriptions with OIDC and a dead-letter
@@ -37,6 +38,28 @@ PROCESSED_PREFIX = "processed/"
 REJECTED_PREFIX = "rejected/"
 MODELS_PREFIX = "models/"
 RUNS_PREFIX = "runs/"
+
+# Run summaries: the topic every run's outcome is published to, and the pull
+# subscription that keeps them for people to read (components/messaging.py).
+SUMMARY_TOPIC = "model_events"
+SUMMARY_SUBSCRIPTION_SUFFIX = "run-summaries"
+
+
+class LogEvent:
+    """``jsonPayload.event`` values of the structured log lines that log-based metrics
+    count (components/monitoring.py). A promotion line also carries ``model_version``,
+    ``metric_name`` and a numeric ``metric_value``; a rejection line carries ``reason``."""
+
+    MODEL_PROMOTED = "model_promoted"
+    UPLOAD_REJECTED = "upload_rejected"
+
+
+# The stage (FunctionSpec.settings_key) whose functions write each event: in either
+# orchestration mode the training stage promotes and the processing stage rejects.
+LOG_EVENT_STAGES: Mapping[str, str] = {
+    LogEvent.MODEL_PROMOTED: "train_model",
+    LogEvent.UPLOAD_REJECTED: "process_data",
+}
 
 
 class Env:
@@ -135,6 +158,11 @@ class Topology:
 
     def deliveries_to(self, function_key: str) -> tuple[Delivery, ...]:
         return tuple(d for d in self.deliveries if d.function == function_key)
+
+    def functions_logging(self, event: str) -> tuple[str, ...]:
+        """Keys of the functions that write the structured log ``event``."""
+        stage = LOG_EVENT_STAGES[event]
+        return tuple(spec.key for spec in self.functions if spec.settings_key == stage)
 
 
 # Runtime and supporting identities: one service account per workload.
@@ -299,6 +327,16 @@ T = TypeVar("T")
 def resource_name(config: StackConfig, suffix: str) -> str:
     """Names of stack resources derive from the prefix, so two stacks never collide."""
     return f"{config.name_prefix}-{suffix}"
+
+
+def function_name(config: StackConfig, function_key: str) -> str:
+    """The Cloud Functions name, which is also its Cloud Run service's name."""
+    return resource_name(config, function_key.replace("_", "-"))
+
+
+def summary_subscription_name(config: StackConfig) -> str:
+    """The pull subscription that keeps run summaries (local stack and cloud alike)."""
+    return resource_name(config, SUMMARY_SUBSCRIPTION_SUFFIX)
 
 
 def workflow_name(config: StackConfig) -> str:

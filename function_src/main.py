@@ -2,7 +2,8 @@
 
 Workflow mode: ``process_data``, ``train_model``, ``predict`` (HTTP) and
 ``trigger_workflow`` (Pub/Sub CloudEvent). Events mode: ``process_data_event`` and
-``train_model_event`` (CloudEvents) plus ``predict``. See docs/FUNCTIONS.md.
+``train_model_event`` (CloudEvents) plus ``predict``. Both modes: ``score_data``
+(CloudEvent) scores uploads under the scoring prefix. See docs/FUNCTIONS.md.
 
 Every function loads this one file, so the heavy cores (processing with pyarrow,
 training with scikit-learn and skl2onnx) are imported inside the handlers that use
@@ -51,6 +52,7 @@ from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import ModelService, parse_instances, requested_version
 from pipeline_core.settings import (
     ProcessingSettings,
+    ScoringSettings,
     ServingSettings,
     TrainingSettings,
     TriggerSettings,
@@ -71,6 +73,7 @@ STAGE_CORES = {
     "process_data_event": "pipeline_core.processing",
     "train_model": "pipeline_core.training",
     "train_model_event": "pipeline_core.training",
+    "score_data": "pipeline_core.scoring",
 }
 
 
@@ -456,6 +459,42 @@ def train_model_event(event: CloudEvent) -> None:
             settings.model_events_topic,
             summaries.succeeded(request.source, outcome),
         )
+
+
+@functions_framework.cloud_event
+def score_data(event: CloudEvent) -> None:
+    """Scoring upload notification -> predictions/ of the champion + summary message."""
+    with log.log_context(event_id=event["id"]):
+        notification = _notification(event)
+        if notification is None:
+            return
+        settings = ScoringSettings.from_env(runtime.environ)
+        skip = notification.skip_reason(settings.score_prefix)
+        if skip is not None:
+            log.info(f"skipping notification: {skip}")
+            return
+        from pipeline_core.scoring import ScoringSpec, score
+
+        ref = notification.ref
+        spec = ScoringSpec(
+            settings.score_prefix, settings.id_column, settings.target_column, settings.runtime
+        )
+        try:
+            outcome = score(
+                runtime.bucket(settings.project, settings.data_bucket),
+                ref,
+                spec,
+                lease_seconds=settings.timeout_seconds,
+                clock=runtime.clock,
+            )
+        except DataRejectedError as rejection:
+            summary = summaries.rejected(ref, "score_data", rejection)
+        except PermanentError as error:
+            log.error(f"scoring failed permanently: {error.message}", object=ref.name)
+            summary = summaries.failed(ref, "score_data", error.message)
+        else:
+            summary = summaries.scored(ref, outcome)
+        _publish_summary(settings.project, settings.model_events_topic, summary)
 
 
 def _notification(event: CloudEvent) -> StorageNotification | None:

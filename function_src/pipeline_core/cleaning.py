@@ -59,8 +59,9 @@ ROW_NON_FINITE_FEATURE = "non_finite_feature"
 ROW_DUPLICATE = "duplicate"
 
 _KEPT = 0
-# Per-row codes of the rules that look at one feature cell, most basic first.
-_CELL_REASONS = (ROW_MISSING_FEATURE, ROW_NON_NUMERIC_FEATURE, ROW_NON_FINITE_FEATURE)
+# Per-row codes of the rules that look at one feature cell, most basic first: code c of
+# ``FeatureCells.codes`` is ``CELL_REASONS[c - 1]``.
+CELL_REASONS = (ROW_MISSING_FEATURE, ROW_NON_NUMERIC_FEATURE, ROW_NON_FINITE_FEATURE)
 _MISSING_CELL, _NON_NUMERIC_CELL, _NON_FINITE_CELL = 1, 2, 3
 _MISSING_TARGET_CODE = 4
 
@@ -90,8 +91,8 @@ class Layout:
         return [self.names.index(name) for name in (*self.features, self.target)]
 
 
-def layout(header: list[str], target: str, feature_columns: tuple[str, ...]) -> Layout:
-    """The header rules: a header row, named and distinct columns, target and features."""
+def header_names(header: list[str]) -> tuple[str, ...]:
+    """The rules every header meets: a header row of named, distinct columns."""
     names = tuple(cell.strip() for cell in header)
     if all(is_number(name) for name in names):
         raise FileRejectedError(
@@ -102,10 +103,16 @@ def layout(header: list[str], target: str, feature_columns: tuple[str, ...]) -> 
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise FileRejectedError(BAD_HEADER, f"the header repeats column names: {duplicates}")
+    return names
+
+
+def layout(header: list[str], target: str, feature_columns: tuple[str, ...]) -> Layout:
+    """The header rules: a header row, named and distinct columns, target and features."""
+    names = header_names(header)
     if target not in names:
         raise FileRejectedError(
             MISSING_TARGET,
-            f"missing target column {target!r}; header: {list(names)}{_delimiter_hint(names)}",
+            f"missing target column {target!r}; header: {list(names)}{delimiter_hint(names)}",
         )
     if feature_columns:
         absent = [name for name in feature_columns if name not in names]
@@ -130,28 +137,53 @@ class CleanBlock:
     first_rejected: dict[str, tuple[int, str]]  # reason -> (row in the block, detail)
 
 
-def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
-    """The row rules over one block; ``columns`` holds the layout's features, then its
-    target, every cell a string. A row is rejected for the first rule it breaks: target
-    first, then each feature in order (missing, not a number, not finite)."""
+@dataclass(frozen=True)
+class FeatureCells:
+    """The feature cells of one block as numbers, and which rows break a cell rule."""
+
+    values: np.ndarray[Any, np.dtype[np.float64]]  # one row per feature; any value if refused
+    codes: np.ndarray[Any, np.dtype[np.int8]]  # per row: 0, or the first cell rule broken
+    culprit: np.ndarray[Any, np.dtype[np.int32]]  # per row: the feature that broke it, or -1
+
+    def first_refused(
+        self, columns: pa.Table, features: tuple[str, ...]
+    ) -> dict[str, tuple[int, str]]:
+        """reason -> (row in the block, detail) of the first row refused for it."""
+        return _first_rejected(columns, features, "", self.codes, self.culprit)
+
+
+def feature_cells(columns: pa.Table, features: int) -> FeatureCells:
+    """The cell rules over the first ``features`` string columns of a block: a row is
+    refused for the first feature, in order, that is missing, not a number or not finite."""
     rows = columns.num_rows
-    target = pc.utf8_trim(columns.column(len(layout.features)), characters=WHITESPACE)
-    encoded = pc.dictionary_encode(_combined(target))
-    spellings = encoded.dictionary.to_pylist()
-    canonical = arrow_strings([canonical_label(text) for text in spellings])
     codes = np.zeros(rows, dtype=np.int8)
-    label_index = _numpy(encoded.indices)
-    missing_label = np.array([not label for label in canonical.to_pylist()], dtype=bool)
-    codes[missing_label[label_index]] = _MISSING_TARGET_CODE
-    culprit = np.full(rows, -1, dtype=np.int32)  # the feature a rejected row is named by
-    values = np.empty((len(layout.features), rows), dtype=np.float64)
-    for position in range(len(layout.features)):
+    culprit = np.full(rows, -1, dtype=np.int32)
+    values = np.empty((features, rows), dtype=np.float64)
+    for position in range(features):
         cell_codes = _parse_numbers(columns.column(position), values[position])
         if cell_codes is None:
             continue
         newly = (codes == _KEPT) & (cell_codes != _KEPT)
         codes[newly] = cell_codes[newly]
         culprit[newly] = position
+    return FeatureCells(values, codes, culprit)
+
+
+def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
+    """The row rules over one block; ``columns`` holds the layout's features, then its
+    target, every cell a string. A row is rejected for the first rule it breaks: target
+    first, then each feature in order (missing, not a number, not finite)."""
+    target = pc.utf8_trim(columns.column(len(layout.features)), characters=WHITESPACE)
+    encoded = pc.dictionary_encode(_combined(target))
+    spellings = encoded.dictionary.to_pylist()
+    canonical = arrow_strings([canonical_label(text) for text in spellings])
+    label_index = _numpy(encoded.indices)
+    missing_label = np.array([not label for label in canonical.to_pylist()], dtype=bool)
+    cells = feature_cells(columns, len(layout.features))
+    no_label = missing_label[label_index]
+    codes = np.where(no_label, np.int8(_MISSING_TARGET_CODE), cells.codes).astype(np.int8)
+    culprit = np.where(no_label, np.int32(-1), cells.culprit).astype(np.int32)
+    values = cells.values
     kept = codes == _KEPT
     label_keys = np.array([_label_key(label) for label in canonical.to_pylist()], np.uint64)
     kept_index = label_index[kept]
@@ -160,7 +192,7 @@ def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
         labels=canonical.take(arrow_numbers(kept_index)),
         label_keys=label_keys.reshape(-1, 2)[kept_index],
         rejections=_counts(codes),
-        first_rejected=_first_rejected(columns, layout, codes, culprit),
+        first_rejected=_first_rejected(columns, layout.features, layout.target, codes, culprit),
     )
 
 
@@ -246,7 +278,7 @@ def _combined(values: pa.ChunkedArray) -> pa.Array:
 
 def _counts(codes: np.ndarray[Any, np.dtype[np.int8]]) -> dict[str, int]:
     tally = np.bincount(codes, minlength=_MISSING_TARGET_CODE + 1)
-    reasons = (None, *_CELL_REASONS, ROW_MISSING_TARGET)
+    reasons = (None, *CELL_REASONS, ROW_MISSING_TARGET)
     return {
         reason: int(count) for reason, count in zip(reasons, tally, strict=True) if reason and count
     }
@@ -254,7 +286,8 @@ def _counts(codes: np.ndarray[Any, np.dtype[np.int8]]) -> dict[str, int]:
 
 def _first_rejected(
     columns: pa.Table,
-    layout: Layout,
+    features: tuple[str, ...],
+    target: str,
     codes: np.ndarray[Any, np.dtype[np.int8]],
     culprit: np.ndarray[Any, np.dtype[np.int32]],
 ) -> dict[str, tuple[int, str]]:
@@ -262,16 +295,16 @@ def _first_rejected(
     for code in np.unique(codes[codes != _KEPT]):
         row = int(np.argmax(codes == code))
         if code == _MISSING_TARGET_CODE:
-            first[ROW_MISSING_TARGET] = (row, f"no value for {layout.target!r}")
+            first[ROW_MISSING_TARGET] = (row, f"no value for {target!r}")
             continue
-        name = layout.features[culprit[row]]
+        name = features[culprit[row]]
         cell = _shortened(str(columns.column(int(culprit[row]))[row].as_py()).strip())
         detail = {
             _MISSING_CELL: f"no value for feature {name!r}",
             _NON_NUMERIC_CELL: f"feature {name!r} is {cell!r}, not a number",
             _NON_FINITE_CELL: f"feature {name!r} is {cell!r}",
         }[int(code)]
-        first[_CELL_REASONS[code - 1]] = (row, detail)
+        first[CELL_REASONS[code - 1]] = (row, detail)
     return first
 
 
@@ -385,7 +418,8 @@ def is_number(text: str) -> bool:
     return NUMBER.fullmatch(text) is not None
 
 
-def _delimiter_hint(names: tuple[str, ...]) -> str:
+def delimiter_hint(names: tuple[str, ...]) -> str:
+    """A sentence naming the separator of a one-column header that holds another one."""
     if len(names) != 1:
         return ""
     for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):

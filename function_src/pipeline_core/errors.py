@@ -122,3 +122,10 @@ class SmokeTestFailedError(PermanentError):
     """A candidate could not answer its smoke prediction, so it is never promoted."""
 
     code = "smoke_test_failed"
+
+
+class ScoringFailedError(PermanentError):
+    """A scoring upload cannot be scored as it is (no champion to score with, or the
+    champion was refused); the outcome is recorded and the upload is not retried."""
+
+    code = "scoring_failed"

@@ -90,12 +90,13 @@ class StorageNotification:
     size: int | None  # None when the payload format carries no object resource
     event_id: str
 
-    def skip_reason(self) -> str | None:
-        """Why this notification must not start a run, or None when it should."""
+    def skip_reason(self, prefix: str = RAW_PREFIX) -> str | None:
+        """Why this notification must not start a run of the stage that reads ``prefix``
+        (training: raw/, scoring: the scoring prefix), or None when it should."""
         if self.event_type != FINALIZE:
             return f"event type {self.event_type} is not {FINALIZE}"
-        if not self.ref.name.startswith(RAW_PREFIX):
-            return f"object {self.ref.name} is outside {RAW_PREFIX}"
+        if not self.ref.name.startswith(prefix):
+            return f"object {self.ref.name} is outside {prefix}"
         if self.size == 0:
             return f"object {self.ref.name} is empty (zero bytes)"
         return None

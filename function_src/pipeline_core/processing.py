@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -219,7 +218,9 @@ class _Cleaner:
         )
         progress = _Progress(ref, self.progress_seconds)
         with _ParquetOutput(sink, arrow_schema, self.row_group_rows) as output:
-            for block, parsed in _parsed_ahead(blocks, columns):
+            for block, parsed in csv_source.parsed_ahead(
+                blocks, len(columns.names), columns.positions
+            ):
                 cleaned = clean(parsed.columns, columns)
                 self._count(block, parsed, cleaned, columns)
                 self._keep_new(cleaned, output, arrow_schema)
@@ -386,22 +387,6 @@ class _ParquetOutput:
         if self._last_write is not None:
             self._last_write.result()
             self._last_write = None
-
-
-def _parsed_ahead(
-    blocks: Iterator[csv_source.Block], columns: Layout
-) -> Iterator[tuple[csv_source.Block, csv_source.ParsedBlock]]:
-    """Each block with its parsed columns; Arrow parses the next block on a thread (it
-    releases the GIL) while the caller cleans this one, so both cores work."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse") as parser:
-        previous: tuple[csv_source.Block, Future[csv_source.ParsedBlock]] | None = None
-        for block in blocks:
-            upcoming = parser.submit(csv_source.parse, block, len(columns.names), columns.positions)
-            if previous is not None:
-                yield previous[0], previous[1].result()
-            previous = block, upcoming
-        if previous is not None:
-            yield previous[0], previous[1].result()
 
 
 class _Progress:

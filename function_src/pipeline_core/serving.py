@@ -113,15 +113,26 @@ class LoadedModel:
             "onnx": {key: onnx[key] for key in ("status", "reason") if key in onnx},
         }
 
-    def predict(self, rows: np.ndarray[Any, Any]) -> dict[str, Any]:
-        """``rows``: (n, features) float64 from ``parse_instances``."""
+    def class_probabilities(
+        self, rows: np.ndarray[Any, Any]
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.intp]]]:
+        """(rows, classes) probabilities in the manifest's class order, and the index of
+        each row's most probable class; predict and batch scoring answer alike."""
         probabilities = self.predictor.probabilities(rows).astype(np.float64)
         _check_computable(probabilities)
         best = probabilities.argmax(axis=1)
         # A float32 sum over 100 trees misses 1 by a few 1e-7; rescaled rows and six
         # decimals make both runtimes print a certain class as 1.0, and keep JSON short.
         probabilities /= probabilities.sum(axis=1, keepdims=True)
-        probabilities = probabilities.round(6)
+        return probabilities.round(6), best
+
+    @property
+    def classes(self) -> np.ndarray[Any, np.dtype[np.object_]]:
+        return self._classes
+
+    def predict(self, rows: np.ndarray[Any, Any]) -> dict[str, Any]:
+        """``rows``: (n, features) float64 from ``parse_instances``."""
+        probabilities, best = self.class_probabilities(rows)
         confidences = probabilities[np.arange(len(best)), best].tolist()
         labels = self._classes[best].tolist()
         names = self.manifest["classes"]

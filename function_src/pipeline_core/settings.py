@@ -193,6 +193,37 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class ScoringSettings:
+    project: str
+    data_bucket: str
+    score_prefix: str = "score/"
+    id_column: str = ""  # empty: no column is passed through
+    target_column: str = "target"  # a scoring file may carry it; it is ignored
+    runtime: str = "onnx"
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    model_events_topic: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ScoringSettings:
+        env = _Environment(environ)
+        prefix = env.optional("SCORE_PREFIX", "score/")
+        if not prefix.endswith("/"):
+            raise ConfigurationError(
+                f"environment variable SCORE_PREFIX={prefix!r} must end with '/'"
+            )
+        return cls(
+            project=env.required("GOOGLE_CLOUD_PROJECT"),
+            data_bucket=env.required("DATA_BUCKET"),
+            score_prefix=prefix,
+            id_column=env.optional("ID_COLUMN", ""),
+            target_column=env.optional("TARGET_COLUMN", "target"),
+            runtime=env.choice("PREDICT_RUNTIME", PREDICT_RUNTIMES, "onnx"),
+            timeout_seconds=env.timeout_seconds(),
+            model_events_topic=env.required("MODEL_EVENTS_TOPIC"),
+        )
+
+
+@dataclass(frozen=True)
 class TriggerSettings:
     project: str
     data_bucket: str

@@ -23,6 +23,29 @@ def succeeded(ref: ObjectRef, training: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def scored(ref: ObjectRef, scoring: dict[str, Any]) -> dict[str, Any]:
+    """A scoring run's outcome (the summary document beside its predictions, shortened)."""
+    return {
+        "status": "scored",
+        **ref.to_json(),
+        "stage": "score_data",
+        **{
+            key: scoring[key]
+            for key in (
+                "model_version",
+                "rows_in",
+                "rows_scored",
+                "rows_refused",
+                "refusals",
+                "predictions_object",
+                "predictions_csv",
+                "summary_object",
+                "duration_seconds",
+            )
+        },
+    }
+
+
 def rejected(ref: ObjectRef, stage: str, rejection: DataRejectedError) -> dict[str, Any]:
     return {
         "status": "rejected",

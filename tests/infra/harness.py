@@ -137,6 +137,12 @@ class GcpMocks(pulumi.runtime.Mocks):
                 "service": f"projects/{PROJECT}/locations/{REGION}/services/{inputs['name']}",
             }
             outputs["url"] = f"https://{REGION}-{PROJECT}.cloudfunctions.net/{inputs['name']}"
+        elif args.typ == "gcp:monitoring/notificationChannel:NotificationChannel":
+            resource_id = f"projects/{PROJECT}/notificationChannels/{args.name}"
+            outputs["name"] = resource_id
+        elif args.typ == "gcp:monitoring/alertPolicy:AlertPolicy":
+            resource_id = f"projects/{PROJECT}/alertPolicies/{args.name}"
+            outputs["name"] = resource_id
         outputs["id"] = resource_id
         return resource_id, outputs
 
@@ -216,6 +222,12 @@ class Types:
     TOPIC = "gcp:pubsub/topic:Topic"
     TOPIC_IAM = "gcp:pubsub/topicIAMMember:TopicIAMMember"
     WORKFLOW = "gcp:workflows/workflow:Workflow"
+    ALERT_POLICY = "gcp:monitoring/alertPolicy:AlertPolicy"
+    NOTIFICATION_CHANNEL = "gcp:monitoring/notificationChannel:NotificationChannel"
+    DASHBOARD = "gcp:monitoring/dashboard:Dashboard"
+    LOG_METRIC = "gcp:logging/metric:Metric"
+
+    MONITORING = (ALERT_POLICY, NOTIFICATION_CHANNEL, DASHBOARD, LOG_METRIC)
 
     IAM = (ACCOUNT_IAM, BUCKET_IAM, PROJECT_IAM, RUN_INVOKER, SUBSCRIPTION_IAM, TOPIC_IAM)
 

@@ -114,6 +114,83 @@ def test_defaults_match_the_documented_ones() -> None:
         ),
         ({"forceDestroy": 1}, "ml-pipeline:forceDestroy", "true or false"),
         ({"labels": ["team"]}, "ml-pipeline:labels", "YAML map"),
+        ({"monitoring": "on"}, "ml-pipeline:monitoring", "YAML map"),
+        ({"monitoring": {"alerts": True}}, "ml-pipeline:monitoring.alerts", "deadLetterAlert"),
+        ({"monitoring": {"enabled": "maybe"}}, "ml-pipeline:monitoring.enabled", "true or false"),
+        (
+            {"monitoring": {"dashboard": 1}},
+            "ml-pipeline:monitoring.dashboard",
+            "true or false",
+        ),
+        (
+            {"monitoring": {"notificationEmails": "a@b.co"}},
+            "ml-pipeline:monitoring.notificationEmails",
+            "YAML list",
+        ),
+        (
+            {"monitoring": {"notificationEmails": ["oncall"]}},
+            "ml-pipeline:monitoring.notificationEmails",
+            "name@domain",
+        ),
+        (
+            {"monitoring": {"notificationEmails": ["a@b.co", "a@b.co"]}},
+            "ml-pipeline:monitoring.notificationEmails",
+            "each address once",
+        ),
+        (
+            {"monitoring": {"notificationChannels": ["email-channel"]}},
+            "ml-pipeline:monitoring.notificationChannels",
+            "projects/PROJECT/notificationChannels/ID",
+        ),
+        (
+            {
+                "monitoring": {
+                    "notificationChannels": ["7", "projects/p-123/notificationChannels/7"]
+                }
+            },
+            "ml-pipeline:monitoring.notificationChannels",
+            "each channel once",
+        ),
+        (
+            {"monitoring": {"predict5xxRatio": 0}},
+            "ml-pipeline:monitoring.predict5xxRatio",
+            "above 0 and below 1",
+        ),
+        (
+            {"monitoring": {"predict5xxRatio": 1}},
+            "ml-pipeline:monitoring.predict5xxRatio",
+            "above 0 and below 1",
+        ),
+        (
+            {"monitoring": {"predict5xxRatio": "high"}},
+            "ml-pipeline:monitoring.predict5xxRatio",
+            "from 0 to 1",
+        ),
+        (
+            {"monitoring": {"predictLatencyP95Ms": 0}},
+            "ml-pipeline:monitoring.predictLatencyP95Ms",
+            "from 1 to 3600000",
+        ),
+        (
+            {"monitoring": {"predictLatencyP95Ms": 60000}},
+            "ml-pipeline:monitoring.predictLatencyP95Ms",
+            "raise predict's timeoutSeconds",
+        ),
+        (
+            {"monitoring": {"alertDurationSeconds": 90}},
+            "ml-pipeline:monitoring.alertDurationSeconds",
+            "multiple of 60",
+        ),
+        (
+            {"monitoring": {"alertDurationSeconds": 90000}},
+            "ml-pipeline:monitoring.alertDurationSeconds",
+            "from 0 to 86400",
+        ),
+        (
+            {"monitoring": {"errorLogNotifyEverySeconds": 60}},
+            "ml-pipeline:monitoring.errorLogNotifyEverySeconds",
+            "from 300 to 86400",
+        ),
     ],
 )
 def test_invalid_values_name_the_key_and_the_fix(
@@ -125,11 +202,45 @@ def test_invalid_values_name_the_key_and_the_fix(
     assert fix in str(raised.value)
 
 
+def test_monitoring_defaults_and_the_latency_check_follow_predicts_timeout() -> None:
+    monitoring = build().monitoring
+    assert monitoring.enabled and monitoring.alerts and monitoring.log_metrics
+    assert monitoring.dashboard
+    assert (monitoring.predict_5xx_ratio, monitoring.predict_latency_p95_ms) == (0.05, 2000)
+    assert monitoring.notification_emails == monitoring.notification_channels == ()
+    # A longer predict timeout admits a higher threshold; a disabled alert is not checked.
+    slow = build(
+        functions={"predict": {"timeoutSeconds": 120}},
+        monitoring={"predictLatencyP95Ms": 90000, "notificationChannels": ["12"]},
+    ).monitoring
+    assert slow.predict_latency_p95_ms == 90000
+    assert slow.notification_channels == ("projects/p-123/notificationChannels/12",)
+    unchecked = build(monitoring={"predictLatencyAlert": False, "predictLatencyP95Ms": 90000})
+    assert not unchecked.monitoring.predict_latency_alert
+    assert not build(monitoring={"enabled": False}).monitoring.alerts
+
+
 def test_project_and_region_are_required() -> None:
     with pytest.raises(ConfigError, match=r"gcp:project.*pulumi config set gcp:project"):
         StackConfig.from_values(project=None, region="us-central1", stack="dev", values={})
     with pytest.raises(ConfigError, match=r"gcp:region.*pulumi config set gcp:region"):
         StackConfig.from_values(project="p", region="", stack="dev", values={})
+
+
+@pytest.mark.parametrize("region", ["us", "EU", "global", "US-CENTRAL1", "us-central"])
+def test_the_region_is_one_single_region(region: str) -> None:
+    """Functions, the workflow and the Eventarc Pub/Sub triggers (single regions only,
+    pitfall 4) all live in gcp:region; a multi-region goes in bucketLocation."""
+    with pytest.raises(ConfigError, match=r"gcp:region.*not a single region.*bucketLocation"):
+        StackConfig.from_values(project="p", region=region, stack="dev", values={})
+
+
+@pytest.mark.parametrize("region", ["us-central1", "europe-west4", "northamerica-northeast1"])
+def test_single_regions_are_accepted_and_carry_the_triggers(region: str) -> None:
+    config = StackConfig.from_values(
+        project="p", region=region, stack="dev", values={"bucketLocation": "US"}
+    )
+    assert config.trigger_region == region
 
 
 def test_pulumi_config_reads_scalars_as_text_and_structures_as_json() -> None:
@@ -144,6 +255,7 @@ def test_pulumi_config_reads_scalars_as_text_and_structures_as_json() -> None:
             deadLetterMaxAttempts="9",
             labels={"team": "ml"},
             featureColumns=["x", "y"],
+            monitoring={"enabled": False},
         )
     )
     config = load_stack_config()
@@ -153,6 +265,7 @@ def test_pulumi_config_reads_scalars_as_text_and_structures_as_json() -> None:
     assert config.dead_letter_max_attempts == 9
     assert config.labels == {"team": "ml"}
     assert config.feature_columns == ("x", "y")
+    assert config.monitoring.enabled is False
 
 
 def test_hyperparameter_names_are_those_training_accepts() -> None:

@@ -42,6 +42,10 @@ API_OF_TYPE = {
     Types.FUNCTION: "cloudfunctions",
     Types.RUN_INVOKER: "run",
     Types.WORKFLOW: "workflows",
+    Types.ALERT_POLICY: "monitoring",
+    Types.NOTIFICATION_CHANNEL: "monitoring",
+    Types.DASHBOARD: "monitoring",
+    Types.LOG_METRIC: "logging",
 }
 
 
