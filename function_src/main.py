@@ -152,17 +152,24 @@ def _json_body(request: flask.Request) -> Any:
 
 
 def _body(request: flask.Request) -> bytes:
-    """The raw body, refused past ``MAX_BODY_BYTES`` (by its Content-Length, or while a
-    chunked body is read)."""
+    """The raw body (read once, then cached), refused past ``MAX_BODY_BYTES`` (by its
+    Content-Length, or while a chunked body is read)."""
     request.max_content_length = MAX_BODY_BYTES
     try:
         check_declared_size(request.content_length)
         return request.get_data()
     except (PayloadTooLargeError, RequestEntityTooLarge):
-        # functions-framework reads the whole body after every answer; a refused one is
-        # left unread instead (werkzeug's own way of injecting a parsed stream).
-        request.__dict__["stream"] = io.BytesIO()
+        _leave_unread(request)
         raise too_large(request.content_length or MAX_BODY_BYTES + 1) from None
+    except HTTPException as error:  # the body ended before its Content-Length
+        _leave_unread(request)
+        raise BadRequestError(f"the request body could not be read: {error.description}") from None
+
+
+def _leave_unread(request: flask.Request) -> None:
+    """functions-framework reads the whole body after every answer; a refused one is
+    left unread instead (werkzeug's own way of injecting a parsed stream)."""
+    request.__dict__["stream"] = io.BytesIO()
 
 
 def _http_handler(
@@ -173,6 +180,9 @@ def _http_handler(
     def wrapper(request: flask.Request) -> flask.Response:
         with log.log_context(execution_id=request.headers.get(EXECUTION_ID_HEADER)):
             try:
+                # Read (bounded) on every route: functions-framework reads the body after
+                # each answer, where a short or oversized one would be its own HTML 500.
+                _body(request)
                 return handle(request)
             except PipelineError as error:
                 return _error_response(error)

@@ -58,16 +58,19 @@ def _standard_json(data: bytes) -> Any:
         raise BadRequestError(f"the request body is not valid JSON: {detail}") from None
 
 
+CONTAINERS = frozenset({dict, list})
+
+
 def _check_depth(document: Any) -> None:
-    """Iteratively, so that the check itself has no recursion limit."""
+    """Level by level, so that the check itself has no recursion limit; a container
+    whose values hold no container costs one C-level pass over their types."""
     level: list[Any] = [document]
     for _ in range(MAX_JSON_DEPTH):
         deeper: list[Any] = []
         for value in level:
-            if type(value) is dict:
-                deeper.extend(item for item in value.values() if type(item) in (dict, list))
-            elif type(value) is list:
-                deeper.extend(item for item in value if type(item) in (dict, list))
+            children = value.values() if type(value) is dict else value
+            if not CONTAINERS.isdisjoint(map(type, children)):
+                deeper.extend(child for child in children if type(child) in CONTAINERS)
         if not deeper:
             return
         level = deeper

@@ -176,6 +176,13 @@ def requests(draw: st.DrawFn, target: str) -> dict[str, Any]:
         "content_type": draw(CONTENT_TYPES),
         "headers": headers,
         "query_string": draw(st.sampled_from(["", "a=1", "%ff=%00", "x" * 300])),
+        # A Content-Length that lies (the body is shorter or longer) or is no number.
+        "environ_overrides": draw(
+            st.sampled_from([{}, {}, {}])
+            | st.sampled_from(["0", "3", "-1", "abc", "99999999999999999999", "1e3"]).map(
+                lambda length: {"CONTENT_LENGTH": length}
+            )
+        ),
     }
 
 

@@ -20,7 +20,7 @@ from pipeline_core.errors import (
 )
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry, sha256_hex
-from pipeline_core.serving import ModelService, parse_instances
+from pipeline_core.serving import LoadedModel, ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import InMemoryStorage
 from pipeline_core.training import TrainingRequest, train_smoke_and_promote
@@ -236,3 +236,26 @@ def test_client_input_never_causes_a_server_error(payload: Any) -> None:
         assert 400 <= error.http_status < 500
     else:
         assert rows.shape == (len(rows), len(FEATURES)) and np.isfinite(rows).all()
+
+
+class OverflowingPredictor:
+    """A model whose arithmetic overflows on its second row, as a scaled linear model
+    does on values near the float32 limit."""
+
+    runtime = "onnx"
+
+    def probabilities(self, rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        result = np.full((len(rows), 2), 0.5)
+        result[1] = np.nan
+        return result
+
+
+def test_values_that_overflow_inside_the_model_are_a_422_never_a_nan_answer() -> None:
+    manifest = {"classes": ["no", "yes"], "feature_names": ["a"]}
+    model = LoadedModel("v", OverflowingPredictor(), manifest, pointer_generation=0)
+    with pytest.raises(InvalidInputError) as refused:
+        model.predict(np.array([[1.0], [3e38], [2.0]]))
+    assert refused.value.details["problems"] == [
+        {"row": 1, "feature": None, "message": refused.value.message}
+    ]
+    assert "no finite probabilities" in refused.value.message
