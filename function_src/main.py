@@ -206,6 +206,9 @@ Handler = Callable[[flask.Request], flask.Response]
 def _framework_error(error: HTTPException) -> flask.Response:
     """The answers functions-framework and Flask give themselves (``/robots.txt``,
     ``/favicon.ico``, a malformed request line), as JSON like every other answer."""
+    # Never reached our handler, so its body was not read: functions-framework's own
+    # read after the answer must not meet a lying Content-Length.
+    _leave_unread(flask.request)
     status = error.code or 500
     code = FRAMEWORK_CODES.get(status, "bad_request" if status < 500 else "internal")
     message = f"{error.name}: {error.description}" if error.description else error.name

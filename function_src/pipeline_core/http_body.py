@@ -64,7 +64,7 @@ CONTAINERS = frozenset({dict, list})
 def _check_depth(document: Any) -> None:
     """Level by level, so that the check itself has no recursion limit; a container
     whose values hold no container costs one C-level pass over their types."""
-    level: list[Any] = [document]
+    level: list[Any] = [document] if type(document) in CONTAINERS else []
     for _ in range(MAX_JSON_DEPTH):
         deeper: list[Any] = []
         for value in level:

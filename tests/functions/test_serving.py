@@ -18,6 +18,7 @@ from pipeline_core.errors import (
     PayloadTooLargeError,
     PipelineError,
 )
+from pipeline_core.http_body import parse_json
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry, sha256_hex
 from pipeline_core.serving import LoadedModel, ModelService, parse_instances
@@ -259,3 +260,8 @@ def test_values_that_overflow_inside_the_model_are_a_422_never_a_nan_answer() ->
         {"row": 1, "feature": None, "message": refused.value.message}
     ]
     assert "no finite probabilities" in refused.value.message
+
+
+@pytest.mark.parametrize("body", [b"null", b"1", b'"x"', b"false", b"[]", b"{}", b"[[1]]"])
+def test_any_json_document_parses_and_scalars_are_shallow(body: bytes) -> None:
+    assert parse_json(body) == json.loads(body)
