@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from components.config import ORCHESTRATIONS, ConfigError, StackConfig, load_stack_file
+from components.topology import RAW_PREFIX
 from devstack import runs, stack
 from devstack.errors import DevstackError, RunFailedError, ServiceDiedError
 from devstack.plan import REPO_ROOT
@@ -105,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=RUN_TIMEOUT_SECONDS,
         help="seconds --wait follows the run (default %(default).0f)",
     )
+    score = commands.add_parser(
+        "score", help="upload a file under the scoring prefix (starts a scoring run)"
+    )
+    score.add_argument("file", type=Path)
+    score.add_argument("--name", help="object name under the prefix (default: the file name)")
+    score.add_argument("--wait", action="store_true", help="follow the run to its summary")
+    score.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=RUN_TIMEOUT_SECONDS,
+        help="seconds --wait follows the run (default %(default).0f)",
+    )
+    score.add_argument("--out", type=Path, help="with --wait: save the predictions CSV here")
     commands.add_parser("runs", help="list runs and their state")
     logs = commands.add_parser("logs", help="show a service's log (all services without one)")
     logs.add_argument("service", nargs="?")
@@ -155,11 +169,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         stack.restart_service(state_dir, args.service, progress)
         return 0
     state = stack.load_state(state_dir)
-    if args.command in ("upload", "predict"):
+    if args.command in ("upload", "predict", "score"):
         _require_all_running(state)
     if args.command == "endpoints":
         emit(state.endpoints())
-    elif args.command == "upload":
+    elif args.command in ("upload", "score"):
         _upload(state, args)
     elif args.command == "runs":
         _print_runs(state)
@@ -192,17 +206,30 @@ def _up(config: StackConfig, stack_file: Path, state_dir: Path, *, detach: bool)
 
 
 def _upload(state: stack.StackState, args: argparse.Namespace) -> None:
+    """``upload`` (training data, under raw/) and ``score`` (under the scoring prefix)."""
+    prefix = state.score_prefix if args.command == "score" else RAW_PREFIX
+    out: Path | None = getattr(args, "out", None)
+    if out is not None and not args.wait:
+        raise DevstackError("--out saves the predictions once the run is done: add --wait")
     if not args.wait:
-        key = runs.upload(state, args.file, name=args.name)
+        key = runs.upload(state, args.file, name=args.name, prefix=prefix)
         emit(dataclasses.asdict(key))
         return
     try:
         summary = runs.upload_and_follow(
-            state, args.file, name=args.name, timeout=args.timeout, progress=progress
+            state,
+            args.file,
+            name=args.name,
+            timeout=args.timeout,
+            progress=progress,
+            prefix=prefix,
         )
     except RunFailedError as failure:
         emit(failure.summary)
         raise
+    if out is not None:
+        runs.download(state, summary["predictions_csv"], out)
+        progress(f"saved {summary['predictions_csv']} to {out}")
     emit(summary)
 
 
@@ -221,7 +248,7 @@ def _require_all_running(state: stack.StackState) -> None:
 def _print_runs(state: stack.StackState) -> None:
     rows = runs.list_runs(state)
     if not rows:
-        progress(f"no uploads yet in gs://{state.bucket}/raw/")
+        progress(f"no uploads yet in gs://{state.bucket}/raw/ or /{state.score_prefix}")
     for row in rows:
         print(f"{row.object}\t{row.generation}\t{row.state}\t{row.detail}".rstrip())
 
