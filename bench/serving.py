@@ -606,13 +606,13 @@ def measure_load(
                     )
                     measured[scenario][name].append(result)
     summary = {
-        scenario: {name: _summarize(runs) for name, runs in by_name.items()}
+        scenario: {name: summarize(runs) for name, runs in by_name.items()}
         for scenario, by_name in measured.items()
     }
     return summary, served
 
 
-def _summarize(runs: Sequence[Measurement]) -> dict[str, Any]:
+def summarize(runs: Sequence[Measurement]) -> dict[str, Any]:
     return {
         "req_per_s": round(statistics.median(run.req_per_s for run in runs), 1),
         "p50_ms": round(statistics.median(run.p50_ms for run in runs), 3),
@@ -673,7 +673,17 @@ def _git(*args: str) -> str:
     return completed.stdout.strip()
 
 
-def _commit() -> dict[str, Any]:
+def machine_description() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        # The cores may be shared: ratios within one run are what compare.
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def commit_description() -> dict[str, Any]:
     # Uncommitted edits of the served code change what was measured.
     uncommitted = _git("status", "--porcelain", "--", "function_src")
     return {
@@ -713,14 +723,8 @@ def run(
     )
     return {
         "benchmark": "serving",
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            # The cores may be shared: ratios within one run are what compare.
-            "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
-        },
-        "commit": _commit(),
+        "machine": machine_description(),
+        "commit": commit_description(),
         "client": client_info,
         "settings": {
             "stack_file": str(stack_file),

@@ -1,6 +1,8 @@
 """Typed, validated stack configuration.
 
-This is the only module that reads ``pulumi.Config`` (``load_stack_config``). The same
+This is the only module that reads ``pulumi.Config`` (``load_stack_config``, and
+``load_public_predict`` for the policy pack). Every key is declared, with its type and
+default, in Pulumi.yaml's ``config:`` block (components/config_schema.py). The same
 validation serves the local stack, which reads a stack file (``Pulumi.<stack>.yaml``)
 through ``load_stack_file``, so a value that would fail ``pulumi up`` fails locally too.
 
@@ -75,6 +77,10 @@ _PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*/)+$")
 # Columns every predictions file has; an id column passed through may not take a name.
 PREDICTION_COLUMNS = ("row", "label", "confidence", "model_version", "reason")
 PROBABILITY_COLUMN_PREFIX = "probability_"
+# One Google Cloud region (us-central1, europe-west4, northamerica-northeast1), never a
+# multi-region (us, eu) or global: functions, the workflow and the Eventarc Pub/Sub
+# triggers all live in it, and Pub/Sub triggers exist in single regions only.
+_SINGLE_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _MEMBER = re.compile(
     r"^(user|serviceAccount|group|domain):[^\s]+$|^allUsers$|^allAuthenticatedUsers$"
 )
@@ -214,8 +220,17 @@ class StackConfig:
             raise ConfigError(
                 "gcp:region", "is not set", "pulumi config set gcp:region us-central1"
             )
+        if not _SINGLE_REGION.match(region):
+            raise ConfigError(
+                "gcp:region",
+                f"'{region}' is not a single region (functions, the workflow and the "
+                "Eventarc Pub/Sub triggers need one)",
+                "use a region such as us-central1 or europe-west1; a multi-region "
+                "(US, EU, ASIA) belongs in ml-pipeline:bucketLocation",
+            )
         reader = _Reader(values)
-        bucket_location = reader.string("bucketLocation", region.upper())
+        # Empty means derived (Pulumi.yaml declares "" as the default of these keys).
+        bucket_location = reader.string("bucketLocation", "") or region.upper()
         if bucket_location.lower() != region.lower() and bucket_location.upper() not in (
             "US",
             "EU",
@@ -226,7 +241,7 @@ class StackConfig:
                 f"'{bucket_location}' differs from gcp:region '{region}'",
                 "use the region itself or a multi-region (US, EU, ASIA)",
             )
-        name_prefix = reader.string("namePrefix", _default_prefix(stack))
+        name_prefix = reader.string("namePrefix", "") or _default_prefix(stack)
         if not _NAME_PREFIX.match(name_prefix):
             raise ConfigError(
                 f"{PROJECT_NAMESPACE}:namePrefix",
@@ -571,7 +586,7 @@ def _members(reader: _Reader) -> tuple[str, ...]:
 
 def _deployer(reader: _Reader) -> str | None:
     value = reader.raw("deployer")
-    if value is None:
+    if value is None or value == "":
         return None
     if not isinstance(value, str) or not _MEMBER.match(value) or value.startswith("all"):
         raise ConfigError(
@@ -780,6 +795,16 @@ def load_stack_config() -> StackConfig:
         stack=pulumi.get_stack(),
         values=values,
     )
+
+
+def load_public_predict() -> bool:
+    """The stack's ``publicPredict`` alone, for the policy pack (policy/pack.py): Pulumi
+    hands a pack the stack's config, but the pack's own virtualenv lacks scikit-learn and
+    the rest that validating the whole stack imports."""
+    import pulumi
+
+    value = pulumi.Config(PROJECT_NAMESPACE).get("publicPredict")
+    return as_bool(_Reader.full("publicPredict"), False if value is None else value)
 
 
 def load_stack_file(path: Path) -> StackConfig:

@@ -9,6 +9,7 @@ subscription or workflow of this stack, so two stacks in one project never mix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -124,7 +125,7 @@ class PipelineMonitoring(pulumi.ComponentResource):
         args = self._args
         return [
             gcp.monitoring.NotificationChannel(
-                f"{self._name}-email-{_slug(address)}",
+                f"{self._name}-email-{_channel_key(address)}",
                 project=args.project,
                 type="email",
                 display_name=f"{args.name_prefix} alerts: {address}",
@@ -581,11 +582,13 @@ def _chart(
                     "timeSeriesQuery": {
                         "timeSeriesFilter": {
                             "filter": time_series_filter,
+                            # No empty lists: the service drops them, and the
+                            # stored document would differ from ours on every preview.
                             "aggregation": {
                                 "alignmentPeriod": "60s",
                                 "perSeriesAligner": aligner,
                                 "crossSeriesReducer": reducer,
-                                "groupByFields": list(group_by),
+                                **({"groupByFields": list(group_by)} if group_by else {}),
                             },
                         }
                     },
@@ -644,5 +647,7 @@ def _request_log_name(project: str) -> str:
     return f"projects/{project}/logs/{REQUEST_LOG.replace('/', '%2F')}"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+def _channel_key(address: str) -> str:
+    """Readable and stable per address; the hash keeps a.b@x and a-b@x apart."""
+    slug = re.sub(r"[^a-z0-9]+", "-", address.lower()).strip("-")
+    return f"{slug}-{hashlib.sha256(address.encode()).hexdigest()[:6]}"

@@ -6,7 +6,8 @@ cloud wiring and the local wiring cannot drift apart. Nothing here imports Pulum
 How events reach functions:
 
 * ``eventarc`` deliveries become a Cloud Functions event trigger in the cloud (its own
-  trigger service account, trigger region = bucket location, retry policy). Eventarc's
+  trigger service account, retry policy; every one is a Pub/Sub trigger, so it sits in
+  the functions' single region, never the bucket's multi-region: pitfall 4). Eventarc's
   managed subscription cannot carry a dead-letter policy (pitfall 9), so these are used
   where retrying is the whole story.
 * ``push`` deliveries are explicit Pub/Sub push subscriptions with OIDC and a dead-letter

@@ -75,13 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def stack_options(command: argparse.ArgumentParser) -> None:
+    def stack_file_option(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--stack-file",
             type=Path,
             default=DEFAULT_STACK_FILE,
             help="Pulumi stack config to run (default Pulumi.dev.yaml)",
         )
+
+    def stack_options(command: argparse.ArgumentParser) -> None:
+        stack_file_option(command)
         command.add_argument(
             "--orchestration",
             choices=ORCHESTRATIONS,
@@ -127,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("payload", help='JSON, e.g. \'{"instances": [{"x": 1.0}]}\'')
     demo = commands.add_parser("demo", help="start, train on iris, predict, stop")
     stack_options(demo)
+    sample = commands.add_parser(
+        "sample-data", help="write the demo data set (iris) as a CSV to upload"
+    )
+    sample.add_argument("file", type=Path, help="the CSV to create, e.g. iris.csv")
+    stack_file_option(sample)
     return parser
 
 
@@ -143,19 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir.resolve()
-    if args.command == "up":
-        config = load_config(args.stack_file, args.orchestration)
-        return _up(config, args.stack_file.resolve(), state_dir, detach=args.detach)
-    if args.command == "down":
-        stack.down(state_dir, progress)
-        progress("stack stopped")
-        return 0
-    if args.command == "demo":
-        config = load_config(args.stack_file, args.orchestration)
-        from devstack.demo import run_demo
-
-        emit(run_demo(config, args.stack_file.resolve(), state_dir, progress))
-        return 0
+    without_state = _WITHOUT_STATE.get(args.command)
+    if without_state is not None:
+        return without_state(args, state_dir)
     if args.command == "upload" and args.bucket:
         if args.wait:
             raise DevstackError(
@@ -164,9 +162,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         key = runs.upload_to_cloud(args.bucket, args.file, name=args.name)
         emit(dataclasses.asdict(key))
-        return 0
-    if args.command == "restart":
-        stack.restart_service(state_dir, args.service, progress)
         return 0
     state = stack.load_state(state_dir)
     if args.command in ("upload", "predict", "score"):
@@ -182,6 +177,56 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "predict":
         emit(runs.predict(state, _parse_json(args.payload)))
     return 0
+
+
+def _up_command(args: argparse.Namespace, state_dir: Path) -> int:
+    config = load_config(args.stack_file, args.orchestration)
+    return _up(config, args.stack_file.resolve(), state_dir, detach=args.detach)
+
+
+def _down_command(args: argparse.Namespace, state_dir: Path) -> int:
+    stack.down(state_dir, progress)
+    progress("stack stopped")
+    return 0
+
+
+def _demo_command(args: argparse.Namespace, state_dir: Path) -> int:
+    config = load_config(args.stack_file, args.orchestration)
+    from devstack.demo import run_demo
+
+    emit(run_demo(config, args.stack_file.resolve(), state_dir, progress))
+    return 0
+
+
+def _restart_command(args: argparse.Namespace, state_dir: Path) -> int:
+    stack.restart_service(state_dir, args.service, progress)
+    return 0
+
+
+def _sample_data_command(args: argparse.Namespace, state_dir: Path) -> int:
+    emit(_write_sample_data(args.file, load_config(args.stack_file, None)))
+    return 0
+
+
+def _write_sample_data(path: Path, config: StackConfig) -> dict[str, Any]:
+    """Write iris with the stack's target column; an existing file is never replaced."""
+    from devstack.demo import write_iris_csv
+
+    if path.exists():
+        raise DevstackError(f"{path} already exists; name another file or remove it first")
+    sample = write_iris_csv(path, config.target_column)
+    progress(f"wrote {path}: scikit-learn's iris data set, upload it with 'upload {path}'")
+    return {"file": str(path), "target_column": config.target_column, "features": list(sample)}
+
+
+# Commands that need no running stack's state, by name.
+_WITHOUT_STATE: dict[str, Callable[[argparse.Namespace, Path], int]] = {
+    "up": _up_command,
+    "down": _down_command,
+    "demo": _demo_command,
+    "restart": _restart_command,
+    "sample-data": _sample_data_command,
+}
 
 
 def _up(config: StackConfig, stack_file: Path, state_dir: Path, *, detach: bool) -> int:

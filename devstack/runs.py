@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,25 @@ def upload_and_follow(
             f"in {time.monotonic() - started:.1f} s"
         )
         return follow(state, key, watch=watch, timeout=timeout, progress=progress, started=started)
+
+
+def upload_all_and_follow(
+    state: StackState, files: Mapping[str, Path], *, timeout: float, progress: Progress
+) -> list[dict[str, Any]]:
+    """Upload every file (object name under raw/ -> file) at once, one thread each, and
+    follow every run; the summaries in ``files``' order. A run that did not succeed
+    gives its failure summary, or status ``timed_out`` when none came in time."""
+
+    def upload_and_follow_one(name: str, file: Path) -> dict[str, Any]:
+        try:
+            return upload_and_follow(state, file, name=name, timeout=timeout, progress=progress)
+        except RunFailedError as failed:
+            return failed.summary
+        except RunTimeoutError as late:
+            return {"status": "timed_out", "object": RAW_PREFIX + name, "reason": str(late)}
+
+    with ThreadPoolExecutor(max_workers=max(1, len(files))) as pool:
+        return list(pool.map(upload_and_follow_one, files.keys(), files.values()))
 
 
 def follow(

@@ -12,14 +12,14 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from google.auth.credentials import AnonymousCredentials
 
 from components import topology
-from components.config import StackConfig
+from components.config import StackConfig, load_stack_file
 from devstack import plan as stack_plan
 from devstack.errors import (
     PUBSUB_EMULATOR_INSTALL,
@@ -309,7 +309,11 @@ def down(state_dir: Path, progress: Progress) -> StackState:
 
 
 def restart_service(state_dir: Path, name: str, progress: Progress) -> RunningService:
-    """Stop the service if it still runs and start it again, same port and settings."""
+    """Stop the service if it still runs and start it again, same port and settings.
+
+    Neither emulator keeps anything across a restart: the Pub/Sub emulator's topics
+    and subscriptions are created again (from the stack file 'up' read), and storage
+    gets its bucket again, empty."""
     state = load_state(state_dir)
     old = state.service(name)
     if group_alive(old.pid):
@@ -318,8 +322,28 @@ def restart_service(state_dir: Path, name: str, progress: Progress) -> RunningSe
     state.services[state.services.index(old)] = new
     _write_state(state_dir, state)
     wait_until_healthy([new], timeout=HEALTH_TIMEOUT_SECONDS, hints=_HINTS)
+    if name == stack_plan.PUBSUB:
+        _create_messaging(_running_plan(state, state_dir), state.pubsub())
+        progress("created the topics and subscriptions again")
+    if name == stack_plan.STORAGE:
+        state.storage_client().create_bucket(state.bucket)
+        progress(f"created bucket {state.bucket} again (empty)")
     progress(f"restarted {name} on {new.url} (process group {new.pid})")
     return new
+
+
+def _running_plan(state: StackState, state_dir: Path) -> stack_plan.StackPlan:
+    """The plan of the running stack: its config on the ports it was given."""
+    config = replace(
+        load_stack_file(Path(state.config_path)),
+        orchestration=state.orchestration,  # type: ignore[arg-type]
+    )
+    ports = {service.name: service.port for service in state.services}
+    if state.workflow_name is not None:
+        grpc_port = state.service(stack_plan.WORKFLOWS).plan.grpc_port
+        assert grpc_port is not None  # the Executions API always listens for gRPC too
+        ports[stack_plan.WORKFLOWS_GRPC] = grpc_port
+    return stack_plan.plan_stack(config, ports, data_dir=state_dir)
 
 
 def dead_services(state: StackState) -> list[RunningService]:

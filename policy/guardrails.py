@@ -1,13 +1,15 @@
 """Guardrail policies as plain functions over a resource's type and camelCase inputs.
 
-They are what a CrossGuard policy pack would run (``validate_resource`` receives the
-same type token and properties), kept free of ``pulumi_policy`` so that they are tested
-directly and can also be run over a mock deployment of the whole program.
+The CrossGuard pack in this folder (``__main__.py``, through ``pack.py``) wraps each entry
+of ``GUARDRAILS`` as one mandatory resource validation policy: a CrossGuard validation
+receives the same type token and properties. The functions stay free of
+``pulumi_policy``, whose protobuf pin the program's environment cannot share, so that
+they are tested directly and run over a mock deployment of the whole program.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,14 @@ class Violation:
     message: str
 
 
-def bucket_is_private(props: Mapping[str, Any]) -> list[Violation]:
+@dataclass(frozen=True)
+class Options:
+    """What the stack allows on purpose (``ml-pipeline:publicPredict``)."""
+
+    allow_public_invokers: bool = False
+
+
+def bucket_is_private(props: Mapping[str, Any], options: Options) -> list[Violation]:
     violations = []
     if props.get("publicAccessPrevention") != "enforced":
         violations.append(
@@ -54,10 +63,10 @@ def bucket_is_private(props: Mapping[str, Any]) -> list[Violation]:
     return violations
 
 
-def invokers_are_private(props: Mapping[str, Any], *, allow_public: bool) -> list[Violation]:
+def invokers_are_private(props: Mapping[str, Any], options: Options) -> list[Violation]:
     members: Iterable[Any] = props.get("members") or [props.get("member")]
     public = sorted(str(m) for m in members if m in PUBLIC_MEMBERS)
-    if public and not allow_public:
+    if public and not options.allow_public_invokers:
         return [
             Violation(
                 "no-public-invokers",
@@ -68,7 +77,7 @@ def invokers_are_private(props: Mapping[str, Any], *, allow_public: bool) -> lis
     return []
 
 
-def function_avoids_default_account(props: Mapping[str, Any]) -> list[Violation]:
+def function_avoids_default_account(props: Mapping[str, Any], options: Options) -> list[Violation]:
     identities = {
         "runtime (serviceConfig.serviceAccountEmail)": _nested(
             props, "serviceConfig", "serviceAccountEmail"
@@ -90,17 +99,50 @@ def function_avoids_default_account(props: Mapping[str, Any]) -> list[Violation]
     ]
 
 
+@dataclass(frozen=True)
+class Guardrail:
+    """One policy of the pack: its name, what it demands, where, and the check."""
+
+    name: str
+    description: str
+    resource_types: frozenset[str]
+    check: Callable[[Mapping[str, Any], Options], list[Violation]]
+
+
+GUARDRAILS: tuple[Guardrail, ...] = (
+    Guardrail(
+        "bucket-is-private",
+        "Buckets enforce public access prevention and uniform bucket-level access.",
+        frozenset({BUCKET}),
+        bucket_is_private,
+    ),
+    Guardrail(
+        "no-public-invokers",
+        "No allUsers or allAuthenticatedUsers invoker grant, unless ml-pipeline:publicPredict "
+        "is true.",
+        INVOKER_GRANTS,
+        invokers_are_private,
+    ),
+    Guardrail(
+        "no-default-compute-account",
+        "No function runs, builds or is triggered as the Compute Engine default account.",
+        frozenset({FUNCTION}),
+        function_avoids_default_account,
+    ),
+)
+
+
 def check_resource(
     type_: str, props: Mapping[str, Any], *, allow_public_invokers: bool = False
 ) -> list[Violation]:
     """Every violation of one resource; types the guardrails do not cover pass."""
-    if type_ == BUCKET:
-        return bucket_is_private(props)
-    if type_ in INVOKER_GRANTS:
-        return invokers_are_private(props, allow_public=allow_public_invokers)
-    if type_ == FUNCTION:
-        return function_avoids_default_account(props)
-    return []
+    options = Options(allow_public_invokers=allow_public_invokers)
+    return [
+        violation
+        for guardrail in GUARDRAILS
+        if type_ in guardrail.resource_types
+        for violation in guardrail.check(props, options)
+    ]
 
 
 def _nested(props: Mapping[str, Any], *path: str) -> Any:

@@ -164,10 +164,16 @@ class ModelRegistry:
     def promote(
         self, manifest: dict[str, Any], policy: PromotionPolicy, promoted_at: datetime
     ) -> PromotionDecision:
-        """Replace the pointer if the policy allows; re-decide whenever someone won first."""
+        """Replace the pointer if the policy allows; re-decide whenever someone won first.
+
+        A lost compare-and-swap means another promotion landed: the pointer is read
+        again and the candidate decided against the new champion, which may be this
+        very candidate (a duplicate attempt of the same run won the race)."""
         version = manifest["model_version"]
         for _ in range(PROMOTION_ATTEMPTS):
             champion = self.champion()
+            if champion is not None and champion.version == version:
+                return PromotionDecision(True, version, "already the champion")
             decision = decide(policy, manifest["metrics"], champion)
             if not decision.promoted:
                 return decision

@@ -33,13 +33,17 @@ from sklearn.preprocessing import StandardScaler
 
 from pipeline_core import logging as log
 from pipeline_core.compiling import COMPILED, compile_candidate
-from pipeline_core.errors import BadRequestError, TrainingFailedError
+from pipeline_core.errors import (
+    BadRequestError,
+    ObjectNotFoundError,
+    TrainingFailedError,
+    TransientError,
+)
 from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
 from pipeline_core.leases import Clock, acquire, utc_now
 from pipeline_core.onnx_model import RUNTIME_VERSION
 from pipeline_core.registry import (
     ModelRegistry,
-    PromotionDecision,
     lineage_object,
     new_version,
     training_lease_object,
@@ -269,12 +273,8 @@ def promote_candidate(
         )
     if recorded.get("decided", True):
         return recorded
-    champion = registry.champion()
-    if champion is not None and champion.version == request.model_version:
-        decision = PromotionDecision(True, champion.version, "already the champion")
-    else:
-        manifest = registry.manifest(request.model_version)
-        decision = registry.promote(manifest, settings.promotion, clock())
+    manifest = registry.manifest(request.model_version)
+    decision = registry.promote(manifest, settings.promotion, clock())
     outcome = {
         **recorded,
         "decided": True,
@@ -356,11 +356,19 @@ def _load(storage: Storage, processed: str, settings: TrainingSettings) -> Train
     info = storage.stat(processed)
     if info is None:
         raise TrainingFailedError(f"{processed} does not exist; process the upload first")
-    with storage.open_read(processed, info.generation) as source:
-        try:
-            return _read_sampled(source, processed, settings)
-        except pa.ArrowInvalid as error:
-            raise TrainingFailedError(f"{processed} is not readable Parquet: {error}") from None
+    try:
+        with storage.open_read(processed, info.generation) as source:
+            try:
+                return _read_sampled(source, processed, settings)
+            except pa.ArrowInvalid as error:
+                raise TrainingFailedError(f"{processed} is not readable Parquet: {error}") from None
+    except ObjectNotFoundError:
+        # A late processing attempt (its lease expired while it ran) rewrote the file
+        # between our stat and our read: the data is there, at a newer generation.
+        raise TransientError(
+            f"{processed} was replaced while training read generation {info.generation}; "
+            "retry to read the current one"
+        ) from None
 
 
 def _read_sampled(source: IO[bytes], processed: str, settings: TrainingSettings) -> TrainingData:

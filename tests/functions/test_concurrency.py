@@ -1,15 +1,19 @@
-"""Concurrent duplicate deliveries: each interleaving staged deterministically with
-``InterleavedStorage`` (the duplicate runs at an exact point of the first attempt)."""
+"""Concurrent attempts, each interleaving staged deterministically with
+``InterleavedStorage`` (the other attempt runs at an exact point of the first): duplicate
+deliveries of one run, and trainers of different uploads contending for the champion."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from pipeline_core.errors import TrainingFailedError
-from pipeline_core.events import ObjectRef
+from pipeline_core.errors import TrainingFailedError, TransientError
+from pipeline_core.events import ObjectRef, PromotionRequest
 from pipeline_core.leases import LeaseHeldError, acquire
 from pipeline_core.processing import (
     DatasetSchema,
@@ -19,9 +23,21 @@ from pipeline_core.processing import (
     processed_object,
     stats_object,
 )
-from pipeline_core.registry import lineage_object, training_lease_object
-from pipeline_core.settings import TrainingSettings
-from pipeline_core.training import TrainingRequest, train, train_smoke_and_promote
+from pipeline_core.registry import (
+    CHAMPION_OBJECT,
+    ModelRegistry,
+    lineage_object,
+    training_lease_object,
+)
+from pipeline_core.serving import ModelService
+from pipeline_core.settings import PromotionPolicy, TrainingSettings
+from pipeline_core.storage import read_json
+from pipeline_core.training import (
+    TrainingRequest,
+    promote_candidate,
+    train,
+    train_smoke_and_promote,
+)
 from tests.functions.conftest import IRIS, upload
 from tests.functions.fakes import InterleavedStorage
 
@@ -181,3 +197,152 @@ def test_a_processing_duplicate_claiming_after_the_first_finished_writes_nothing
 def generation_of(storage: InterleavedStorage, name: str) -> int | None:
     info = storage.stat(name)
     return None if info is None else info.generation
+
+
+# Contention between uploads. Every candidate clears the minimum, so each decision is a
+# comparison with whatever champion the trainer found last; on one data set, the strong
+# settings tie with each other and beat the weak ones.
+POLICY = PromotionPolicy(minimum=0.0)
+STRONG = replace(SETTINGS, promotion=POLICY)
+WEAK = replace(SETTINGS, hyperparameters={"n_estimators": 1, "max_depth": 1}, promotion=POLICY)
+
+
+def processed_upload(storage: InterleavedStorage, name: str) -> TrainingRequest:
+    ref = upload(storage, name, IRIS)
+    return TrainingRequest(
+        ref, process(storage, ref, DatasetSchema()).to_json()["processed_object"]
+    )
+
+
+def champion_pointer(storage: InterleavedStorage) -> dict[str, Any]:
+    return read_json(storage, CHAMPION_OBJECT)
+
+
+def recorded(storage: InterleavedStorage, request: TrainingRequest) -> dict[str, Any]:
+    return read_json(storage, lineage_object(request.source))
+
+
+def before_a_pointer_write(
+    storage: InterleavedStorage, rival: Callable[[], dict[str, Any]], *, skip: int = 0
+) -> list[dict[str, Any]]:
+    """Stage ``rival`` just before the write of the champion pointer that follows
+    ``skip`` such writes; its outcome lands in the list returned."""
+    outcomes: list[dict[str, Any]] = []
+    storage.before("write", CHAMPION_OBJECT, lambda: outcomes.append(rival()), skip=skip)
+    return outcomes
+
+
+@pytest.mark.parametrize(
+    ("ours", "rivals", "we_win"),
+    [(STRONG, WEAK, True), (WEAK, STRONG, False), (STRONG, STRONG, True)],
+    ids=["we-are-better", "the-rival-is-better", "a-tie"],
+)
+def test_a_promotion_that_loses_the_pointer_race_reads_again_and_decides_again(
+    storage: InterleavedStorage,
+    ours: TrainingSettings,
+    rivals: TrainingSettings,
+    we_win: bool,
+) -> None:
+    our_request = processed_upload(storage, "raw/ours.csv")
+    rival_request = processed_upload(storage, "raw/rival.csv")
+    # The rival's whole run lands between our reading "no champion" and our pointer write.
+    rival = before_a_pointer_write(
+        storage, lambda: train_smoke_and_promote(storage, rival_request, rivals)
+    )
+
+    outcome = train_smoke_and_promote(storage, our_request, ours)
+
+    assert rival[0]["promoted"] is True  # the first model
+    assert outcome["promoted"] is we_win
+    pointer = champion_pointer(storage)
+    winner = outcome if we_win else rival[0]
+    assert pointer["model_version"] == winner["model_version"] == outcome["champion_version"]
+    assert pointer["previous_version"] == (rival[0]["model_version"] if we_win else None)
+    if not we_win:
+        assert outcome["reason"].startswith("worse than the champion")
+    for request, result in ((our_request, outcome), (rival_request, rival[0])):
+        decision = recorded(storage, request)
+        assert decision["decided"] is True
+        assert decision["promoted"] == result["promoted"]
+        assert decision["champion_version"] == result["champion_version"]
+
+
+def test_a_promotion_decides_again_each_time_another_lands_first(
+    storage: InterleavedStorage,
+) -> None:
+    ours, b_request, c_request = (processed_upload(storage, f"raw/{name}.csv") for name in "abc")
+    # Our first write loses to b; b's own write passes; our second write loses to c.
+    b_outcomes = before_a_pointer_write(
+        storage, lambda: train_smoke_and_promote(storage, b_request, STRONG)
+    )
+    c_outcomes = before_a_pointer_write(
+        storage, lambda: train_smoke_and_promote(storage, c_request, STRONG), skip=1
+    )
+
+    outcome = train_smoke_and_promote(storage, ours, STRONG)
+
+    (b,), (c,) = b_outcomes, c_outcomes
+    assert outcome["promoted"] and b["promoted"] and c["promoted"]  # ties are not worse
+    pointer = champion_pointer(storage)
+    assert pointer["model_version"] == outcome["model_version"]
+    assert pointer["previous_version"] == c["model_version"]
+    assert recorded(storage, c_request)["champion_version"] == c["model_version"]
+
+
+def test_a_duplicate_promotion_of_the_same_candidate_is_already_the_champion(
+    storage: InterleavedStorage,
+) -> None:
+    request = processed_upload(storage, "raw/ours.csv")
+    candidate = train(storage, request, STRONG)
+    promotion = PromotionRequest(request.source, candidate["model_version"])
+    duplicate = before_a_pointer_write(
+        storage, lambda: promote_candidate(storage, promotion, STRONG)
+    )
+
+    outcome = promote_candidate(storage, promotion, STRONG)
+
+    assert duplicate[0]["promoted"] is outcome["promoted"] is True
+    assert outcome["reason"] == "already the champion"
+    pointer = champion_pointer(storage)
+    assert pointer["model_version"] == candidate["model_version"]
+    assert pointer["previous_version"] is None  # written once, not replaced by itself
+
+
+def test_predict_reloading_while_a_rival_promotes_serves_the_pointer_it_read(
+    storage: InterleavedStorage,
+) -> None:
+    a, b, c = (processed_upload(storage, f"raw/{name}.csv") for name in "abc")
+    train_smoke_and_promote(storage, a, STRONG)
+    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
+    service.current()
+    train_smoke_and_promote(storage, b, STRONG)  # predict's next check sees a new generation
+    latest: list[dict[str, Any]] = []
+    # Between that check and predict's read of the pointer, c is promoted too.
+    storage.before(
+        "read",
+        CHAMPION_OBJECT,
+        lambda: latest.append(train_smoke_and_promote(storage, c, STRONG)),
+    )
+
+    served = service.refresh()
+
+    info = storage.stat(CHAMPION_OBJECT)
+    assert served is not None and info is not None
+    assert served.version == latest[0]["model_version"]
+    assert served.pointer_generation == info.generation
+    assert service.refresh() is served  # the same generation: nothing is loaded again
+
+
+def test_processed_data_rewritten_while_training_reads_it_is_a_transient_failure(
+    storage: InterleavedStorage, request_for_iris: TrainingRequest
+) -> None:
+    name = request_for_iris.processed_object
+    data = storage.read(name).data
+    # A late processing attempt (its lease expired while it ran) writes the same file again.
+    storage.before("read", name, lambda: storage.write(name, data, content_type="x"))
+
+    with pytest.raises(TransientError, match="was replaced while training read generation"):
+        train(storage, request_for_iris, SETTINGS)
+
+    assert storage.stat(training_lease_object(request_for_iris.source)) is None
+    assert train(storage, request_for_iris, SETTINGS)["model_version"]  # the redelivery

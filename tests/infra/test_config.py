@@ -227,6 +227,22 @@ def test_project_and_region_are_required() -> None:
         StackConfig.from_values(project="p", region="", stack="dev", values={})
 
 
+@pytest.mark.parametrize("region", ["us", "EU", "global", "US-CENTRAL1", "us-central"])
+def test_the_region_is_one_single_region(region: str) -> None:
+    """Functions, the workflow and the Eventarc Pub/Sub triggers (single regions only,
+    pitfall 4) all live in gcp:region; a multi-region goes in bucketLocation."""
+    with pytest.raises(ConfigError, match=r"gcp:region.*not a single region.*bucketLocation"):
+        StackConfig.from_values(project="p", region=region, stack="dev", values={})
+
+
+@pytest.mark.parametrize("region", ["us-central1", "europe-west4", "northamerica-northeast1"])
+def test_single_regions_are_accepted_and_carry_the_triggers(region: str) -> None:
+    config = StackConfig.from_values(
+        project="p", region=region, stack="dev", values={"bucketLocation": "US"}
+    )
+    assert config.trigger_region == region
+
+
 def test_pulumi_config_reads_scalars_as_text_and_structures_as_json() -> None:
     import pulumi
 

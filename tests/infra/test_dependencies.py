@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from components.config import ESTIMATORS
 
 ROOT = Path(__file__).resolve().parents[2]
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
@@ -29,9 +32,35 @@ LOCK = pins(ROOT / "constraints.txt")
 
 
 def test_every_deployed_and_development_pin_is_the_locked_version() -> None:
-    for requirements in (ROOT / "function_src" / "requirements.txt", ROOT / "requirements-dev.txt"):
+    for requirements in (
+        ROOT / "requirements.txt",
+        ROOT / "function_src" / "requirements.txt",
+        ROOT / "requirements-dev.txt",
+    ):
         for name, version in pins(requirements).items():
             assert LOCK.get(name) == version, f"{requirements.name}: {name}=={version}"
+
+
+def test_the_program_requirements_list_every_library_the_program_imports() -> None:
+    """requirements.txt is what `pulumi install` installs for __main__.py and components/:
+    every third-party import there (lazy ones and the estimators config.py loads by name
+    included) must come from a distribution it pins."""
+    sources = [ROOT / "__main__.py", *sorted((ROOT / "components").glob("*.py"))]
+    modules = {module.split(".")[0] for module, _ in ESTIMATORS.values()}
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    third_party = modules - set(sys.stdlib_module_names) - {"components", "__future__"}
+    distributions = metadata.packages_distributions()
+    program = set(pins(ROOT / "requirements.txt"))
+    for module in sorted(third_party):
+        provided_by = {canonical(name) for name in distributions.get(module, [])}
+        assert provided_by & program, f"requirements.txt lacks the distribution of {module}"
+    # The development environment installs the program's requirements, not a copy of them.
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text(encoding="utf-8")
 
 
 def test_the_serving_and_compiling_libraries_are_deployed() -> None:

@@ -4,6 +4,8 @@ reads of the local bucket and Pub/Sub emulator."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ import requests
 import yaml
 
 from devstack.plan import LOOPBACK, REPO_ROOT
+from devstack.processes import RunningService, group_alive
 from devstack.pubsub import ReceivedMessage
 from devstack.stack import StackState
 
@@ -40,12 +43,17 @@ def devstack(state_dir: Path, *args: str, timeout: float = 300) -> subprocess.Co
     )
 
 
-def write_test_stack_file(directory: Path) -> Path:
+def write_test_stack_file(directory: Path, *, stage_timeout_seconds: int | None = None) -> Path:
     """Pulumi.dev.yaml with a small forest (speed) and no champion caching in predict,
-    so a promotion is served at once."""
+    so a promotion is served at once. ``stage_timeout_seconds`` shortens process_data's
+    and train_model's timeouts, and with them how long a killed attempt's lease lives."""
     document = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text(encoding="utf-8"))
     document["config"]["ml-pipeline:hyperparameters"] = {"n_estimators": 10}
     document["config"]["ml-pipeline:modelRefreshSeconds"] = 0
+    if stage_timeout_seconds is not None:
+        for stage in ("process_data", "train_model"):
+            functions = document["config"]["ml-pipeline:functions"]
+            functions[stage]["timeoutSeconds"] = stage_timeout_seconds
     # Attempts come about 3 s apart: 8 leave about 20 s to restart a stopped service
     # before its message is dead-lettered, enough on two busy cores.
     document["config"]["ml-pipeline:deadLetterMaxAttempts"] = 8
@@ -65,6 +73,18 @@ def separable_csv(path: Path, *, rows_per_class: int = 60, seed: int = 1) -> Pat
         frame["target"] = label
         frames.append(frame)
     pd.concat(frames).sample(frac=1.0, random_state=seed).to_csv(path, index=False)
+    return path
+
+
+def overlapping_csv(path: Path, *, rows: int = 3000, seed: int = 3) -> Path:
+    """Three classes that overlap: a forest scores about 0.82 (above the minimum, below
+    separable data) and grows deep trees, so training takes a second or more."""
+    generator = np.random.default_rng(seed)
+    labels = generator.integers(0, 3, size=rows)
+    values = labels[:, None] * 1.2 + generator.normal(size=(rows, len(FEATURES)))
+    frame = pd.DataFrame(values, columns=list(FEATURES))
+    frame["target"] = labels
+    frame.to_csv(path, index=False)
     return path
 
 
@@ -89,6 +109,27 @@ def object_resource(state: StackState, name: str) -> dict[str, Any]:
     response.raise_for_status()
     resource: dict[str, Any] = response.json()
     return resource
+
+
+def object_exists(state: StackState, name: str) -> bool:
+    return state.storage_client().bucket(state.bucket).get_blob(name) is not None
+
+
+def kill(service: RunningService) -> None:
+    """SIGKILL the service's process group (a crash, no graceful shutdown) and wait
+    until it is gone."""
+    os.killpg(service.pid, signal.SIGKILL)
+    wait_for(lambda: not group_alive(service.pid) or None, timeout=30, what=f"{service.name} dying")
+
+
+def freeze(service: RunningService, seconds: float) -> None:
+    """An outage that keeps the service's state: its process group stopped (SIGSTOP:
+    connections are accepted, nothing is answered) for ``seconds``, then continued."""
+    os.killpg(service.pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.killpg(service.pid, signal.SIGCONT)
 
 
 def model_versions(state: StackState) -> set[str]:

@@ -3,6 +3,7 @@ stack: usage errors exit 2 with one line naming the argument, before anything st
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,21 @@ def test_upload_names_must_stay_plain_object_names_under_raw(name: str, tmp_path
     with pytest.raises(DevstackError, match="not a plain object name under raw/"):
         # The name is checked before any client is used: nothing is uploaded.
         runs.upload_to_cloud("any-bucket", data, name=name)
+
+
+def test_sample_data_writes_the_demo_csv_and_never_replaces_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "iris.csv"
+
+    assert main(["sample-data", str(data)]) == 0
+
+    written = json.loads(capsys.readouterr().out)
+    header = data.read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert header == [*written["features"], written["target_column"]]
+    assert written["target_column"] == "target"
+    assert len(data.read_text(encoding="utf-8").splitlines()) == 151
+    before = data.read_bytes()
+    assert main(["sample-data", str(data)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert data.read_bytes() == before

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from components.config import StackConfig
 from components.topology import workflow_environment
 from devstack.workflows.engine import ExecutionContext, WorkflowProgram
 from devstack.workflows.errors import WorkflowError
@@ -269,3 +271,20 @@ def test_unreachable_pubsub_fails_the_run_with_a_clear_error(
         program.run(EVENT, context=context)
 
     assert "ConnectionError" in raised.value.tags
+
+
+def test_a_stage_is_retried_longer_than_a_crashed_attempts_lease_lives() -> None:
+    """A killed stage leaves its lease for the stage's timeout; the retries of
+    call_stage must outlast it, or the run fails although nothing runs any more."""
+    steps = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))["call_stage"]["steps"]
+    retry = next(step["post"]["retry"] for step in steps if "post" in step)
+    backoff = retry["backoff"]
+    delays = [
+        min(backoff["initial_delay"] * backoff["multiplier"] ** attempt, backoff["max_delay"])
+        for attempt in range(retry["max_retries"])
+    ]
+    defaults = StackConfig(
+        project="p", region="r", stack="dev", bucket_location="r", name_prefix="mlp"
+    ).functions
+    for stage in ("process_data", "train_model"):
+        assert sum(delays) > defaults[stage].timeout_seconds

@@ -1,0 +1,56 @@
+"""The CI workflow previews with the policy pack, and only where the secrets exist.
+
+(`make lint` runs actionlint over the same file for syntax and expressions.)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+# pulumi/actions' current major (v7.0.0, May 2026: the node 24 runtime).
+PULUMI_ACTION = "pulumi/actions@v7"
+
+
+def jobs() -> dict[str, Any]:
+    document = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    found: dict[str, Any] = document["jobs"]
+    return found
+
+
+def secrets_used(job: Any) -> set[str]:
+    return set(re.findall(r"(?<![\w-])secrets\.(\w+)", yaml.safe_dump(job)))
+
+
+def test_the_preview_runs_with_the_policy_pack_on_the_current_pulumi_action() -> None:
+    steps = jobs()["preview"]["steps"]
+    pulumi_steps = [step for step in steps if str(step.get("uses", "")).startswith("pulumi/")]
+    assert [step["uses"] for step in pulumi_steps] == [PULUMI_ACTION]
+    assert pulumi_steps[0]["with"]["command"] == "preview"
+    assert pulumi_steps[0]["with"]["policyPacks"] == "policy"
+    setup = [step["run"] for step in steps if "run" in step]
+    assert any("policy-venv" in command and "venv" in command.split() for command in setup)
+
+
+def test_the_preview_is_skipped_without_the_secrets_it_uses() -> None:
+    """Fork pull requests get no secrets: the preview must be skipped, not red."""
+    workflow = jobs()
+    preview, gate = workflow["preview"], workflow["cloud-secrets"]
+    assert "cloud-secrets" in preview["needs"]
+    assert preview["if"] == "needs.cloud-secrets.outputs.available == 'true'"
+    assert secrets_used(preview) == secrets_used(gate)
+    script = gate["steps"][0]["run"]
+    for variable in gate["steps"][0]["env"]:
+        assert f'-n "${variable}"' in script
+    assert "available=false" in script
+
+
+def test_the_tests_run_on_every_pull_request_and_push() -> None:
+    test = jobs()["test"]
+    assert "if" not in test
+    assert test["steps"][-1]["run"] == ".ci/run"
