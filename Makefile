@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EDITABLE := $(VENV)/.editable
 # The policy pack's own virtualenv: pulumi-policy's protobuf pin cannot share .venv.
 POLICY_VENV := policy/.venv
 POLICY_STAMP := $(POLICY_VENV)/.installed
@@ -17,7 +18,18 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt function_src/req
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The project itself, editable, so `python -m devstack` runs this checkout from any
+# directory. Never into a .venv that is a link: that environment is shared by several
+# checkouts, and whichever installed itself last would answer for all of them.
+$(EDITABLE): $(STAMP) pyproject.toml
+	@if [ -L $(VENV) ]; then \
+	  echo ">> $(VENV) is a link to a shared environment: not installing this checkout into it"; \
+	else \
+	  echo ">> installing the project editable into $(VENV)"; \
+	  $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . && touch $(EDITABLE); \
+	fi
+
+venv: $(EDITABLE)
 
 $(POLICY_STAMP): policy/requirements.txt policy/constraints.txt
 	test -x $(POLICY_VENV)/bin/python || $(PYTHON) -m venv $(POLICY_VENV)
@@ -26,7 +38,7 @@ $(POLICY_STAMP): policy/requirements.txt policy/constraints.txt
 
 policy-venv: $(POLICY_STAMP)
 
-demo: $(STAMP)
+demo: $(EDITABLE)
 	$(BIN)/python -m devstack demo
 
 lint: $(STAMP)

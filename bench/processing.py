@@ -12,7 +12,10 @@ pandas, ...) so that a neighbour's load on the machine hits both alike. A third 
 times the emulator alone (the same download and a Parquet-sized upload): fake-gcs-
 server's resumable uploads slow down as an object grows, so at large sizes that share
 dominates; ``emulator_io.share_of_ours`` is that time over ours (both overlap our
-cleaning, so ours can be no faster than the emulator).
+cleaning, so ours can be no faster than the emulator), and its download and upload
+rates are the emulator's own throughput in the same run. Files of distinct rows spill
+every 1M digests (``deduplication``), so from 10M rows the spilled digests (20 bytes a
+row each way) go through the same store as well.
 
     python -m bench.processing [--rows 1000000 10000000 28000000] [--repeats N]
     python -m bench.processing --rows 200000 --repeats 1       # a quick run
@@ -265,6 +268,7 @@ def _measure_size(
     )
     blob.delete()
     path.unlink()
+    parquet_mb = ours[0]["parquet_bytes"] / 2**20
     result: dict[str, Any] = {
         "rows": rows,
         "file_mb": round(file_mb, 1),
@@ -273,7 +277,11 @@ def _measure_size(
         "emulator_io": {
             "seconds": round(emulator["seconds"], 2),
             "download_seconds": round(emulator["read_seconds"], 2),
-            "parquet_mb": round(ours[0]["parquet_bytes"] / 2**20, 1),
+            "parquet_mb": round(parquet_mb, 1),
+            "download_mb_per_second": round(file_mb / emulator["read_seconds"], 1),
+            "upload_mb_per_second": round(
+                parquet_mb / (emulator["seconds"] - emulator["read_seconds"]), 1
+            ),
         },
     }
     # The download and the upload overlap our cleaning, so ours takes at least this long.

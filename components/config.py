@@ -11,6 +11,7 @@ Every invalid value raises ``ConfigError`` naming the key and how to fix it.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import math
 import re
@@ -452,14 +453,28 @@ def _reject_unknown(
     parent: str | None = None,
     what: str = "a known key",
 ) -> None:
-    """Refuse keys outside ``allowed``; ``parent`` is the full key of a nested map."""
-    unknown = sorted(set(values) - set(allowed), key=str)
+    """Refuse keys outside ``allowed``; ``parent`` is the full key of a nested map. A
+    misspelling gets the key it resembles; anything else the list of allowed keys."""
+    choices = sorted(allowed)
+    unknown = sorted(set(values) - set(choices), key=str)
     if unknown:
+        suggestion = did_you_mean(str(unknown[0]), choices)
         raise ConfigError(
             f"{parent}.{unknown[0]}" if parent else _Reader.full(unknown[0]),
             f"is not {what}",
-            f"remove it or use one of: {', '.join(sorted(allowed))}",
+            f"did you mean '{suggestion}'? Otherwise remove it"
+            if suggestion
+            else f"remove it or use one of: {', '.join(choices)}",
         )
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str | None:
+    """The option closest to a misspelt ``word``, ignoring case, if one is close enough:
+    difflib's similarity ratio of 0.75 or more (its default 0.6 offers 'errorLogAlerts'
+    for 'alerts', where the list of keys serves better)."""
+    by_folded = {option.casefold(): option for option in options}
+    matches = difflib.get_close_matches(word.casefold(), list(by_folded), n=1, cutoff=0.75)
+    return by_folded[matches[0]] if matches else None
 
 
 # Training fixes the seed itself (function_src/pipeline_core/training.py) so that a

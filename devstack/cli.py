@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 
 from components.config import ORCHESTRATIONS, ConfigError, StackConfig, load_stack_file
 from components.topology import RAW_PREFIX
-from devstack import runs, stack
+from devstack import logs, runs, stack, status
+from devstack.console import (
+    PROGRESS_PREFIX,
+    ArgumentParser,
+    read_payload,
+    report_error,
+)
 from devstack.errors import DevstackError, RunFailedError, ServiceDiedError
 from devstack.plan import REPO_ROOT
 from devstack.processes import log_tail
@@ -30,7 +36,7 @@ Number = TypeVar("Number", int, float)
 
 
 def progress(line: str) -> None:
-    print(f"devstack: {line}", file=sys.stderr, flush=True)
+    print(f"{PROGRESS_PREFIX}{line}", file=sys.stderr, flush=True)
 
 
 def emit(document: Any) -> None:
@@ -61,8 +67,12 @@ def positive(parse: Callable[[str], Number]) -> Callable[[str], Number]:
     return parse_positive
 
 
+def json_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m devstack",
         description="The ML pipeline on one machine: Pub/Sub emulator, fake-gcs-server, "
         "every function as a functions-framework process, the local Workflows engine.",
@@ -71,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         default=Path(os.environ.get(STATE_DIR_ENV, str(stack.DEFAULT_STATE_DIR))),
-        help=f"where pids, ports and logs live (default .devstack/, or ${STATE_DIR_ENV})",
+        help=f"where pids, ports and logs live (default ${STATE_DIR_ENV}, else "
+        f"{stack.DEFAULT_STATE_DIR}, whatever the current directory)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -80,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--stack-file",
             type=Path,
             default=DEFAULT_STACK_FILE,
-            help="Pulumi stack config to run (default Pulumi.dev.yaml)",
+            help=f"Pulumi stack config to run (default {DEFAULT_STACK_FILE})",
         )
 
     def stack_options(command: argparse.ArgumentParser) -> None:
@@ -122,12 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds --wait follows the run (default %(default).0f)",
     )
     score.add_argument("--out", type=Path, help="with --wait: save the predictions CSV here")
-    commands.add_parser("runs", help="list runs and their state")
-    logs = commands.add_parser("logs", help="show a service's log (all services without one)")
-    logs.add_argument("service", nargs="?")
-    logs.add_argument("--lines", type=positive(int), default=40, help="default %(default)s")
+    status_command = commands.add_parser(
+        "status", help="services (pid, port, health), the champion and the latest runs"
+    )
+    json_option(status_command)
+    json_option(commands.add_parser("runs", help="list runs and their state, oldest first"))
+    logs_command = commands.add_parser(
+        "logs", help="show a service's log (all services without one)"
+    )
+    logs_command.add_argument("service", nargs="?")
+    logs_command.add_argument("--lines", type=positive(int), default=40, help="default %(default)s")
+    logs_command.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new lines as they are written, until Ctrl-C or the stack stops",
+    )
     predict = commands.add_parser("predict", help="call the prediction endpoint")
-    predict.add_argument("payload", help='JSON, e.g. \'{"instances": [{"x": 1.0}]}\'')
+    predict.add_argument(
+        "payload",
+        help='JSON inline (\'{"instances": [{"x": 1.0}]}\'), @FILE to read it from a file, '
+        "or - to read it from standard input",
+    )
     demo = commands.add_parser("demo", help="start, train on iris, predict, stop")
     stack_options(demo)
     sample = commands.add_parser(
@@ -143,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (DevstackError, ConfigError) as error:
-        print(f"devstack: error: {error}", file=sys.stderr)
+        report_error(str(error))
         return 1
     except KeyboardInterrupt:
         return 130
@@ -163,19 +190,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         key = runs.upload_to_cloud(args.bucket, args.file, name=args.name)
         emit(dataclasses.asdict(key))
         return 0
+    # The caller's input is read before the stack is asked anything.
+    payload = read_payload(args.payload, sys.stdin) if args.command == "predict" else None
     state = stack.load_state(state_dir)
     if args.command in ("upload", "predict", "score"):
         _require_all_running(state)
     if args.command == "endpoints":
         emit(state.endpoints())
+    elif args.command == "status":
+        return _print_status(state, state_dir, as_json=args.json)
     elif args.command in ("upload", "score"):
         _upload(state, args)
     elif args.command == "runs":
-        _print_runs(state)
+        _print_runs(state, as_json=args.json)
     elif args.command == "logs":
-        _print_logs(state, args.service, args.lines)
+        _print_logs(state, state_dir, args)
     elif args.command == "predict":
-        emit(runs.predict(state, _parse_json(args.payload)))
+        emit(runs.predict(state, payload))
     return 0
 
 
@@ -290,24 +321,42 @@ def _require_all_running(state: stack.StackState) -> None:
         )
 
 
-def _print_runs(state: stack.StackState) -> None:
+def _print_status(state: stack.StackState, state_dir: Path, *, as_json: bool) -> int:
+    """Exit 0 when every service is healthy, 1 otherwise (the document says which)."""
+    document = status.collect(state, state_dir)
+    if as_json:
+        emit(document)
+    else:
+        print(status.render(document), flush=True)
+    return 0 if document["healthy"] else 1
+
+
+def _print_runs(state: stack.StackState, *, as_json: bool) -> None:
     rows = runs.list_runs(state)
+    if as_json:
+        emit([dataclasses.asdict(row) for row in rows])
+        return
     if not rows:
         progress(f"no uploads yet in gs://{state.bucket}/raw/ or /{state.score_prefix}")
-    for row in rows:
-        print(f"{row.object}\t{row.generation}\t{row.state}\t{row.detail}".rstrip())
+        return
+    print(status.runs_table(dataclasses.asdict(row) for row in rows))
 
 
-def _print_logs(state: stack.StackState, service: str | None, lines: int) -> None:
-    chosen = [state.service(service)] if service else state.services
+def _print_logs(state: stack.StackState, state_dir: Path, args: argparse.Namespace) -> None:
+    chosen = [state.service(args.service)] if args.service else state.services
+    if args.follow:
+        try:
+            logs.follow(
+                {item.name: item.log for item in chosen},
+                out=sys.stdout,
+                last_lines=args.lines,
+                keep_going=lambda: stack.still_running(state_dir),
+            )
+        except KeyboardInterrupt:
+            return  # Ctrl-C is how one stops following
+        progress("the stack stopped; no more lines will come")
+        return
     for item in chosen:
-        if not service:
+        if not args.service:
             print(f"==> {item.name} ({item.log}) <==")
-        print(log_tail(item.log, lines))
-
-
-def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise DevstackError(f"the payload is not valid JSON ({error})") from None
+        print(log_tail(item.log, args.lines))

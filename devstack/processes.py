@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc  # type: ignore[import-untyped]
+import psutil
 import requests
 
 from devstack.errors import PortBusyError, ServiceDiedError
@@ -64,8 +65,8 @@ def ensure_port_free(service: str, port: int) -> None:
         except OSError:
             raise PortBusyError(
                 f"port {port} on {LOOPBACK}, chosen for '{service}', is taken by another "
-                f"process (see 'ss -ltnp | grep :{port}'); run the command again to pick "
-                "another free port"
+                f"process (see 'ss -ltnp | grep :{port}', on macOS 'lsof -nP "
+                f"-iTCP:{port} -sTCP:LISTEN'); run the command again to pick another free port"
             ) from None
 
 
@@ -149,25 +150,37 @@ def _died(service: RunningService, problem: str, hints: Mapping[str, str]) -> Se
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
+    """Live (non-zombie) processes of a process group (psutil: Linux and macOS alike)."""
     members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces; fields after its closing paren are fixed.
-        fields = stat.rsplit(")", 1)[1].split()
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            members.append(int(entry.name))
+    for process in psutil.process_iter():
+        # A process may exit between being listed and being asked.
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
     return members
 
 
 def group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
+
+
+@dataclass(frozen=True)
+class GroupUsage:
+    processes: int
+    rss_bytes: int
+    started_at: float | None  # epoch seconds of its oldest live member
+
+
+def group_usage(pgid: int) -> GroupUsage:
+    """How many processes a service's group holds, their resident memory, since when."""
+    rss, starts = 0, []
+    members = group_members(pgid)
+    for pid in members:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            rss += process.memory_info().rss
+            starts.append(process.create_time())
+    return GroupUsage(len(members), rss, min(starts, default=None))
 
 
 def stop_group(service: RunningService, *, grace_seconds: float = 10.0) -> None:

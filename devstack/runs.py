@@ -447,12 +447,14 @@ def _execution_of(executions: list[dict[str, Any]], run: RunKey) -> dict[str, An
 class RunRow:
     object: str
     generation: str
+    uploaded_at: str  # ISO 8601, UTC, to the second
     state: str
     detail: str
 
 
 def list_runs(state: StackState) -> list[RunRow]:
-    """One row per raw object: what the bucket (and the Executions API) says of its run."""
+    """One row per raw object, oldest upload first: what the bucket (and the Executions
+    API) says of its run."""
     client = state.storage_client()
     bucket = client.bucket(state.bucket)
     names = {blob.name for blob in client.list_blobs(state.bucket)}
@@ -475,7 +477,8 @@ def list_runs(state: StackState) -> list[RunRow]:
         if execution is not None:
             execution_detail = f"execution {execution.get('state')} {execution.get('name', '')}"
             detail = f"{detail}; {execution_detail}" if detail else execution_detail
-        rows.append(RunRow(run.object, run.generation, row_state, detail))
+        uploaded_at = blob.time_created.isoformat(timespec="seconds")
+        rows.append(RunRow(run.object, run.generation, uploaded_at, row_state, detail))
     for blob in client.list_blobs(state.bucket, prefix=state.score_prefix):
         run = RunKey(state.bucket, blob.name, str(blob.generation))
         row_state, detail = "received", ""
@@ -484,8 +487,28 @@ def list_runs(state: StackState) -> list[RunRow]:
         if run.scoring_summary in names:
             summary = json.loads(bucket.blob(run.scoring_summary).download_as_bytes())
             row_state, _, detail = describe_scoring(summary).partition(": ")
-        rows.append(RunRow(run.object, run.generation, row_state, detail))
-    return rows
+        uploaded_at = blob.time_created.isoformat(timespec="seconds")
+        rows.append(RunRow(run.object, run.generation, uploaded_at, row_state, detail))
+    return sorted(rows, key=lambda row: (row.uploaded_at, row.object))
+
+
+def read_champion(state: StackState) -> dict[str, Any] | None:
+    """The champion pointer (models/champion.json), or None before the first promotion."""
+    blob = state.storage_client().bucket(state.bucket).get_blob(CHAMPION_OBJECT)
+    if blob is None:
+        return None
+    pointer: dict[str, Any] = json.loads(blob.download_as_bytes())
+    return pointer
+
+
+def serving(state: StackState) -> dict[str, Any] | None:
+    """What predict's liveness answer says it serves, or None when it does not answer."""
+    try:
+        response = requests.get(state.service("predict").url + "/health", timeout=5)
+        answer: dict[str, Any] = response.json()
+    except (requests.RequestException, ValueError):
+        return None
+    return answer
 
 
 def predict(state: StackState, payload: Any) -> dict[str, Any]:

@@ -346,6 +346,16 @@ def _running_plan(state: StackState, state_dir: Path) -> stack_plan.StackPlan:
     return stack_plan.plan_stack(config, ports, data_dir=state_dir)
 
 
+def still_running(state_dir: Path) -> bool:
+    """Whether the stack of ``state_dir`` is up: its state is there (``down`` removes it)
+    and a process of it lives (re-read each time: ``restart`` records a new pid)."""
+    try:
+        state = load_state(state_dir)
+    except StackStateError:
+        return False
+    return any(group_alive(service.pid) for service in state.services)
+
+
 def dead_services(state: StackState) -> list[RunningService]:
     return [service for service in state.services if not group_alive(service.pid)]
 

@@ -3,7 +3,8 @@
 ``run FILE [--data JSON] [--env KEY=VALUE ...]`` is a stable contract: the result as
 JSON on stdout and exit 0, or the error (tags and message, then the whole error map) on
 stderr and exit 1; a definition error names the step and line and also exits 1. Usage
-errors (a bad ``--data``, a missing file) exit 2.
+errors (a bad ``--data``, a missing file) exit 2. Every error line starts with
+``devstack: error:``, as those of ``python -m devstack`` do.
 
 ``serve`` runs the Executions API until SIGTERM or SIGINT and prints one JSON line
 ``{"url": ..., "grpc_target": ...}`` on stdout once it listens.
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from devstack.console import ArgumentParser, report_error
 from devstack.workflows.api import ExecutionsServer, default_workflow_paths
 from devstack.workflows.engine import Cancelled, ExecutionContext, WorkflowProgram
 from devstack.workflows.errors import DefinitionError, WorkflowError
@@ -59,7 +61,7 @@ def _json_value(text: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m devstack.workflows",
         description="The local Cloud Workflows engine and Executions API.",
     )
@@ -116,23 +118,23 @@ def run_file(
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        print(f"error: cannot read {path}: {error}", file=stderr)
+        report_error(f"cannot read {path}: {error}", stderr)
         return EXIT_USAGE
     try:
         program = WorkflowProgram.from_source(source, filename=str(path))
     except DefinitionError as error:
-        print(f"definition error: {error}", file=stderr)
+        report_error(f"definition error: {error}", stderr)
         return EXIT_WORKFLOW_FAILED
     context = ExecutionContext(workflow_id=path.stem, env=env)
     try:
         result = program.run(argument, context=context)
     except WorkflowError as error:
         tags = ", ".join(error.tags) or "no tags"
-        print(f"workflow failed: [{tags}] {error.message}", file=stderr)
+        report_error(f"workflow failed: [{tags}] {error.message}", stderr)
         print(json.dumps(error.payload), file=stderr)
         return EXIT_WORKFLOW_FAILED
     except (Cancelled, KeyboardInterrupt):
-        print("workflow cancelled", file=stderr)
+        report_error("workflow cancelled", stderr)
         return EXIT_INTERRUPTED
     print(json.dumps(result), file=stdout)
     return EXIT_OK
@@ -145,7 +147,7 @@ def serve(arguments: argparse.Namespace, *, stdout: TextIO, stderr: TextIO) -> i
         else default_workflow_paths(DEFAULT_WORKFLOW_DIR)
     )
     if not workflows:
-        print(f"error: no workflow to serve (none in {DEFAULT_WORKFLOW_DIR})", file=stderr)
+        report_error(f"no workflow to serve (none in {DEFAULT_WORKFLOW_DIR})", stderr)
         return EXIT_USAGE
     try:
         server = ExecutionsServer(
@@ -158,10 +160,10 @@ def serve(arguments: argparse.Namespace, *, stdout: TextIO, stderr: TextIO) -> i
             grpc_port=arguments.grpc_port,
         )
     except DefinitionError as error:
-        print(f"definition error: {error}", file=stderr)
+        report_error(f"definition error: {error}", stderr)
         return EXIT_WORKFLOW_FAILED
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=stderr)
+        report_error(str(error), stderr)
         return EXIT_USAGE
 
     stop_requested = threading.Event()

@@ -1,17 +1,17 @@
-"""A compact set of 128-bit row digests, for exact-duplicate detection in bounded memory.
+"""A bounded set of 128-bit row digests, for exact-duplicate detection at numpy speed.
 
 A Python ``set`` of ``bytes`` costs about 110 bytes per entry, several times the CSV row
-it stands for, so a large upload would run out of memory on duplicate detection alone.
-Here a digest is two ``uint64`` lanes (16 bytes an entry), kept in sorted runs ordered
-by the first lane (numpy sorts and searches machine integers several times faster than
-16-byte strings); the second lane confirms a match. Runs merge like the levels of a
-log-structured merge tree, so a lookup is a binary search per run and each digest is
-re-sorted O(log n) times over the whole upload. Runs stop merging at
-``MAX_RUN_DIGESTS``, which bounds the transient memory of a merge to a few runs.
+it stands for. Here a digest is two ``uint64`` lanes kept in insertion order (16 bytes
+an entry), found through an open-addressing hash table of ``int32`` positions with at
+least four slots per entry (linear probing; the low bits of the first lane, uniformly
+random, pick the slot). A batch is looked up and inserted in whole-array operations, one
+round per probe step, so a batch costs a few dozen numpy calls whatever its size and no
+sorting or merging happens at all.
 
-In front of the runs sits a one-hash Bloom filter of about ``FILTER_BITS_PER_DIGEST``
-bits a digest (one byte): a digest whose bit is clear is new without searching any run,
-so only about one new digest in eight (and the true repeats) pays for the searches.
+The capacity is fixed when the set is made; ``deduplication`` spills a full set to the
+object store and starts an empty one, which is what keeps memory flat on any upload.
+``np.zeros``/``np.empty`` map their pages lazily, so a small upload only touches the
+pages it uses.
 """
 
 from __future__ import annotations
@@ -21,124 +21,121 @@ from typing import Any
 import numpy as np
 
 DIGEST_LANES = 2
-# 2M digests = 32 MB a run; a merge briefly holds two runs and the merged one.
-MAX_RUN_DIGESTS = 2**21
-
-FILTER_BITS_PER_DIGEST = 8
-_FIRST_FILTER_BITS_LOG2 = 20
+# 1M digests: 16 MB of digests and 16 MB of table.
+DEFAULT_CAPACITY = 2**20
 
 _Lane = np.ndarray[Any, np.dtype[np.uint64]]
+_Flags = np.ndarray[Any, np.dtype[np.bool_]]
 
 
 class DigestSet:
-    def __init__(self) -> None:
-        # (first lanes sorted, second lanes in the same order); sizes decrease along the
-        # list, as in a binary counter, except for runs that reached MAX_RUN_DIGESTS.
-        self._runs: list[tuple[_Lane, _Lane]] = []
-        self._filter = _Filter(_FIRST_FILTER_BITS_LOG2)
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        # A power of two >= 4 * capacity: a quarter full at most, so that most rows are
+        # decided by their first probe (25% less time than at half full, for 8 MB more).
+        slots = 1 << (4 * capacity - 1).bit_length()
+        self._slot_mask = np.uint64(slots - 1)
+        # 0: an empty slot; otherwise 1 + the position of its digest in the lanes below.
+        self._table = np.zeros(slots, dtype=np.int32)
+        self._keys: _Lane = np.empty(capacity, dtype=np.uint64)
+        self._checks: _Lane = np.empty(capacity, dtype=np.uint64)
         self._size = 0
 
     def __len__(self) -> int:
-        return sum(len(keys) for keys, _ in self._runs)
+        return self._size
 
-    def add_new(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
+    @property
+    def room(self) -> int:
+        return self.capacity - self._size
+
+    def digests(self) -> tuple[_Lane, _Lane]:
+        """The first and second lanes of every digest held, in the order they came."""
+        return self._keys[: self._size], self._checks[: self._size]
+
+    def clear(self) -> None:
+        self._table.fill(0)  # the pages stay mapped for the next round of digests
+        self._size = 0
+
+    def release(self) -> None:
+        """Gives the memory back; the set holds nothing and has no room afterwards."""
+        self.capacity = self._size = 0
+        self._table = np.zeros(1, dtype=np.int32)
+        self._keys = self._checks = np.empty(0, dtype=np.uint64)
+
+    def add_new(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> _Flags:
         """For each digest (a row of ``digests``, shape (n, 2)), whether it is new
-        (neither seen before nor earlier in this batch); every new one is remembered."""
+        (neither held before nor earlier in this batch); every new one is remembered.
+        The batch must fit in the ``room`` left."""
         if digests.ndim != 2 or digests.shape[1] != DIGEST_LANES:
             raise ValueError(f"digests must be an (n, {DIGEST_LANES}) array of uint64 lanes")
+        count = len(digests)
+        if count > self.room:
+            raise ValueError(f"{count} digests do not fit in the {self.room} left")
         keys, checks = digests[:, 0], digests[:, 1]
-        order = np.argsort(keys)
-        sorted_keys, sorted_checks = keys[order], checks[order]
-        same_key = sorted_keys[1:] == sorted_keys[:-1]
-        if (same_key & (sorted_checks[1:] != sorted_checks[:-1])).any():
-            # Two digests share a first lane; order by both so that repeats are adjacent.
-            order = np.lexsort((checks, keys))
-            sorted_keys, sorted_checks = keys[order], checks[order]
-            same_key = sorted_keys[1:] == sorted_keys[:-1]
-        starts = np.ones(len(order), dtype=bool)  # where each distinct digest begins
-        starts[1:] = ~(same_key & (sorted_checks[1:] == sorted_checks[:-1]))
-        groups = np.flatnonzero(starts)
-        unique_keys, unique_checks = sorted_keys[groups], sorted_checks[groups]
-        seen = np.zeros(len(groups), dtype=bool)
-        maybe = np.flatnonzero(self._filter.may_hold(unique_keys))
-        for run in self._runs:
-            seen[maybe] |= _contains(run, unique_keys[maybe], unique_checks[maybe])
-        new = np.zeros(len(order), dtype=bool)
-        if len(groups):
-            # The sort is not stable: the first occurrence is the smallest index.
-            new[np.minimum.reduceat(order, groups)[~seen]] = True
-        self._push(unique_keys[~seen], unique_checks[~seen])
+        base = self._size
+        # The batch goes after the digests held, so that the table can point at any of
+        # its rows while it is being inserted; the new ones are compacted at the end.
+        self._keys[base : base + count] = keys
+        self._checks[base : base + count] = checks
+        ids = np.arange(base + 1, base + count + 1, dtype=np.int32)
+        slots = (keys & self._slot_mask).astype(np.intp)
+        new = np.zeros(count, dtype=bool)
+        pending = np.arange(count)
+        while len(pending):
+            pending = self._probe_step(pending, slots, ids, new)
+        rows = np.flatnonzero(new)
+        # A new digest's slot is the one its row claimed; point it at the compacted row.
+        self._table[slots[rows]] = ids[: len(rows)]
+        self._keys[base : base + len(rows)] = keys[rows]
+        self._checks[base : base + len(rows)] = checks[rows]
+        self._size = base + len(rows)
         return new
 
-    def _push(self, keys: _Lane, checks: _Lane) -> None:
-        if not len(keys):
-            return
-        self._size += len(keys)
-        if self._size * FILTER_BITS_PER_DIGEST > self._filter.bits:
-            bits_log2 = int(np.ceil(np.log2(self._size * FILTER_BITS_PER_DIGEST))) + 1
-            self._filter = _Filter(bits_log2)
-            for run_keys, _ in self._runs:
-                self._filter.add(run_keys)
-        self._filter.add(keys)
-        while (
-            self._runs
-            and len(self._runs[-1][0]) <= len(keys)
-            and len(self._runs[-1][0]) + len(keys) <= MAX_RUN_DIGESTS
-        ):
-            keys, checks = _merged(self._runs.pop(), (keys, checks))
-        self._runs.append((keys, checks))
-
-
-class _Filter:
-    """One bit per slot, addressed by the top bits of a (uniformly random) first lane."""
-
-    def __init__(self, bits_log2: int) -> None:
-        self.bits = 1 << bits_log2
-        self._shift = np.uint64(64 - bits_log2)
-        self._bytes = np.zeros(self.bits // 8, dtype=np.uint8)
-
-    def _slots(self, keys: _Lane) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        slots = keys >> self._shift
-        return (slots >> np.uint64(3)).astype(np.intp), (slots & np.uint64(7)).astype(np.uint8)
-
-    def may_hold(self, keys: _Lane) -> np.ndarray[Any, Any]:
-        byte, bit = self._slots(keys)
-        flags: np.ndarray[Any, Any] = ((self._bytes[byte] >> bit) & 1).astype(bool)
-        return flags
-
-    def add(self, sorted_keys: _Lane) -> None:
-        """Sorted keys share their bytes in runs: one OR per byte (``ufunc.at`` is slow)."""
-        if not len(sorted_keys):
-            return
-        byte, bit = self._slots(sorted_keys)
-        starts = np.flatnonzero(np.diff(byte, prepend=-1))
-        self._bytes[byte[starts]] |= np.bitwise_or.reduceat(np.uint8(1) << bit, starts)
-
-
-def _merged(older: tuple[_Lane, _Lane], newer: tuple[_Lane, _Lane]) -> tuple[_Lane, _Lane]:
-    """Two runs as one sorted run, in linear time and without an index array the size
-    of both: each newer digest goes where a binary search in the older run puts it."""
-    total = len(older[0]) + len(newer[0])
-    slots = np.searchsorted(older[0], newer[0]) + np.arange(len(newer[0]))
-    from_newer = np.zeros(total, dtype=bool)
-    from_newer[slots] = True
-    merged = []
-    for old_lane, new_lane in zip(older, newer, strict=True):
-        lane = np.empty(total, dtype=np.uint64)
-        lane[slots] = new_lane
-        lane[~from_newer] = old_lane
-        merged.append(lane)
-    return merged[0], merged[1]
-
-
-def _contains(run: tuple[_Lane, _Lane], keys: _Lane, checks: _Lane) -> np.ndarray[Any, Any]:
-    """Whether each (key, check) is in the run; ``keys`` sorted, for cache locality."""
-    run_keys, run_checks = run
-    positions = np.minimum(np.searchsorted(run_keys, keys), len(run_keys) - 1)
-    same_key = run_keys[positions] == keys
-    found: np.ndarray[Any, Any] = same_key & (run_checks[positions] == checks)
-    # A first lane shared by different digests (about one in 2**64 pairs): look at all.
-    for index in np.flatnonzero(same_key & ~found):
-        end = np.searchsorted(run_keys, keys[index], side="right")
-        found[index] = bool((run_checks[positions[index] : end] == checks[index]).any())
-    return found
+    def _probe_step(
+        self,
+        pending: np.ndarray[Any, Any],
+        slots: np.ndarray[Any, Any],
+        ids: np.ndarray[Any, Any],
+        new: _Flags,
+    ) -> np.ndarray[Any, Any]:
+        """One probe of every undecided row: a row at an empty slot claims it (new), at
+        its own digest it is a repeat, at another digest it moves to the next slot.
+        Returns the rows still undecided."""
+        table, held_keys, held_checks = self._table, self._keys, self._checks
+        at = slots[pending]
+        entries = table[at]
+        undecided = np.ones(len(pending), dtype=bool)
+        empty = np.flatnonzero(entries == 0)
+        if len(empty):
+            claimers, claimed = pending[empty], at[empty]
+            table[claimed] = ids[claimers]  # one of the rows claiming a slot gets it
+            winners = table[claimed]
+            lost = np.flatnonzero(winners != ids[claimers])
+            # Equal digests probe the same slots in step, so they claim one together:
+            # the first of them in the batch must be the one that stays.
+            held = winners[lost] - 1
+            twins = claimers[lost]
+            earlier = (
+                (held_keys[held] == held_keys[ids[twins] - 1])
+                & (held_checks[held] == held_checks[ids[twins] - 1])
+                & (ids[twins] < winners[lost])
+            )
+            if earlier.any():
+                np.minimum.at(table, claimed[lost[earlier]], ids[twins[earlier]])
+                winners = table[claimed]
+            won = winners == ids[claimers]
+            new[claimers[won]] = True
+            undecided[empty[won]] = False  # the losers look at the winner next round
+        occupied = np.flatnonzero(entries != 0)
+        if len(occupied):
+            rows, held = pending[occupied], entries[occupied] - 1
+            repeat = (held_keys[held] == held_keys[ids[rows] - 1]) & (
+                held_checks[held] == held_checks[ids[rows] - 1]
+            )
+            undecided[occupied[repeat]] = False
+            moving = rows[~repeat]
+            slots[moving] = (slots[moving] + 1) & int(self._slot_mask)
+        remaining: np.ndarray[Any, Any] = pending[undecided]
+        return remaining

@@ -4,8 +4,10 @@ The run-once orchestration (lease, recorded outcome) and the single-process runn
 the cleaning: ``csv_source`` turns the raw bytes into record-aligned blocks, the pure
 rules of ``cleaning`` clean each block's columns, and this module removes the
 duplicates across blocks, merges the statistics and writes Parquet row group by row
-group. Memory holds one block, one row group, a 16-byte digest per distinct row (for
-exact-duplicate detection, ``digest_set``) and the running statistics, never the file.
+group. Memory holds one block, one row group, a window of row digests (exact
+duplicate detection, ``deduplication``: the rest is spilled to the bucket) and the
+running statistics, never the file. An upload with repeats further apart than the
+window is written once more without them (``deduplicated_object``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -39,7 +42,8 @@ from pipeline_core.cleaning import (
     row_digests,
 )
 from pipeline_core.csv_source import DEFAULT_BLOCK_BYTES
-from pipeline_core.digest_set import DigestSet
+from pipeline_core.deduplication import Deduplicator
+from pipeline_core.digest_set import DEFAULT_CAPACITY
 from pipeline_core.errors import BadRequestError, DataRejectedError, PreconditionFailedError
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import Clock, acquire, utc_now
@@ -60,6 +64,16 @@ class DatasetSchema:
 
 def processed_object(ref: ObjectRef) -> str:
     return f"processed/{ref.name}/{ref.generation}/data.parquet"
+
+
+def deduplicated_object(ref: ObjectRef) -> str:
+    """The cleaned rows when ``processed_object`` still held far-apart repeats."""
+    return f"processed/{ref.name}/{ref.generation}/deduplicated.parquet"
+
+
+def spill_prefix(ref: ObjectRef) -> str:
+    """Where duplicate detection spills row digests while the upload is processed."""
+    return f"processed/{ref.name}/{ref.generation}/digests/"
 
 
 def stats_object(ref: ObjectRef) -> str:
@@ -101,13 +115,15 @@ def process(
     clock: Clock = utc_now,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     progress_seconds: float = PROGRESS_SECONDS,
+    window_rows: int = DEFAULT_CAPACITY,
 ) -> ProcessingResult:
     """Clean one raw object generation once; a later call returns the recorded outcome.
 
     Concurrent deliveries of one generation process it once: the first takes the lease,
     the others get ``LeaseHeldError`` (transient) and, redelivered, the outcome.
     ``chunk_rows`` is the Parquet row-group size; ``block_bytes`` the CSV text parsed
-    and cleaned at a time; a progress line is logged every ``progress_seconds``.
+    and cleaned at a time; a progress line is logged every ``progress_seconds``;
+    ``window_rows`` distinct rows are checked for repeats in memory, the rest spilled.
     """
     if ref.bucket != storage.bucket:
         raise BadRequestError(f"bucket {ref.bucket!r} is not this pipeline's data bucket")
@@ -120,22 +136,33 @@ def process(
     try:
         # The attempt that held the lease before us may have finished since our check.
         return _previous_outcome(storage, ref) or _clean(
-            storage, ref, _Cleaner(schema, chunk_rows, block_bytes, progress_seconds)
+            storage,
+            ref,
+            _Cleaner(schema, chunk_rows, block_bytes, progress_seconds),
+            Deduplicator(storage, spill_prefix(ref), window_rows),
         )
     finally:
         lease.release()
 
 
-def _clean(storage: Storage, ref: ObjectRef, cleaner: _Cleaner) -> ProcessingResult:
+def _clean(
+    storage: Storage, ref: ObjectRef, cleaner: _Cleaner, deduplicator: Deduplicator
+) -> ProcessingResult:
     try:
         with (
             storage.open_read(ref.name, ref.generation) as source,
             storage.open_write(processed_object(ref), content_type=PARQUET_CONTENT_TYPE) as sink,
         ):
-            cleaner.run(source, sink, ref)
-            cleaner.check_result()
+            cleaner.run(source, sink, ref, deduplicator)
+            far_duplicates = deduplicator.far_duplicates()
+            if not len(far_duplicates):
+                cleaner.check_result()
+        if len(far_duplicates):
+            _write_without(storage, ref, cleaner, far_duplicates)
     except FileRejectedError as rejection:
         raise _record_rejection(storage, ref, rejection, cleaner) from None
+    finally:
+        deduplicator.close()
     stats = cleaner.stats_document(ref)
     _write_once(storage, stats_object(ref), stats)
     log.info(
@@ -146,6 +173,26 @@ def _clean(storage: Storage, ref: ObjectRef, cleaner: _Cleaner) -> ProcessingRes
         rows_out=stats["rows_out"],
     )
     return ProcessingResult(stats)
+
+
+def _write_without(
+    storage: Storage, ref: ObjectRef, cleaner: _Cleaner, rows: np.ndarray[Any, Any]
+) -> None:
+    """The second pass of an upload whose repeats lay further apart than the window:
+    ``processed_object`` again without the kept rows numbered ``rows``, as
+    ``deduplicated_object``; the first pass's object is deleted either way."""
+    written = storage.stat(processed_object(ref))
+    assert written is not None  # the first pass has just written it
+    try:
+        with (
+            storage.open_read(processed_object(ref), written.generation) as source,
+            storage.open_write(deduplicated_object(ref), content_type=PARQUET_CONTENT_TYPE) as sink,
+        ):
+            cleaner.rerun(pq.ParquetFile(source), sink, rows)
+            cleaner.output_object = deduplicated_object(ref)
+            cleaner.check_result()
+    finally:
+        storage.delete(processed_object(ref))
 
 
 def _write_once(storage: Storage, name: str, document: dict[str, Any]) -> None:
@@ -203,9 +250,11 @@ class _Cleaner:
     class_counts: Counter[str] = field(default_factory=Counter)
     features: tuple[str, ...] = ()
     feature_stats: FeatureStats = field(default_factory=lambda: FeatureStats.empty(0))
-    _seen: DigestSet = field(default_factory=DigestSet)
+    output_object: str | None = None  # where the rows went, if not processed_object
 
-    def run(self, source: IO[bytes], sink: IO[bytes], ref: ObjectRef) -> None:
+    def run(
+        self, source: IO[bytes], sink: IO[bytes], ref: ObjectRef, deduplicator: Deduplicator
+    ) -> None:
         cells, blocks = csv_source.header(
             csv_source.blocks(csv_source.decoded(source), self.block_bytes)
         )
@@ -223,7 +272,7 @@ class _Cleaner:
             ):
                 cleaned = clean(parsed.columns, columns)
                 self._count(block, parsed, cleaned, columns)
-                self._keep_new(cleaned, output, arrow_schema)
+                self._keep_new(cleaned, deduplicator, output)
                 progress.advance(len(block.data), self.rows_in)
             output.finish()
         progress.finish(self.rows_in)
@@ -274,26 +323,54 @@ class _Cleaner:
                 return
 
     def _keep_new(
-        self, cleaned: CleanBlock, output: _ParquetOutput, arrow_schema: pa.Schema
+        self, cleaned: CleanBlock, deduplicator: Deduplicator, output: _ParquetOutput
     ) -> None:
         """The rows of the block not seen before, in order; the first occurrence stays."""
-        new = self._seen.add_new(row_digests(cleaned.features, cleaned.label_keys))
+        new = deduplicator.new_rows(row_digests(cleaned.features, cleaned.label_keys))
         kept = int(new.sum())
         if kept < len(new):
             self.rejections[ROW_DUPLICATE] += len(new) - kept
-        if not kept:
-            return
         if kept == len(new):
-            features, labels = cleaned.features, cleaned.labels
-        else:
-            features = cleaned.features[:, new]
-            labels = cleaned.labels.filter(arrow_mask(new))
-        self.rows_out += kept
+            self._keep(cleaned.features, cleaned.labels, output)
+        elif kept:
+            self._keep(cleaned.features[:, new], cleaned.labels.filter(arrow_mask(new)), output)
+
+    def rerun(self, written: pq.ParquetFile, sink: IO[bytes], drop: np.ndarray[Any, Any]) -> None:
+        """The rows ``written`` (in kept order) but those numbered ``drop`` (ascending,
+        repeats of earlier rows) to ``sink``, with the counts and statistics redone."""
+        self.rejections[ROW_DUPLICATE] += len(drop)
+        self.rows_out = 0
+        self.class_counts = Counter()
+        self.feature_stats = FeatureStats.empty(len(self.features))
+        first = 0  # the number of the batch's first row
+        with _ParquetOutput(sink, written.schema_arrow, self.row_group_rows) as output:
+            for batch in written.iter_batches(batch_size=self.row_group_rows):
+                keep = np.ones(batch.num_rows, dtype=bool)
+                start, end = np.searchsorted(drop, [first, first + batch.num_rows])
+                keep[drop[start:end] - first] = False
+                first += batch.num_rows
+                kept = batch.filter(arrow_mask(keep))
+                features = np.stack(
+                    [_float_values(kept.column(index)) for index in range(len(self.features))]
+                )
+                self._keep(features, kept.column(len(self.features)), output)
+            output.finish()
+
+    def _keep(
+        self,
+        features: np.ndarray[Any, np.dtype[np.float64]],
+        labels: pa.Array,
+        output: _ParquetOutput,
+    ) -> None:
+        """Rows that stay: counted, in the statistics, on their way to the Parquet."""
+        if not len(labels):
+            return
+        self.rows_out += len(labels)
         for entry in pc.value_counts(labels).to_pylist():
             self.class_counts[entry["values"]] += entry["counts"]
         self.feature_stats = self.feature_stats.merge(FeatureStats.of(features))
         columns = [*(arrow_numbers(values) for values in features), labels]
-        output.add(pa.Table.from_arrays(columns, schema=arrow_schema))
+        output.add(pa.Table.from_arrays(columns, schema=output.schema))
 
     def check_result(self) -> None:
         if self.rows_in == 0:
@@ -320,7 +397,7 @@ class _Cleaner:
     def stats_document(self, ref: ObjectRef) -> dict[str, Any]:
         return {
             "source": ref.to_json(),
-            "processed_object": processed_object(ref),
+            "processed_object": self.output_object or processed_object(ref),
             "stats_object": stats_object(ref),
             "target_column": self.schema.target_column,
             "features": list(self.features),
@@ -339,7 +416,7 @@ class _ParquetOutput:
 
     def __init__(self, sink: IO[bytes], arrow_schema: pa.Schema, row_group_rows: int) -> None:
         self._sink = sink
-        self._schema = arrow_schema
+        self.schema = arrow_schema
         self._row_group_rows = row_group_rows
         self._pending: list[pa.Table] = []  # rows of the next row groups
         self._writer: pq.ParquetWriter | None = None
@@ -374,9 +451,9 @@ class _ParquetOutput:
             # dictionary only to have it dropped, at several times the cost of the write.
             self._writer = pq.ParquetWriter(
                 self._sink,
-                self._schema,
+                self.schema,
                 compression="snappy",
-                use_dictionary=[self._schema.names[-1]],
+                use_dictionary=[self.schema.names[-1]],
             )
         self._wait()  # one write in flight: memory holds at most two row groups' worth
         self._last_write = self._thread.submit(
@@ -387,6 +464,14 @@ class _ParquetOutput:
         if self._last_write is not None:
             self._last_write.result()
             self._last_write = None
+
+
+def _float_values(column: pa.Array) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """A view of a float64 column without nulls (``to_numpy`` would import pandas)."""
+    values: np.ndarray[Any, np.dtype[np.float64]] = np.frombuffer(
+        column.buffers()[1], dtype=np.float64, count=len(column), offset=column.offset * 8
+    )
+    return values
 
 
 class _Progress:
@@ -417,6 +502,7 @@ class _Progress:
             generation=self._ref.generation,
             rows_in=rows,
             mb_read=round(self._bytes / 2**20, 1),
-            mb_per_second=round(self._bytes / 2**20 / elapsed, 1),
+            # Three decimals: a small upload on a busy machine is slow, not at 0 MB/s.
+            mb_per_second=round(self._bytes / 2**20 / elapsed, 3),
             elapsed_seconds=round(elapsed, 1),
         )

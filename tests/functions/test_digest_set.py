@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline_core import digest_set
 from pipeline_core.digest_set import DigestSet
 
 
@@ -91,10 +90,36 @@ def test_digests_of_the_wrong_shape_are_refused() -> None:
         DigestSet().add_new(np.zeros(3, dtype=np.uint64))
 
 
-def test_runs_that_stop_merging_are_still_searched(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(digest_set, "MAX_RUN_DIGESTS", 64)
-    seen = DigestSet()
-    for start in range(0, 1000, 50):
-        assert seen.add_new(digests(range(start, start + 50))).all()
-    assert len(seen) == 1000
-    assert not seen.add_new(digests(range(0, 1000, 3))).any()
+def test_a_full_set_refuses_more_and_a_cleared_one_starts_over() -> None:
+    seen = DigestSet(capacity=4)
+    assert seen.add_new(digests([1, 2, 1])).tolist() == [True, True, False]
+    assert seen.room == 2
+    with pytest.raises(ValueError, match="do not fit"):
+        seen.add_new(digests([3, 4, 5]))
+    assert seen.add_new(digests([3, 4])).all()
+    keys, checks = seen.digests()
+    assert np.column_stack([keys, checks]).tolist() == digests([1, 2, 3, 4]).tolist()
+    seen.clear()
+    assert len(seen) == 0
+    assert seen.add_new(digests([1, 2, 5])).all()
+
+
+def test_probing_wraps_around_the_end_of_the_table() -> None:
+    """Every first lane ends in 32 set bits, so each picks the last slot of the table:
+    the probe chain continues at slot 0."""
+    seen = DigestSet(capacity=16)
+    crowded = np.array([[(index << 32) | 0xFFFFFFFF, index] for index in range(8)], np.uint64)
+    assert seen.add_new(crowded[:5]).all()
+    assert seen.add_new(crowded[::-1]).tolist() == [True] * 3 + [False] * 5
+    assert len(seen) == 8
+
+
+def test_repeats_in_one_batch_keep_the_first_even_when_others_share_the_slot() -> None:
+    seen = DigestSet(capacity=16)
+    batch = np.array([[3, 9], [3, 1], [3, 9], [19, 9], [3, 1], [3, 9]], dtype=np.uint64)
+    assert seen.add_new(batch).tolist() == [True, True, False, True, False, False]
+
+
+def test_a_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        DigestSet(capacity=0)

@@ -11,6 +11,7 @@ from components.config import (
     MODEL_TYPES,
     ConfigError,
     StackConfig,
+    did_you_mean,
     hyperparameter_names,
     load_stack_config,
 )
@@ -191,6 +192,26 @@ def test_defaults_match_the_documented_ones() -> None:
             "ml-pipeline:monitoring.errorLogNotifyEverySeconds",
             "from 300 to 86400",
         ),
+        # A misspelt key gets the key it resembles instead of the whole list.
+        ({"modeltype": "svm"}, "ml-pipeline:modeltype", "did you mean 'modelType'?"),
+        ({"minrow": 30}, "ml-pipeline:minrow", "did you mean 'minRows'?"),
+        ({"promotion": {"minimun": 0.5}}, "ml-pipeline:promotion.minimun", "mean 'minimum'?"),
+        ({"functions": {"predcit": {}}}, "ml-pipeline:functions.predcit", "mean 'predict'?"),
+        (
+            {"functions": {"predict": {"memroy": "1Gi"}}},
+            "ml-pipeline:functions.predict.memroy",
+            "did you mean 'memory'? Otherwise remove it",
+        ),
+        (
+            {"hyperparameters": {"max_dept": 3}},
+            "ml-pipeline:hyperparameters.max_dept",
+            "did you mean 'max_depth'?",
+        ),
+        (
+            {"modelType": "logistic_regression", "hyperparameters": {"maxiter": 50}},
+            "ml-pipeline:hyperparameters.maxiter",
+            "did you mean 'max_iter'?",
+        ),
     ],
 )
 def test_invalid_values_name_the_key_and_the_fix(
@@ -200,6 +221,27 @@ def test_invalid_values_name_the_key_and_the_fix(
         build(**values)
     assert raised.value.key == key
     assert fix in str(raised.value)
+
+
+def test_a_key_like_none_of_the_known_ones_gets_the_list_of_them() -> None:
+    with pytest.raises(ConfigError) as raised:
+        build(colour="blue")
+    assert "remove it or use one of: bucketLocation, deadLetterMaxAttempts," in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ("n_estimator", "n_estimators"),
+        ("MODELTYPE", "modelType"),  # case is ignored, the suggestion keeps its own
+        ("orchestrations", "orchestration"),
+        ("zzz", None),
+        ("", None),
+    ],
+)
+def test_did_you_mean_picks_the_closest_option_or_none(word: str, expected: str | None) -> None:
+    options = ["n_estimators", "max_depth", "modelType", "orchestration", "minRows"]
+    assert did_you_mean(word, options) == expected
 
 
 def test_monitoring_defaults_and_the_latency_check_follow_predicts_timeout() -> None:

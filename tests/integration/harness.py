@@ -32,10 +32,13 @@ FEATURES = ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width
 T = TypeVar("T")
 
 
-def devstack(state_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def devstack(
+    state_dir: Path, *args: str, timeout: float = 300, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "devstack", "--state-dir", str(state_dir), *args],
         cwd=REPO_ROOT,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

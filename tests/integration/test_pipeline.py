@@ -169,10 +169,11 @@ def test_an_empty_file_is_refused_before_upload_and_an_empty_object_is_listed_as
     # Placed by another tool (a console "folder"): no run starts, and 'runs' says why.
     bucket = local_stack.state.storage_client().bucket(local_stack.state.bucket)
     bucket.blob("raw/placeholder/").upload_from_string(b"")
-    listed = devstack(local_stack.state_dir, "runs")
+    listed = devstack(local_stack.state_dir, "runs", "--json")
     assert listed.returncode == 0, listed.stderr
-    row = next(line for line in listed.stdout.splitlines() if line.startswith("raw/placeholder/"))
-    assert row.split("\t")[2:] == ["ignored", "the pipeline ignores empty objects under raw/"]
+    row = next(row for row in json.loads(listed.stdout) if row["object"] == "raw/placeholder/")
+    assert row["state"] == "ignored"
+    assert row["detail"] == "the pipeline ignores empty objects under raw/"
 
 
 def test_a_notification_delivered_three_times_makes_one_run(

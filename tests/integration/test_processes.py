@@ -13,8 +13,18 @@ import pytest
 
 from devstack.errors import PortBusyError, ServiceDiedError
 from devstack.plan import LOOPBACK, ServicePlan
-from devstack.processes import grpc_answers, start_service, stop_group, wait_until_healthy
+from devstack.processes import (
+    GroupUsage,
+    group_alive,
+    group_members,
+    group_usage,
+    grpc_answers,
+    start_service,
+    stop_group,
+    wait_until_healthy,
+)
 from devstack.stack import allocate_ports
+from tests.integration.harness import wait_for
 
 
 @pytest.fixture
@@ -94,3 +104,36 @@ def test_grpc_answers_only_while_a_grpc_server_listens() -> None:
     finally:
         server.stop(grace=None).wait()
     assert not grpc_answers(target, timeout=1)
+
+
+@pytest.mark.timeout(60)
+def test_a_group_is_its_live_members_even_after_its_leader_exited(tmp_path: Path) -> None:
+    """As the emulator's gcloud wrapper forks Java: the group outlives its leader, and the
+    leader, exited but not yet reaped by this process, is a zombie, not a member."""
+    port = allocate_ports(("probe",))["probe"]
+    code = (
+        "import subprocess, sys; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        "print(child.pid, flush=True)"
+    )
+    service = start_service(python_service(code, port), tmp_path)
+    try:
+        child = int(
+            wait_for(lambda: service.log.read_text().strip() or None, timeout=30, what="the child")
+        )
+        wait_for(
+            lambda: group_members(service.pid) == [child] or None,
+            timeout=30,
+            what="the leader's exit",
+        )
+
+        usage = group_usage(service.pid)
+
+        assert usage.processes == 1
+        assert usage.rss_bytes > 0
+        assert usage.started_at is not None
+        assert group_alive(service.pid)
+    finally:
+        stop_group(service)
+    assert group_members(service.pid) == []
+    assert group_usage(service.pid) == GroupUsage(processes=0, rss_bytes=0, started_at=None)

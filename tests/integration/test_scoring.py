@@ -74,10 +74,10 @@ def test_a_trained_champion_scores_an_unlabelled_file(
     assert [row["label"] for row in rows] == labels
     assert {row["model_version"] for row in rows} == {trained["model_version"]}
     assert read_object(local_stack.state, str(summary["predictions_object"])) is not None
-    listed = devstack(local_stack.state_dir, "runs")
+    listed = devstack(local_stack.state_dir, "runs", "--json")
     assert listed.returncode == 0, listed.stderr
-    row = next(line for line in listed.stdout.splitlines() if line.startswith("score/new.csv"))
-    assert row.split("\t")[2] == "scored"
+    row = next(row for row in json.loads(listed.stdout) if row["object"] == "score/new.csv")
+    assert row["state"] == "scored"
 
 
 def test_a_file_with_other_columns_is_rejected_naming_them(

@@ -74,7 +74,7 @@ def test_run_prints_tags_and_message_of_an_uncaught_error(workflow_file, capsys)
     assert code == 1
     assert captured.out == ""
     first_line, payload_line = captured.err.strip().splitlines()
-    assert first_line.startswith("workflow failed: [KeyError]")
+    assert first_line.startswith("devstack: error: workflow failed: [KeyError]")
     assert "KeyError" in json.loads(payload_line)["tags"]
 
 
@@ -85,7 +85,10 @@ def test_run_prints_a_raised_string_as_its_own_message(workflow_file, capsys) ->
 
     captured = capsys.readouterr()
     assert code == 1
-    assert captured.err.splitlines() == ["workflow failed: [no tags] kaput", '"kaput"']
+    assert captured.err.splitlines() == [
+        "devstack: error: workflow failed: [no tags] kaput",
+        '"kaput"',
+    ]
 
 
 def test_run_reports_a_definition_error_with_step_and_line(workflow_file, capsys) -> None:
@@ -93,7 +96,7 @@ def test_run_reports_a_definition_error_with_step_and_line(workflow_file, capsys
 
     captured = capsys.readouterr()
     assert code == 1
-    assert captured.err.startswith("definition error: ")
+    assert captured.err.startswith("devstack: error: definition error: ")
     assert "odd" in captured.err and ":6" in captured.err
 
 

@@ -1,0 +1,125 @@
+"""Duplicate detection with a window smaller than the upload: spilled to the bucket,
+resolved exactly, cleaned up."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline_core.deduplication import SPILL_RANGES, Deduplicator
+from pipeline_core.errors import DataRejectedError
+from pipeline_core.processing import (
+    DatasetSchema,
+    deduplicated_object,
+    process,
+    processed_object,
+    stats_object,
+)
+from pipeline_core.storage import InMemoryStorage
+from tests.functions.conftest import BUCKET, upload
+from tests.functions.test_digest_set import digest, digests
+
+
+def far_duplicates_of(batches: list[list[int]], window_rows: int) -> tuple[list[int], list[int]]:
+    """(rows the window kept, numbered in kept order; the far duplicates among them)."""
+    storage = InMemoryStorage(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows)
+    kept: list[int] = []
+    for batch in batches:
+        flags = deduplicator.new_rows(digests(batch))
+        kept += [value for value, new in zip(batch, flags.tolist(), strict=True) if new]
+    far = deduplicator.far_duplicates().tolist()
+    deduplicator.close()
+    assert storage.names() == []
+    return kept, far
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(min_value=0, max_value=40), max_size=20), max_size=12),
+    st.integers(min_value=1, max_value=16),
+)
+def test_the_window_and_the_spill_together_keep_each_value_once(
+    batches: list[list[int]], window_rows: int
+) -> None:
+    kept, far = far_duplicates_of(batches, window_rows)
+    first_seen: dict[int, int] = {}
+    expected_far = []
+    for position, value in enumerate(kept):
+        if value in first_seen:
+            expected_far.append(position)
+        first_seen.setdefault(value, position)
+    assert far == expected_far
+    distinct = list(dict.fromkeys(value for batch in batches for value in batch))
+    assert [value for position, value in enumerate(kept) if position not in set(far)] == distinct
+
+
+def test_nothing_is_spilled_while_the_window_holds_everything() -> None:
+    storage = InMemoryStorage(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=10)
+    assert deduplicator.new_rows(digests([1, 2, 1])).tolist() == [True, True, False]
+    assert storage.names() == []
+    assert deduplicator.far_duplicates().tolist() == []
+    deduplicator.close()
+
+
+def test_a_full_window_is_spilled_in_ranges_and_deleted_on_close() -> None:
+    storage = InMemoryStorage(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=4)
+    deduplicator.new_rows(digests(range(6)))  # one full window spilled, two rows held
+    assert deduplicator.new_rows(digests([0, 9])).tolist() == [True, True]  # 0: too far
+    assert deduplicator.far_duplicates().tolist() == [6]
+    assert len(storage.names("processed/x/1/digests/")) == 2 * SPILL_RANGES
+    deduplicator.close()
+    deduplicator.close()
+    assert storage.names() == []
+
+
+def test_digests_sharing_a_first_lane_across_windows_stay_distinct() -> None:
+    storage = InMemoryStorage(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=2)
+    first, second = digest(1), digest(2)
+    shared = np.array([[first[0], first[1]], [first[0], second[1]]], dtype=np.uint64)
+    deduplicator.new_rows(shared[:1])
+    deduplicator.new_rows(np.array([[5, 5], [6, 6]], dtype=np.uint64))
+    deduplicator.new_rows(shared)
+    assert deduplicator.far_duplicates().tolist() == [3]
+    deduplicator.close()
+
+
+def test_repeats_further_apart_than_the_window_are_dropped_in_a_second_pass() -> None:
+    rows = [f"{index % 7},{index % 5},{'xy'[index % 2]}" for index in range(200)]
+    data = ("a,b,target\n" + "\n".join(rows) + "\n").encode()  # 70 distinct rows
+    storage = InMemoryStorage(BUCKET)
+    ref = upload(storage, "raw/repeats.csv", data)
+    result = process(
+        storage, ref, DatasetSchema(min_rows=1), chunk_rows=16, block_bytes=64, window_rows=8
+    ).to_json()
+    assert result["processed_object"] == deduplicated_object(ref)
+    assert result["rows_out"] == 70
+    assert result["rejections"] == {"duplicate": 130}
+    assert storage.names("processed/") == [deduplicated_object(ref), stats_object(ref)]
+    assert storage.stat(processed_object(ref)) is None
+    table = pq.read_table(pa.BufferReader(storage.read(deduplicated_object(ref)).data))
+    assert table.to_pydict()["a"] == [float(index % 7) for index in range(70)]
+    stats = json.loads(storage.read(stats_object(ref)).data)
+    assert stats["class_counts"] == {"x": 35, "y": 35}
+    assert stats["feature_stats"]["a"]["max"] == 6.0
+
+
+def test_an_upload_too_small_without_its_far_repeats_is_rejected_and_leaves_no_parquet() -> None:
+    rows = [f"{index % 7},{index % 5},{'xy'[index % 2]}" for index in range(200)]
+    data = ("a,b,target\n" + "\n".join(rows) + "\n").encode()
+    storage = InMemoryStorage(BUCKET)
+    ref = upload(storage, "raw/repeats.csv", data)
+    with pytest.raises(DataRejectedError) as caught:
+        process(storage, ref, DatasetSchema(min_rows=100), block_bytes=64, window_rows=8)
+    assert caught.value.reason_code == "too_few_rows"
+    assert "70 valid rows" in caught.value.detail
+    assert storage.names("processed/") == []
