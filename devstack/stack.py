@@ -19,7 +19,7 @@ from typing import Any
 from google.auth.credentials import AnonymousCredentials
 
 from components import topology
-from components.config import StackConfig, load_stack_file
+from components.config import StackConfig, did_you_mean, load_stack_file
 from devstack import plan as stack_plan
 from devstack.errors import (
     PUBSUB_EMULATOR_INSTALL,
@@ -74,8 +74,10 @@ class StackState:
         for service in self.services:
             if service.name == name:
                 return service
-        known = ", ".join(service.name for service in self.services)
-        raise DevstackError(f"no service '{name}' in this stack; services: {known}")
+        names = [service.name for service in self.services]
+        suggestion = did_you_mean(name, names)
+        hint = f"did you mean '{suggestion}'?" if suggestion else f"services: {', '.join(names)}"
+        raise DevstackError(f"no service '{name}' in this stack; {hint}")
 
     @property
     def pubsub_host(self) -> str:
