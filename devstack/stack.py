@@ -67,6 +67,7 @@ class StackState:
     topics: dict[str, str]
     dead_letter_subscription: str
     workflow_name: str | None
+    score_prefix: str = topology.DEFAULT_SCORE_PREFIX
     services: list[RunningService] = field(default_factory=list)
 
     def service(self, name: str) -> RunningService:
@@ -178,7 +179,7 @@ def check_prerequisites(config: StackConfig) -> None:
         )
     if not stack_plan.FUNCTION_SOURCE.is_file():
         raise DevstackError(f"{stack_plan.FUNCTION_SOURCE} is missing; the functions cannot run")
-    wiring = topology.build_topology(config.orchestration)
+    wiring = topology.topology_for(config)
     if wiring.workflow is not None:
         source = stack_plan.REPO_ROOT / wiring.workflow.source
         if not source.is_file():
@@ -225,6 +226,7 @@ def up(
         topics=dict(plan.topics),
         dead_letter_subscription=plan.dead_letter_subscription,
         workflow_name=topology.workflow_name(config) if plan.topology.workflow else None,
+        score_prefix=config.score_prefix,
     )
     try:
         for service_plan in plan.services:
@@ -257,7 +259,7 @@ def up(
 
 
 def _create_messaging(plan: stack_plan.StackPlan, pubsub: PubSubEmulator) -> None:
-    for topic in plan.topics.values():
+    for topic in (*plan.topics.values(), plan.bucket_events_topic):
         pubsub.create_topic(topic)
     for subscription in plan.subscriptions:
         pubsub.create_subscription(
