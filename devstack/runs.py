@@ -320,7 +320,10 @@ class _StageObserver:
         if rejection is not None:
             self._report("rejected", f"rejected: {_describe_rejection(rejection)}")
         champion = self._champion_version()
-        if champion != self._champion:
+        # Promotion moves the pointer before it records the decision: a candidate still
+        # undecided at this poll waits for its decision line before the champion line.
+        undecided = outcome is not None and not outcome.get("decided", True)
+        if champion != self._champion and not undecided:
             self._champion = champion
             self._report("champion", f"champion is now {champion}")
         return failure
