@@ -22,6 +22,7 @@ from components.config import (
     StackConfig,
     load_stack_file,
 )
+from components.topology import RAW_PREFIX
 from devstack import events, logs, runs, stack, status
 from devstack.console import (
     PROGRESS_PREFIX,
@@ -126,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=RUN_TIMEOUT_SECONDS,
         help="seconds --wait follows the run (default %(default).0f)",
     )
+    score = commands.add_parser(
+        "score", help="upload a file under the scoring prefix (starts a scoring run)"
+    )
+    score.add_argument("file", type=Path)
+    score.add_argument("--name", help="object name under the prefix (default: the file name)")
+    score.add_argument("--wait", action="store_true", help="follow the run to its summary")
+    score.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=RUN_TIMEOUT_SECONDS,
+        help="seconds --wait follows the run (default %(default).0f)",
+    )
+    score.add_argument("--out", type=Path, help="with --wait: save the predictions CSV here")
     status_command = commands.add_parser(
         "status", help="services (pid, port, health), the champion and the latest runs"
     )
@@ -203,13 +217,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     # The caller's input is read before the stack is asked anything.
     payload = read_payload(args.payload, sys.stdin) if args.command == "predict" else None
     state = stack.load_state(state_dir)
-    if args.command in ("upload", "predict"):
+    if args.command in ("upload", "predict", "score"):
         _require_all_running(state)
     if args.command == "endpoints":
         emit(state.endpoints())
     elif args.command == "status":
         return _print_status(state, state_dir, as_json=args.json)
-    elif args.command == "upload":
+    elif args.command in ("upload", "score"):
         _upload(state, args)
     elif args.command == "runs":
         _print_runs(state, as_json=args.json)
@@ -311,17 +325,30 @@ def _up(config: StackConfig, stack_file: Path, state_dir: Path, *, detach: bool)
 
 
 def _upload(state: stack.StackState, args: argparse.Namespace) -> None:
+    """``upload`` (training data, under raw/) and ``score`` (under the scoring prefix)."""
+    prefix = state.score_prefix if args.command == "score" else RAW_PREFIX
+    out: Path | None = getattr(args, "out", None)
+    if out is not None and not args.wait:
+        raise DevstackError("--out saves the predictions once the run is done: add --wait")
     if not args.wait:
-        key = runs.upload(state, args.file, name=args.name)
+        key = runs.upload(state, args.file, name=args.name, prefix=prefix)
         emit(dataclasses.asdict(key))
         return
     try:
         summary = runs.upload_and_follow(
-            state, args.file, name=args.name, timeout=args.timeout, progress=progress
+            state,
+            args.file,
+            name=args.name,
+            timeout=args.timeout,
+            progress=progress,
+            prefix=prefix,
         )
     except RunFailedError as failure:
         emit(failure.summary)
         raise
+    if out is not None:
+        runs.download(state, summary["predictions_csv"], out)
+        progress(f"saved {summary['predictions_csv']} to {out}")
     emit(summary)
 
 
@@ -353,7 +380,7 @@ def _print_runs(state: stack.StackState, *, as_json: bool) -> None:
         emit([dataclasses.asdict(row) for row in rows])
         return
     if not rows:
-        progress(f"no uploads yet in gs://{state.bucket}/raw/")
+        progress(f"no uploads yet in gs://{state.bucket}/raw/ or /{state.score_prefix}")
         return
     print(status.runs_table(dataclasses.asdict(row) for row in rows))
 

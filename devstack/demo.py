@@ -20,7 +20,10 @@ def write_iris_csv(path: Path, target_column: str) -> dict[str, Any]:
     """Write iris as CSV; return one row's features for a sample prediction."""
     from sklearn.datasets import load_iris
 
-    frame = load_iris(as_frame=True).frame
+    iris = load_iris(as_frame=True)
+    frame = iris.frame
+    # The species as the class values, so predictions answer "setosa", not 0.
+    frame["target"] = iris.target_names[iris.target]
     # "sepal length (cm)" -> "sepal_length_cm": plain names read well in requests.
     frame.columns = [column.replace(" (cm)", "_cm").replace(" ", "_") for column in frame.columns]
     frame = frame.rename(columns={"target": target_column})

@@ -19,7 +19,7 @@ from typing import Any
 from google.auth.credentials import AnonymousCredentials
 
 from components import topology
-from components.config import StackConfig, load_stack_file
+from components.config import StackConfig, did_you_mean, load_stack_file
 from devstack import plan as stack_plan
 from devstack.errors import (
     PUBSUB_EMULATOR_INSTALL,
@@ -68,14 +68,17 @@ class StackState:
     dead_letter_subscription: str
     summary_subscription: str
     workflow_name: str | None
+    score_prefix: str = topology.DEFAULT_SCORE_PREFIX
     services: list[RunningService] = field(default_factory=list)
 
     def service(self, name: str) -> RunningService:
         for service in self.services:
             if service.name == name:
                 return service
-        known = ", ".join(service.name for service in self.services)
-        raise DevstackError(f"no service '{name}' in this stack; services: {known}")
+        names = [service.name for service in self.services]
+        suggestion = did_you_mean(name, names)
+        hint = f"did you mean '{suggestion}'?" if suggestion else f"services: {', '.join(names)}"
+        raise DevstackError(f"no service '{name}' in this stack; {hint}")
 
     def logged_service(self, name: str) -> RunningService:
         """The service whose log holds ``name``'s lines: a service, or the workflow
@@ -185,7 +188,7 @@ def check_prerequisites(config: StackConfig) -> None:
         )
     if not stack_plan.FUNCTION_SOURCE.is_file():
         raise DevstackError(f"{stack_plan.FUNCTION_SOURCE} is missing; the functions cannot run")
-    wiring = topology.build_topology(config.orchestration)
+    wiring = topology.topology_for(config)
     if wiring.workflow is not None:
         source = stack_plan.REPO_ROOT / wiring.workflow.source
         if not source.is_file():
@@ -233,6 +236,7 @@ def up(
         dead_letter_subscription=plan.dead_letter_subscription,
         summary_subscription=plan.summary_subscription,
         workflow_name=topology.workflow_name(config) if plan.topology.workflow else None,
+        score_prefix=config.score_prefix,
     )
     try:
         for service_plan in plan.services:
@@ -265,7 +269,7 @@ def up(
 
 
 def _create_messaging(plan: stack_plan.StackPlan, pubsub: PubSubEmulator) -> None:
-    for topic in plan.topics.values():
+    for topic in (*plan.topics.values(), plan.bucket_events_topic):
         pubsub.create_topic(topic)
     for subscription in plan.subscriptions:
         pubsub.create_subscription(

@@ -82,13 +82,20 @@ def starter() -> RecordingStarter:
     return RecordingStarter()
 
 
-def dataset_csv(loader: Callable[..., Any] = load_iris) -> bytes:
-    frame = loader(as_frame=True).frame
+def dataset_csv(loader: Callable[..., Any] = load_iris, *, class_names: bool = False) -> bytes:
+    """A bundled data set as CSV; ``class_names``: its target as the class names (the
+    demo data's species) rather than their indices."""
+    bunch = loader(as_frame=True)
+    frame = bunch.frame
+    if class_names:
+        frame["target"] = bunch.target_names[bunch.target]
     text: str = frame.to_csv(index=False)
     return text.encode()
 
 
-IRIS = dataset_csv(load_iris)
+# The demo data: iris with the species as its target values (devstack/demo.py).
+IRIS = dataset_csv(load_iris, class_names=True)
+IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
 WINE = dataset_csv(load_wine)
 BREAST_CANCER = dataset_csv(load_breast_cancer)
 

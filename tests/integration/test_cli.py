@@ -460,6 +460,19 @@ def test_logs_follow_stops_cleanly_on_ctrl_c(
     assert group_alive(one_service_stack.pid)  # following never stops the stack
 
 
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("prbe", "did you mean 'probe'?"), ("predict", "services: probe")],
+)
+def test_an_unknown_service_name_gets_the_one_it_resembles_or_the_list(
+    name: str, hint: str, one_service_stack: RunningService, tmp_path: Path
+) -> None:
+    shown = devstack(tmp_path, "logs", name)
+
+    assert shown.returncode == 1
+    assert shown.stderr == f"devstack: error: no service '{name}' in this stack; {hint}\n"
+
+
 # --- on a real stack -------------------------------------------------------------------
 
 

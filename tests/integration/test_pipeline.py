@@ -77,7 +77,7 @@ def test_upload_trains_a_champion_that_serves_predictions(
     assert predicted.returncode == 0, predicted.stderr
     answer = json.loads(predicted.stdout)
     assert answer["model_version"] == summary["model_version"]
-    assert answer["predictions"][0]["label"] == "0"  # the first iris row is a setosa
+    assert answer["predictions"][0]["label"] == "setosa"  # the first iris row
 
 
 def test_better_data_is_promoted_and_worse_data_is_not(
@@ -270,7 +270,9 @@ def test_a_message_that_keeps_failing_lands_on_the_dead_letter_topic(
 ) -> None:
     config = local_stack.config
     wiring = build_topology(config.orchestration)
-    (delivery,) = [item for item in wiring.deliveries if item.dead_letter]
+    (delivery,) = [
+        item for item in wiring.deliveries if item.dead_letter and item.function != "score_data"
+    ]
     source_subscription = subscription_name(config, delivery)
     broken = local_stack.state.service(PERMANENT_BREAK[config.orchestration])
     stop_group(broken)
