@@ -593,6 +593,8 @@ def test_the_editable_install_runs_the_commands_from_any_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    # argparse wraps help at the terminal width, also inside a path at a dash.
+    environment["COLUMNS"] = "10000"
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
