@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline_latency
 	$(BIN)/python -m bench.processing
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.scoring
 	$(BIN)/python -m bench.load
 
 lock: $(STAMP) $(POLICY_STAMP)

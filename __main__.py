@@ -34,6 +34,11 @@ pulumi.export("upload_prefix", topology.RAW_PREFIX)
 pulumi.export(
     "upload_uri", pipeline.data_bucket.apply(lambda bucket: f"gs://{bucket}/{topology.RAW_PREFIX}")
 )
+pulumi.export("scoring_prefix", config.score_prefix)
+pulumi.export(
+    "scoring_uri", pipeline.data_bucket.apply(lambda bucket: f"gs://{bucket}/{config.score_prefix}")
+)
+pulumi.export("predictions_prefix", topology.PREDICTIONS_PREFIX)
 pulumi.export("predict_url", pipeline.predict_url)
 pulumi.export("function_urls", pipeline.function_urls)
 pulumi.export("workflow_name", pipeline.workflow.name if pipeline.workflow else None)

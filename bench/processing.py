@@ -96,7 +96,7 @@ def write_csv(path: Path, rows: int) -> None:
             out.write(memoryview(data)[bounds[0] : bounds[1]])
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """The kernel's high-water mark of this process image (VmHWM, in KiB). Not
     getrusage's ru_maxrss: that one survives exec, so a child would report its
     parent's peak whenever the parent had been bigger."""
@@ -197,7 +197,7 @@ def _child(variant: str, arguments: list[str]) -> None:
     else:  # idle: the imports of ours, no work
         import pipeline_core.processing
         import pipeline_core.storage  # noqa: F401
-    report["peak_rss_mb"] = _peak_rss_mb()
+    report["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(report))
 
 
@@ -324,7 +324,7 @@ def _targets(results: list[dict[str, Any]]) -> dict[str, Any]:
     return checks
 
 
-def _fake_gcs(scratch: Path) -> Any:
+def fake_gcs(scratch: Path) -> Any:
     port = allocate_ports(("storage",))["storage"]
     plan = ServicePlan(
         name="storage",
@@ -344,7 +344,7 @@ def measure_throughput(
     from google.cloud import storage
 
     with tempfile.TemporaryDirectory(prefix="bench-processing-") as scratch:
-        server = _fake_gcs(Path(scratch))
+        server = fake_gcs(Path(scratch))
         try:
             wait_until_healthy([server], timeout=30, hints={})
             os.environ["STORAGE_EMULATOR_HOST"] = server.url

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from components import layout
+
 PROJECT_NAMESPACE = "ml-pipeline"
 
 Orchestration = Literal["workflow", "events"]
@@ -43,6 +45,7 @@ FUNCTION_KEYS: tuple[str, ...] = (
     "train_model",
     "predict",
     "trigger_workflow",
+    "score_data",
 )
 # Cloud Functions 2nd gen (Cloud Run) memory values that the service accepts.
 ALLOWED_MEMORY: tuple[str, ...] = (
@@ -70,6 +73,11 @@ CALL_LOG_LEVELS: tuple[str, ...] = ("LOG_ALL_CALLS", "LOG_ERRORS_ONLY", "LOG_NON
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _NAME_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$")
+# One or more object-name segments, ending with a slash: "score/", "batch/incoming/".
+_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*/)+$")
+# Columns every predictions file has; an id column passed through may not take a name.
+PREDICTION_COLUMNS = ("row", "label", "confidence", "model_version", "reason")
+PROBABILITY_COLUMN_PREFIX = "probability_"
 # One Google Cloud region (us-central1, europe-west4, northamerica-northeast1), never a
 # multi-region (us, eu) or global: functions, the workflow and the Eventarc Pub/Sub
 # triggers all live in it, and Pub/Sub triggers exist in single regions only.
@@ -148,6 +156,8 @@ _DEFAULT_FUNCTIONS: dict[str, FunctionSettings] = {
     "train_model": FunctionSettings(memory="2Gi", timeout_seconds=540),
     "predict": FunctionSettings(memory="1Gi", timeout_seconds=60, max_instances=5),
     "trigger_workflow": FunctionSettings(memory="256Mi", timeout_seconds=60),
+    # Memory holds one block of rows at a time, whatever the file's size.
+    "score_data": FunctionSettings(memory="1Gi", timeout_seconds=540),
 }
 
 
@@ -183,6 +193,8 @@ class StackConfig:
     force_destroy: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    score_prefix: str = layout.DEFAULT_SCORE_PREFIX
+    id_column: str | None = None
 
     @property
     def trigger_region(self) -> str:
@@ -270,12 +282,23 @@ class StackConfig:
             force_destroy=reader.boolean("forceDestroy", False),
             labels=_labels(reader),
             monitoring=_monitoring(reader, project, functions["predict"]),
+            score_prefix=_score_prefix(reader),
+            id_column=_id_column(reader),
         )
         if config.target_column in config.feature_columns:
             raise ConfigError(
                 f"{PROJECT_NAMESPACE}:featureColumns",
                 f"lists the target column '{config.target_column}'",
                 "remove the target from the feature list",
+            )
+        if config.id_column is not None and config.id_column in (
+            config.target_column,
+            *config.feature_columns,
+        ):
+            raise ConfigError(
+                f"{PROJECT_NAMESPACE}:idColumn",
+                f"'{config.id_column}' is the target or a feature column",
+                "name the column that identifies a row and is not fed to the model",
             )
         return config
 
@@ -304,6 +327,8 @@ _KEYS = (
     "forceDestroy",
     "labels",
     "monitoring",
+    "scorePrefix",
+    "idColumn",
 )
 
 _STRUCTURED_KEYS = frozenset(
@@ -584,6 +609,43 @@ def _deployer(reader: _Reader) -> str | None:
             f"{value!r} is not a user or service account member",
             "use user:EMAIL or serviceAccount:EMAIL (whoever runs pulumi up), or unset it "
             "to use the credentials' own identity",
+        )
+    return value
+
+
+def _score_prefix(reader: _Reader) -> str:
+    prefix = reader.string("scorePrefix", layout.DEFAULT_SCORE_PREFIX)
+    key = reader.full("scorePrefix")
+    if not _PREFIX.match(prefix):
+        raise ConfigError(
+            key,
+            f"'{prefix}' is not an object-name prefix ending with '/'",
+            "use letters, digits, '.', '_' or '-' in each part, e.g. 'score/'",
+        )
+    for fixed in layout.FIXED_PREFIXES:
+        if prefix.startswith(fixed) or fixed.startswith(prefix):
+            raise ConfigError(
+                key,
+                f"'{prefix}' overlaps the pipeline's own prefix '{fixed}' (uploads there "
+                "would be read as that prefix's objects too)",
+                f"use a prefix outside {', '.join(layout.FIXED_PREFIXES)}, e.g. 'score/'",
+            )
+    return prefix
+
+
+def _id_column(reader: _Reader) -> str | None:
+    value = reader.raw("idColumn")
+    if value is None or value == "":
+        return None
+    key = reader.full("idColumn")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, f"must be a column name, got {value!r}", "quote it, or unset it")
+    if value in PREDICTION_COLUMNS or value.startswith(PROBABILITY_COLUMN_PREFIX):
+        raise ConfigError(
+            key,
+            f"'{value}' is the name of a column the predictions file already has",
+            f"rename the column: not {', '.join(PREDICTION_COLUMNS)} or "
+            f"{PROBABILITY_COLUMN_PREFIX}*",
         )
     return value
 

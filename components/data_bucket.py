@@ -30,12 +30,14 @@ class BucketGrant:
 
 @dataclass(frozen=True)
 class UploadNotification:
-    """Publish OBJECT_FINALIZE events under ``object_prefix`` to ``topic``.
+    """Publish OBJECT_FINALIZE events under ``object_prefix`` to ``topic``; ``key``
+    names the resource (empty for the upload notification's original name).
 
     ``publisher_grant`` is the Cloud Storage agent's publisher role on the topic: GCS
     checks it when the notification is created, so the notification waits for it.
     """
 
+    key: str
     topic: pulumi.Input[str]
     object_prefix: str
     publisher_grant: pulumi.Resource
@@ -51,7 +53,7 @@ class DataBucketArgs:
     noncurrent_days: int = 30
     noncurrent_versions_kept: int = 3
     grants: Sequence[BucketGrant] = ()
-    notification: UploadNotification | None = None
+    notifications: Sequence[UploadNotification] = ()
     apis: tuple[pulumi.Resource, ...] = ()
 
     def __post_init__(self) -> None:
@@ -64,6 +66,18 @@ class DataBucketArgs:
         keys = [grant.key for grant in self.grants]
         if len(set(keys)) != len(keys):
             raise ValueError(f"bucket {self.name}: grant keys must be unique, got {keys}")
+        prefixes = [notification.object_prefix for notification in self.notifications]
+        overlapping = [
+            (first, second)
+            for index, first in enumerate(prefixes)
+            for second in prefixes[index + 1 :]
+            if first.startswith(second) or second.startswith(first)
+        ]
+        if overlapping:
+            raise ValueError(
+                f"bucket {self.name}: notification prefixes overlap {overlapping}; an "
+                "object would start two kinds of run"
+            )
 
 
 class DataBucket(pulumi.ComponentResource):
@@ -112,21 +126,21 @@ class DataBucket(pulumi.ComponentResource):
                 condition=_prefix_condition(args.name, grant.object_prefix),
                 opts=needs_apis,
             )
-        if args.notification is not None:
-            self.notification: gcp.storage.Notification | None = gcp.storage.Notification(
-                f"{name}-uploads",
+        self.notifications = [
+            gcp.storage.Notification(
+                "-".join(filter(None, (name, notification.key, "uploads"))),
                 bucket=self.bucket.name,
-                topic=args.notification.topic,
+                topic=notification.topic,
                 payload_format="JSON_API_V1",
                 event_types=["OBJECT_FINALIZE"],
-                object_name_prefix=args.notification.object_prefix,
+                object_name_prefix=notification.object_prefix,
                 opts=pulumi.ResourceOptions(
                     parent=self,
-                    depends_on=[*args.apis, args.notification.publisher_grant],
+                    depends_on=[*args.apis, notification.publisher_grant],
                 ),
             )
-        else:
-            self.notification = None
+            for notification in args.notifications
+        ]
         self.register_outputs({"name": self.name, "url": self.bucket.url})
 
 

@@ -21,6 +21,7 @@ ACCOUNT_SUFFIXES: Mapping[str, str] = {
     "training": "train",
     "prediction": "pred",
     "workflow_trigger": "wftrig",
+    "scoring": "score",
     "workflow": "wf",
     "event_trigger": "evtrig",
     "build": "build",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_gcp as gcp
 
-from components.topology import TopicSpec
+from components.topology import Notification, TopicSpec
 
 # How long the dead-letter subscription keeps what failed: the Pub/Sub maximum.
 DEAD_LETTER_RETENTION = "604800s"
@@ -35,7 +35,7 @@ class MessagingArgs:
     name_prefix: str
     topics: tuple[TopicSpec, ...]
     dead_letter_topic: str  # topic key
-    notification_topic: str  # topic key the bucket notification publishes to
+    notifications: tuple[Notification, ...]  # the bucket notifications, by topic
     summary_topic: str  # topic key of the run summaries, kept by a pull subscription
     summary_subscription_name: str
     storage_agent: pulumi.Input[str]
@@ -49,7 +49,7 @@ class MessagingArgs:
         keys = {topic.key for topic in self.topics}
         for role, key in (
             ("dead_letter_topic", self.dead_letter_topic),
-            ("notification_topic", self.notification_topic),
+            *(("notifications", notification.topic) for notification in self.notifications),
             ("summary_topic", self.summary_topic),
             *(("publishers", publisher.topic) for publisher in self.publishers),
         ):
@@ -59,7 +59,7 @@ class MessagingArgs:
 
 class Messaging(pulumi.ComponentResource):
     topics: dict[str, gcp.pubsub.Topic]
-    notification_grant: gcp.pubsub.TopicIAMMember
+    notification_grants: dict[str, gcp.pubsub.TopicIAMMember]  # by notification key
     dead_letter_grant: gcp.pubsub.TopicIAMMember
     token_creator_grant: gcp.serviceaccount.IAMMember
 
@@ -120,9 +120,15 @@ class Messaging(pulumi.ComponentResource):
         self.dead_letter_grant = grant_publisher(
             "dead-letter-agent-publisher", args.dead_letter_topic, args.pubsub_agent
         )
-        self.notification_grant = grant_publisher(
-            "storage-agent-publisher", args.notification_topic, args.storage_agent
-        )
+        # GCS publishes each notification as the project's Cloud Storage agent.
+        self.notification_grants = {
+            notification.key: grant_publisher(
+                "-".join(filter(None, ("storage-agent-publisher", notification.key))),
+                notification.topic,
+                args.storage_agent,
+            )
+            for notification in args.notifications
+        }
         # Pub/Sub mints the OIDC tokens of push subscriptions as the push identity.
         self.token_creator_grant = gcp.serviceaccount.IAMMember(
             f"{name}-pubsub-agent-token-creator",

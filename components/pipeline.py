@@ -34,20 +34,28 @@ _READ = "roles/storage.objectViewer"
 # no workload can touch raw/ uploads beyond reading them.
 _WRITE = "roles/storage.objectUser"
 
+
 # Data-bucket access per workload: (role, object prefix). Every grant is narrowed to a
 # prefix: the handlers get objects by name (and raw/ at a given generation, which
 # objectViewer's storage.objects.get covers) and never list, so no workload needs the
 # whole bucket. objectUser includes reading, so a written prefix is also readable.
-DATA_BUCKET_ACCESS: Mapping[str, tuple[tuple[str, str], ...]] = {
-    "processing": (
-        (_READ, topology.RAW_PREFIX),
-        (_WRITE, topology.PROCESSED_PREFIX),
-        (_WRITE, topology.REJECTED_PREFIX),
-    ),
-    "training": ((_READ, topology.PROCESSED_PREFIX), (_WRITE, topology.MODELS_PREFIX)),
-    "prediction": ((_READ, topology.MODELS_PREFIX),),
-    "workflow_trigger": ((_WRITE, topology.RUNS_PREFIX),),
-}
+def data_bucket_access(config: StackConfig) -> Mapping[str, tuple[tuple[str, str], ...]]:
+    return {
+        "processing": (
+            (_READ, topology.RAW_PREFIX),
+            (_WRITE, topology.PROCESSED_PREFIX),
+            (_WRITE, topology.REJECTED_PREFIX),
+        ),
+        "training": ((_READ, topology.PROCESSED_PREFIX), (_WRITE, topology.MODELS_PREFIX)),
+        "prediction": ((_READ, topology.MODELS_PREFIX),),
+        "workflow_trigger": ((_WRITE, topology.RUNS_PREFIX),),
+        # The registry (champion pointer, manifests, artifacts) lies under models/.
+        "scoring": (
+            (_READ, config.score_prefix),
+            (_READ, topology.MODELS_PREFIX),
+            (_WRITE, topology.PREDICTIONS_PREFIX),
+        ),
+    }
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class MlPipeline(pulumi.ComponentResource):
     ) -> None:
         super().__init__("ml-pipeline:gcp:MlPipeline", name, None, opts)
         config = args.config
-        plan = topology.build_topology(config.orchestration)
+        plan = topology.topology_for(config)
         child = pulumi.ResourceOptions(parent=self)
         labels = {"app": "ml-pipeline", "stack": _label_value(config.stack), **config.labels}
 
@@ -102,7 +110,7 @@ class MlPipeline(pulumi.ComponentResource):
                 name_prefix=config.name_prefix,
                 topics=plan.topics,
                 dead_letter_topic=DEAD_LETTER_TOPIC,
-                notification_topic=plan.notification_topic,
+                notifications=plan.notifications,
                 summary_topic=topology.SUMMARY_TOPIC,
                 summary_subscription_name=topology.summary_subscription_name(config),
                 storage_agent=services.storage_agent,
@@ -124,12 +132,16 @@ class MlPipeline(pulumi.ComponentResource):
                 location=config.bucket_location,
                 labels=labels,
                 force_destroy=config.force_destroy,
-                grants=_data_grants(identities),
-                notification=UploadNotification(
-                    topic=messaging.topic(plan.notification_topic).id,
-                    object_prefix=topology.RAW_PREFIX,
-                    publisher_grant=messaging.notification_grant,
-                ),
+                grants=_data_grants(identities, data_bucket_access(config)),
+                notifications=[
+                    UploadNotification(
+                        key=notification.key,
+                        topic=messaging.topic(notification.topic).id,
+                        object_prefix=notification.prefix,
+                        publisher_grant=messaging.notification_grants[notification.key],
+                    )
+                    for notification in plan.notifications
+                ],
                 apis=services.apis_for("storage", "pubsub"),
             ),
             child,
@@ -393,15 +405,17 @@ def _publishers(
     return tuple(publishers)
 
 
-def _data_grants(identities: WorkloadIdentities) -> tuple[BucketGrant, ...]:
+def _data_grants(
+    identities: WorkloadIdentities, access_by_workload: Mapping[str, tuple[tuple[str, str], ...]]
+) -> tuple[BucketGrant, ...]:
     return tuple(
         BucketGrant(
-            f"{workload}-{role.rsplit('.', 1)[1]}-{prefix.rstrip('/')}",
+            f"{workload}-{role.rsplit('.', 1)[1]}-{prefix.rstrip('/').replace('/', '-')}",
             role,
             identities.member(workload),
             prefix,
         )
-        for workload, access in DATA_BUCKET_ACCESS.items()
+        for workload, access in access_by_workload.items()
         if workload in identities.accounts
         for role, prefix in access
     )

@@ -27,17 +27,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from components import layout
 from components.config import Orchestration, StackConfig
 
 Signature = Literal["http", "cloudevent"]
 Mechanism = Literal["eventarc", "push"]
 
 # Object layout in the data bucket (the handlers use the same prefixes).
-RAW_PREFIX = "raw/"
-PROCESSED_PREFIX = "processed/"
-REJECTED_PREFIX = "rejected/"
-MODELS_PREFIX = "models/"
-RUNS_PREFIX = "runs/"
+RAW_PREFIX = layout.RAW_PREFIX
+PROCESSED_PREFIX = layout.PROCESSED_PREFIX
+REJECTED_PREFIX = layout.REJECTED_PREFIX
+MODELS_PREFIX = layout.MODELS_PREFIX
+RUNS_PREFIX = layout.RUNS_PREFIX
+PREDICTIONS_PREFIX = layout.PREDICTIONS_PREFIX
+DEFAULT_SCORE_PREFIX = layout.DEFAULT_SCORE_PREFIX
 
 # Run summaries: the topic every run's outcome is published to, and the pull
 # subscription that keeps them for people to read (components/messaging.py).
@@ -79,6 +82,8 @@ class Env:
     MODEL_REFRESH_SECONDS = "MODEL_REFRESH_SECONDS"
     PREDICT_RUNTIME = "PREDICT_RUNTIME"  # onnx (the compiled artifact when verified) or joblib
     MAX_TRAINING_ROWS = "MAX_TRAINING_ROWS"
+    SCORE_PREFIX = "SCORE_PREFIX"
+    ID_COLUMN = "ID_COLUMN"  # empty: no id column is passed through
     MODEL_EVENTS_TOPIC = "MODEL_EVENTS_TOPIC"
     MODEL_TRAINING_TOPIC = "MODEL_TRAINING_TOPIC"
     MODEL_SERVING_TOPIC = "MODEL_SERVING_TOPIC"
@@ -134,6 +139,20 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Notification:
+    """A bucket notification: OBJECT_FINALIZE events under ``prefix`` go to ``topic``.
+
+    ``key`` names its resources; the upload notification's is empty, so it keeps the
+    names it had before scoring existed (a renamed IAM member is deleted after its
+    replacement is created, and takes the binding they share with it).
+    """
+
+    key: str
+    topic: str  # topic key
+    prefix: str
+
+
+@dataclass(frozen=True)
 class WorkflowSpec:
     key: str
     source: str  # path relative to the repository root
@@ -147,8 +166,13 @@ class Topology:
     topics: tuple[TopicSpec, ...]
     functions: tuple[FunctionSpec, ...]
     deliveries: tuple[Delivery, ...]
-    notification_topic: str  # topic key the bucket notification publishes to
+    notifications: tuple[Notification, ...]  # the training uploads' first
     workflow: WorkflowSpec | None
+
+    @property
+    def notification_topic(self) -> str:
+        """The topic key the notification of training uploads (raw/) publishes to."""
+        return self.notifications[0].topic
 
     def topic(self, key: str) -> TopicSpec:
         return _find(self.topics, key, "topic")
@@ -171,6 +195,7 @@ WORKLOADS: Mapping[str, str] = {
     "training": "Reads processed data, writes model versions and the champion pointer",
     "prediction": "Reads the champion and model artifacts",
     "workflow_trigger": "Starts Workflows executions from upload notifications",
+    "scoring": "Reads scoring uploads and the champion, writes predictions",
     "workflow": "Runs the Workflows definition and invokes the stage functions",
     "event_trigger": "Identity of Eventarc triggers and OIDC push subscriptions",
     "build": "Builds function source into containers (Cloud Build)",
@@ -206,8 +231,40 @@ _PREDICT_ENV = (
 
 _PREDICT = FunctionSpec("predict", "predict", "http", "prediction", "predict", _PREDICT_ENV)
 
+# Scoring is one stage in both modes: its own notification, topic and push delivery
+# (with a dead-letter queue) straight to score_data, which publishes its summary.
+_SCORE_TOPIC = TopicSpec("score_uploaded", "score-uploaded", "Notifications of scoring uploads")
+_SCORE_DATA = FunctionSpec(
+    "score_data",
+    "score_data",
+    "cloudevent",
+    "scoring",
+    "score_data",
+    (
+        *_BASE_ENV,
+        Env.FUNCTION_TIMEOUT_SECONDS,
+        Env.SCORE_PREFIX,
+        Env.ID_COLUMN,
+        Env.TARGET_COLUMN,
+        Env.PREDICT_RUNTIME,
+        Env.MODEL_EVENTS_TOPIC,
+    ),
+    publishes_to=("model_events",),
+)
+_SCORE_DELIVERY = Delivery(
+    "score_to_scoring", "score_uploaded", "score_data", "push", _PUSH_TO_CLOUDEVENT
+)
 
-def build_topology(orchestration: Orchestration) -> Topology:
+
+def topology_for(config: StackConfig) -> Topology:
+    """The wiring of a stack: its orchestration mode and its scoring prefix."""
+    return build_topology(config.orchestration, score_prefix=config.score_prefix)
+
+
+def build_topology(
+    orchestration: Orchestration, *, score_prefix: str = DEFAULT_SCORE_PREFIX
+) -> Topology:
+    scoring = Notification("score", "score_uploaded", score_prefix)
     if orchestration == "workflow":
         return Topology(
             orchestration="workflow",
@@ -215,6 +272,7 @@ def build_topology(orchestration: Orchestration) -> Topology:
                 TopicSpec("data_uploaded", "data-uploaded", "Upload notifications of the bucket"),
                 TopicSpec("model_events", "model-events", "Run summaries and failures"),
                 TopicSpec("dead_letter", "dead-letter", "Messages that kept failing"),
+                _SCORE_TOPIC,
             ),
             functions=(
                 FunctionSpec(
@@ -247,6 +305,7 @@ def build_topology(orchestration: Orchestration) -> Topology:
                         Env.WORKFLOW_LOCATION,
                     ),
                 ),
+                _SCORE_DATA,
             ),
             deliveries=(
                 # The entry of the whole pipeline gets a dead-letter queue, so an explicit
@@ -258,8 +317,9 @@ def build_topology(orchestration: Orchestration) -> Topology:
                     "push",
                     _PUSH_TO_CLOUDEVENT,
                 ),
+                _SCORE_DELIVERY,
             ),
-            notification_topic="data_uploaded",
+            notifications=(Notification("", "data_uploaded", RAW_PREFIX), scoring),
             workflow=WorkflowSpec(
                 "ml_pipeline",
                 "workflow_defs/ml_pipeline.yaml",
@@ -287,6 +347,7 @@ def build_topology(orchestration: Orchestration) -> Topology:
             ),
             TopicSpec("model_events", "model-events", "Run summaries and failures"),
             TopicSpec("dead_letter", "dead-letter", "Messages that kept failing"),
+            _SCORE_TOPIC,
         ),
         functions=(
             FunctionSpec(
@@ -308,6 +369,7 @@ def build_topology(orchestration: Orchestration) -> Topology:
                 publishes_to=("model_serving_trigger", "model_events"),
             ),
             _PREDICT,
+            _SCORE_DATA,
         ),
         deliveries=(
             Delivery(
@@ -315,8 +377,9 @@ def build_topology(orchestration: Orchestration) -> Topology:
             ),
             Delivery("training_trigger", "model_training_trigger", "train_model_event", "eventarc"),
             Delivery("serving_reload", "model_serving_trigger", "predict", "push", "/reload"),
+            _SCORE_DELIVERY,
         ),
-        notification_topic="data_processing_trigger",
+        notifications=(Notification("", "data_processing_trigger", RAW_PREFIX), scoring),
         workflow=None,
     )
 
@@ -368,6 +431,8 @@ def function_environment(
         Env.MODEL_REFRESH_SECONDS: str(config.model_refresh_seconds),
         Env.PREDICT_RUNTIME: config.predict_runtime,
         Env.MAX_TRAINING_ROWS: str(config.max_training_rows),
+        Env.SCORE_PREFIX: config.score_prefix,
+        Env.ID_COLUMN: config.id_column or "",
         Env.MODEL_EVENTS_TOPIC: topic_names.get("model_events"),
         Env.MODEL_TRAINING_TOPIC: topic_names.get("model_training_trigger"),
         Env.MODEL_SERVING_TOPIC: topic_names.get("model_serving_trigger"),

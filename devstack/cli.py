@@ -15,8 +15,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from components.config import ORCHESTRATIONS, ConfigError, StackConfig, load_stack_file
-from devstack import logs, runs, stack, status
+from components.config import (
+    ORCHESTRATIONS,
+    PROMOTION_METRICS,
+    ConfigError,
+    StackConfig,
+    load_stack_file,
+)
+from components.topology import RAW_PREFIX
+from devstack import events, logs, runs, stack, status
 from devstack.console import (
     PROGRESS_PREFIX,
     ArgumentParser,
@@ -30,6 +37,7 @@ from devstack.processes import log_tail
 DEFAULT_STACK_FILE = REPO_ROOT / "Pulumi.dev.yaml"
 RUN_TIMEOUT_SECONDS = 300.0
 STATE_DIR_ENV = "DEVSTACK_STATE_DIR"
+DEFAULT_REPORT_METRIC = "f1_macro"  # the default promotion.metric
 
 Number = TypeVar("Number", int, float)
 
@@ -119,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=RUN_TIMEOUT_SECONDS,
         help="seconds --wait follows the run (default %(default).0f)",
     )
+    score = commands.add_parser(
+        "score", help="upload a file under the scoring prefix (starts a scoring run)"
+    )
+    score.add_argument("file", type=Path)
+    score.add_argument("--name", help="object name under the prefix (default: the file name)")
+    score.add_argument("--wait", action="store_true", help="follow the run to its summary")
+    score.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=RUN_TIMEOUT_SECONDS,
+        help="seconds --wait follows the run (default %(default).0f)",
+    )
+    score.add_argument("--out", type=Path, help="with --wait: save the predictions CSV here")
     status_command = commands.add_parser(
         "status", help="services (pid, port, health), the champion and the latest runs"
     )
@@ -127,13 +148,30 @@ def build_parser() -> argparse.ArgumentParser:
     logs_command = commands.add_parser(
         "logs", help="show a service's log (all services without one)"
     )
-    logs_command.add_argument("service", nargs="?")
+    logs_command.add_argument("service", nargs="?", help="a service, or the workflow's name")
     logs_command.add_argument("--lines", type=positive(int), default=40, help="default %(default)s")
     logs_command.add_argument(
         "-f",
         "--follow",
         action="store_true",
         help="then print new lines as they are written, until Ctrl-C or the stack stops",
+    )
+    commands.add_parser(
+        "events", help="print the run summaries published to model-events, oldest first"
+    )
+    report = commands.add_parser(
+        "report", help="write the model history (versions, champion, uploads) as one HTML page"
+    )
+    report.add_argument(
+        "--out", type=Path, help="the HTML file to write (default: report.html in --state-dir)"
+    )
+    report.add_argument(
+        "--bucket", help="read this real GCS bucket (default credentials), not the local stack"
+    )
+    report.add_argument(
+        "--metric",
+        choices=PROMOTION_METRICS,
+        help="the metric charted (default: the local stack's promotion.metric, else f1_macro)",
     )
     predict = commands.add_parser("predict", help="call the prediction endpoint")
     predict.add_argument(
@@ -179,13 +217,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     # The caller's input is read before the stack is asked anything.
     payload = read_payload(args.payload, sys.stdin) if args.command == "predict" else None
     state = stack.load_state(state_dir)
-    if args.command in ("upload", "predict"):
+    if args.command in ("upload", "predict", "score"):
         _require_all_running(state)
     if args.command == "endpoints":
         emit(state.endpoints())
     elif args.command == "status":
         return _print_status(state, state_dir, as_json=args.json)
-    elif args.command == "upload":
+    elif args.command in ("upload", "score"):
         _upload(state, args)
     elif args.command == "runs":
         _print_runs(state, as_json=args.json)
@@ -193,6 +231,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_logs(state, state_dir, args)
     elif args.command == "predict":
         emit(runs.predict(state, payload))
+    elif args.command == "events":
+        for summary in events.model_events(state):
+            emit(summary)
     return 0
 
 
@@ -220,6 +261,21 @@ def _restart_command(args: argparse.Namespace, state_dir: Path) -> int:
     return 0
 
 
+def _report_command(args: argparse.Namespace, state_dir: Path) -> int:
+    from devstack import report
+
+    out: Path = args.out or state_dir / report.REPORT_NAME
+    if args.bucket:
+        storage = report.cloud_storage(args.bucket)
+        metric = args.metric or DEFAULT_REPORT_METRIC
+    else:
+        state = stack.load_state(state_dir)
+        storage = report.local_storage(state)
+        metric = args.metric or load_stack_file(Path(state.config_path)).promotion.metric
+    emit(report.write_report(storage, metric, out))
+    return 0
+
+
 def _sample_data_command(args: argparse.Namespace, state_dir: Path) -> int:
     emit(_write_sample_data(args.file, load_config(args.stack_file, None)))
     return 0
@@ -243,6 +299,7 @@ _WITHOUT_STATE: dict[str, Callable[[argparse.Namespace, Path], int]] = {
     "demo": _demo_command,
     "restart": _restart_command,
     "sample-data": _sample_data_command,
+    "report": _report_command,  # the local stack's state only without --bucket
 }
 
 
@@ -268,17 +325,30 @@ def _up(config: StackConfig, stack_file: Path, state_dir: Path, *, detach: bool)
 
 
 def _upload(state: stack.StackState, args: argparse.Namespace) -> None:
+    """``upload`` (training data, under raw/) and ``score`` (under the scoring prefix)."""
+    prefix = state.score_prefix if args.command == "score" else RAW_PREFIX
+    out: Path | None = getattr(args, "out", None)
+    if out is not None and not args.wait:
+        raise DevstackError("--out saves the predictions once the run is done: add --wait")
     if not args.wait:
-        key = runs.upload(state, args.file, name=args.name)
+        key = runs.upload(state, args.file, name=args.name, prefix=prefix)
         emit(dataclasses.asdict(key))
         return
     try:
         summary = runs.upload_and_follow(
-            state, args.file, name=args.name, timeout=args.timeout, progress=progress
+            state,
+            args.file,
+            name=args.name,
+            timeout=args.timeout,
+            progress=progress,
+            prefix=prefix,
         )
     except RunFailedError as failure:
         emit(failure.summary)
         raise
+    if out is not None:
+        runs.download(state, summary["predictions_csv"], out)
+        progress(f"saved {summary['predictions_csv']} to {out}")
     emit(summary)
 
 
@@ -310,13 +380,13 @@ def _print_runs(state: stack.StackState, *, as_json: bool) -> None:
         emit([dataclasses.asdict(row) for row in rows])
         return
     if not rows:
-        progress(f"no uploads yet in gs://{state.bucket}/raw/")
+        progress(f"no uploads yet in gs://{state.bucket}/raw/ or /{state.score_prefix}")
         return
     print(status.runs_table(dataclasses.asdict(row) for row in rows))
 
 
 def _print_logs(state: stack.StackState, state_dir: Path, args: argparse.Namespace) -> None:
-    chosen = [state.service(args.service)] if args.service else state.services
+    chosen = [state.logged_service(args.service)] if args.service else state.services
     if args.follow:
         try:
             logs.follow(

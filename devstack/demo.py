@@ -1,7 +1,8 @@
 """``python -m devstack demo``: the whole product in one command.
 
 Starts the stack, uploads scikit-learn's iris data set as CSV, follows the run, shows
-the champion and one prediction, and stops the stack, on failure and Ctrl-C too.
+the champion and one prediction, writes the model history page (``report.html`` in the
+state folder) and stops the stack, on failure and Ctrl-C too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import StackConfig
-from devstack import runs, stack
+from devstack import report, runs, stack
 from devstack.stack import Progress
 
 
@@ -19,7 +20,10 @@ def write_iris_csv(path: Path, target_column: str) -> dict[str, Any]:
     """Write iris as CSV; return one row's features for a sample prediction."""
     from sklearn.datasets import load_iris
 
-    frame = load_iris(as_frame=True).frame
+    iris = load_iris(as_frame=True)
+    frame = iris.frame
+    # The species as the class values, so predictions answer "setosa", not 0.
+    frame["target"] = iris.target_names[iris.target]
     # "sepal length (cm)" -> "sepal_length_cm": plain names read well in requests.
     frame.columns = [column.replace(" (cm)", "_cm").replace(" ", "_") for column in frame.columns]
     frame = frame.rename(columns={"target": target_column})
@@ -48,6 +52,10 @@ def run_demo(
         )
         prediction = runs.predict(state, {"instances": [sample]})
         progress(f"4/4 prediction for {json.dumps(sample)}: {json.dumps(prediction)}")
+        written = report.write_report(
+            report.local_storage(state), config.promotion.metric, state_dir / report.REPORT_NAME
+        )
+        progress(f"model history written to {written['report']} (open it in a browser)")
     finally:
         progress("stopping the local stack")
         stack.down(state_dir, progress)
@@ -55,6 +63,7 @@ def run_demo(
         "champion_version": summary.get("champion_version"),
         "metrics": summary.get("metrics"),
         "prediction": prediction,
+        "report": written["report"],
     }
 
 

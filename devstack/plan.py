@@ -19,11 +19,14 @@ LOOPBACK = "127.0.0.1"
 
 PUBSUB = "pubsub"
 STORAGE = "storage"
+# fake-gcs-server publishes to one topic with one prefix filter; this router stands in
+# for the bucket's notifications, one per prefix (devstack/notifications.py).
+NOTIFICATIONS = "notifications"
 WORKFLOWS = "workflows"
 # The Executions API listens twice: REST for devstack and people, gRPC for the client
 # trigger_workflow uses (the pinned google-cloud-workflows speaks only gRPC).
 WORKFLOWS_GRPC = "workflows_grpc"
-NON_FUNCTION_SERVICES = frozenset({PUBSUB, STORAGE, WORKFLOWS})
+NON_FUNCTION_SERVICES = frozenset({PUBSUB, STORAGE, NOTIFICATIONS, WORKFLOWS})
 
 # Eventarc delivers CloudEvents itself; a plain emulator push reaches functions-framework
 # as a raw Pub/Sub envelope, which it converts only when the path names the topic.
@@ -31,6 +34,10 @@ _CLOUDEVENT_PUSH_PATH = "/projects/{project}/topics/{topic}"
 # Redeliver quickly so retries and dead-lettering take seconds locally (the emulator's
 # observed spacing is about 3 s per attempt with these bounds).
 RETRY_BACKOFF_SECONDS = (0, 1)
+# functions-framework answers this path itself (404 for HTTP functions, 405 for
+# CloudEvent ones) without calling the function, so probing a stage that has no health
+# route leaves nothing in its log (GET / would log a method_not_allowed WARNING).
+_FRAMEWORK_ANSWERED_PATH = "/robots.txt"
 _MAX_ACK_DEADLINE_SECONDS = 600
 
 
@@ -72,8 +79,10 @@ class StackPlan:
     topology: topology.Topology
     bucket: str
     topics: Mapping[str, str]  # topic key -> topic name
+    bucket_events_topic: str  # local only: every object event, for the notifications router
     subscriptions: tuple[SubscriptionPlan, ...]
     dead_letter_subscription: str
+    summary_subscription: str
     services: tuple[ServicePlan, ...]  # in start order
 
     def service(self, name: str) -> ServicePlan:
@@ -85,8 +94,8 @@ class StackPlan:
 
 def service_names(config: StackConfig) -> tuple[str, ...]:
     """Every process the stack runs, in start order (emulators first)."""
-    wiring = topology.build_topology(config.orchestration)
-    names = [PUBSUB, STORAGE, *(function.key for function in wiring.functions)]
+    wiring = topology.topology_for(config)
+    names = [PUBSUB, STORAGE, NOTIFICATIONS, *(function.key for function in wiring.functions)]
     if wiring.workflow is not None:
         names.append(WORKFLOWS)
     return tuple(names)
@@ -107,7 +116,7 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
     missing = sorted(set(port_names(config)) - set(ports))
     if missing:
         raise ValueError(f"no port for service(s) {', '.join(missing)}")
-    wiring = topology.build_topology(config.orchestration)
+    wiring = topology.topology_for(config)
     topics = {spec.key: topology.resource_name(config, spec.suffix) for spec in wiring.topics}
     bucket = bucket_name(config)
     pubsub_host = f"{LOOPBACK}:{ports[PUBSUB]}"
@@ -115,9 +124,19 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
     function_urls = {
         function.key: f"http://{LOOPBACK}:{ports[function.key]}" for function in wiring.functions
     }
+    bucket_events = topology.resource_name(config, "bucket-events")
     services: list[ServicePlan] = [
         _pubsub_service(config, ports[PUBSUB], data_dir),
-        _storage_service(config, ports[STORAGE], pubsub_host, topics[wiring.notification_topic]),
+        _storage_service(config, ports[STORAGE], pubsub_host, bucket_events),
+        _notifications_service(
+            config,
+            ports[NOTIFICATIONS],
+            pubsub_host,
+            {
+                notification.prefix: topics[notification.topic]
+                for notification in wiring.notifications
+            },
+        ),
     ]
     emulators = {"PUBSUB_EMULATOR_HOST": pubsub_host, "STORAGE_EMULATOR_HOST": storage_url}
     workflows_grpc = f"{LOOPBACK}:{ports[WORKFLOWS_GRPC]}" if wiring.workflow else None
@@ -164,13 +183,29 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
     subscriptions.append(
         SubscriptionPlan(dead_letter_subscription, dead_letter_topic, None, None, None, 60)
     )
+    subscriptions.append(
+        SubscriptionPlan(
+            topology.resource_name(config, "bucket-events-push"),
+            bucket_events,
+            f"http://{LOOPBACK}:{ports[NOTIFICATIONS]}/",
+            None,
+            None,
+            60,
+        )
+    )
+    summary_subscription = topology.summary_subscription_name(config)
+    subscriptions.append(
+        SubscriptionPlan(summary_subscription, topics[topology.SUMMARY_TOPIC], None, None, None, 60)
+    )
     return StackPlan(
         config=config,
         topology=wiring,
         bucket=bucket,
         topics=topics,
+        bucket_events_topic=bucket_events,
         subscriptions=tuple(subscriptions),
         dead_letter_subscription=dead_letter_subscription,
+        summary_subscription=summary_subscription,
         services=tuple(services),
     )
 
@@ -234,7 +269,7 @@ def fake_gcs_binary() -> Path:
 
 
 def _storage_service(
-    config: StackConfig, port: int, pubsub_host: str, notification_topic: str
+    config: StackConfig, port: int, pubsub_host: str, events_topic: str
 ) -> ServicePlan:
     url = f"http://{LOOPBACK}:{port}"
     return ServicePlan(
@@ -254,15 +289,41 @@ def _storage_service(
             url,
             "-event.pubsub-project-id",
             config.project,
+            # Every object: the notifications router applies each notification's prefix.
             "-event.pubsub-topic",
-            notification_topic,
-            "-event.object-prefix",
-            topology.RAW_PREFIX,
+            events_topic,
             "-event.list",
             "finalize",
         ),
         env={"PUBSUB_EMULATOR_HOST": pubsub_host},
         health_path="/storage/v1/b",
+    )
+
+
+def _notifications_service(
+    config: StackConfig, port: int, pubsub_host: str, routes: Mapping[str, str]
+) -> ServicePlan:
+    argv = [
+        sys.executable,
+        "-m",
+        "devstack.notifications",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--pubsub-host",
+        pubsub_host,
+        "--project",
+        config.project,
+    ]
+    for prefix, topic in routes.items():
+        argv += ["--route", f"{prefix}={topic}"]
+    return ServicePlan(
+        name=NOTIFICATIONS,
+        port=port,
+        argv=tuple(argv),
+        env={"PYTHONPATH": str(REPO_ROOT)},
+        health_path="/healthz",
     )
 
 
@@ -294,7 +355,7 @@ def _function_service(
             "PYTHONPATH": str(FUNCTION_SOURCE.parent),
             "FUNCTION_TARGET": function.entry_point,
         },
-        health_path="/health" if function.key == "predict" else "/",
+        health_path="/health" if function.key == "predict" else _FRAMEWORK_ANSWERED_PATH,
     )
 
 

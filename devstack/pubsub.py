@@ -25,6 +25,8 @@ class ReceivedMessage:
     data: bytes
     attributes: dict[str, str]
     delivery_attempt: int
+    message_id: str = ""
+    publish_time: str = ""  # RFC 3339, as the emulator stamps it
 
 
 class PubSubEmulator:
@@ -90,6 +92,8 @@ class PubSubEmulator:
                 data=base64.b64decode(item["message"].get("data", "")),
                 attributes=dict(item["message"].get("attributes", {})),
                 delivery_attempt=int(item.get("deliveryAttempt", 0)),
+                message_id=str(item["message"].get("messageId", "")),
+                publish_time=str(item["message"].get("publishTime", "")),
             )
             for item in answer.get("receivedMessages", [])
         ]
@@ -98,6 +102,15 @@ class PubSubEmulator:
         if ack_ids:
             self._call(
                 "POST", f"{self.subscription_path(subscription)}:acknowledge", {"ackIds": ack_ids}
+            )
+
+    def release(self, subscription: str, ack_ids: list[str]) -> None:
+        """Give messages back unacknowledged (deadline 0): they stay for the next pull."""
+        if ack_ids:
+            self._call(
+                "POST",
+                f"{self.subscription_path(subscription)}:modifyAckDeadline",
+                {"ackIds": ack_ids, "ackDeadlineSeconds": 0},
             )
 
     def _call(

@@ -1,6 +1,7 @@
 """Uploading data to the local stack and following pipeline runs to their summary.
 
-A run is identified by the raw object and its generation. Its outcome is the summary
+A run is identified by the uploaded object and its generation: a training run for an
+object under raw/, a scoring run for one under the scoring prefix. Its outcome is the summary
 message on the model-events topic (docs/ARCHITECTURE.md, "Run summary"); the stages in
 between are observed in the bucket and, in workflow mode, through the Executions API.
 """
@@ -30,11 +31,16 @@ _POLL_SECONDS = 0.5
 _SUMMARY_GRACE_SECONDS = 15.0
 _HTTP_TIMEOUT_SECONDS = 30
 
+
 # Both entry points skip empty objects (StorageNotification.skip_reason): consoles and
 # tools create them as folder placeholders.
-_EMPTY_OBJECT_NOTE = "the pipeline ignores empty objects under raw/"
+def _empty_object_note(prefix: str) -> str:
+    return f"the pipeline ignores empty objects under {prefix}"
+
 
 Progress = Callable[[str], None]
+# The statuses of a run summary that mean the run did its work (training, scoring).
+SUCCEEDED = frozenset({"succeeded", "scored"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,11 @@ class RunKey:
     def rejection(self) -> str:
         return f"rejected/{self.object}/{self.generation}.json"
 
+    @property
+    def scoring_summary(self) -> str:
+        # Written by score_data per upload generation (pipeline_core.scoring).
+        return f"predictions/{self.object}/{self.generation}/summary.json"
+
     def matches(self, attributes: dict[str, str]) -> bool:
         return (
             attributes.get("object") == self.object
@@ -63,34 +74,39 @@ class RunKey:
         )
 
 
-def upload(state: StackState, file: Path, *, name: str | None = None) -> RunKey:
-    """Put ``file`` under raw/ in the local bucket; return the run it starts."""
-    object_name = _checked_upload(file, name)
+def upload(
+    state: StackState, file: Path, *, name: str | None = None, prefix: str = RAW_PREFIX
+) -> RunKey:
+    """Put ``file`` under ``prefix`` (raw/: training; the scoring prefix: scoring) in
+    the local bucket; return the run it starts."""
+    object_name = _checked_upload(file, name, prefix)
     return _upload(state.storage_client(), state.bucket, file, object_name)
 
 
 def upload_to_cloud(bucket: str, file: Path, *, name: str | None = None) -> RunKey:
     """Put ``file`` under raw/ in a real bucket, with the caller's default credentials."""
-    object_name = _checked_upload(file, name)
+    object_name = _checked_upload(file, name, RAW_PREFIX)
     from google.cloud import storage
 
     return _upload(storage.Client(), bucket, file, object_name)
 
 
-def _checked_upload(file: Path, name: str | None) -> str:
-    """The object name under raw/, once the file and the name are known to be usable
-    (checked before any client exists, so these errors come first)."""
+def _checked_upload(file: Path, name: str | None, prefix: str) -> str:
+    """The object name under ``prefix``, once the file and the name are known to be
+    usable (checked before any client exists, so these errors come first)."""
     if not file.is_file():
         raise DevstackError(f"{file} is not a file; pass the path of a CSV file to upload")
     if file.stat().st_size == 0:
-        raise DevstackError(f"{file} is empty; {_EMPTY_OBJECT_NOTE}, so uploading it starts no run")
+        raise DevstackError(
+            f"{file} is empty; {_empty_object_note(prefix)}, so uploading it starts no run"
+        )
     object_name = name or file.name
     if any(segment in ("", ".", "..") for segment in object_name.split("/")):
         raise DevstackError(
-            f"--name {object_name!r} is not a plain object name under raw/: use names "
+            f"--name {object_name!r} is not a plain object name under {prefix}: use names "
             "like 'iris.csv' or 'team/iris.csv', without empty, '.' or '..' parts"
         )
-    return RAW_PREFIX + object_name
+    return prefix + object_name
 
 
 def _upload(client: Any, bucket: str, file: Path, object_name: str) -> RunKey:
@@ -128,11 +144,17 @@ def summary_watch(state: StackState) -> Iterator[RunWatch]:
 
 
 def upload_and_follow(
-    state: StackState, file: Path, *, name: str | None, timeout: float, progress: Progress
+    state: StackState,
+    file: Path,
+    *,
+    name: str | None,
+    timeout: float,
+    progress: Progress,
+    prefix: str = RAW_PREFIX,
 ) -> dict[str, Any]:
     with summary_watch(state) as watch:
         started = time.monotonic()
-        key = upload(state, file, name=name)
+        key = upload(state, file, name=name, prefix=prefix)
         progress(
             f"uploaded gs://{key.bucket}/{key.object} (generation {key.generation}) "
             f"in {time.monotonic() - started:.1f} s"
@@ -185,7 +207,7 @@ def follow(
         summary = _take_summary(pubsub, watch.summaries, run)
         if summary is not None:
             observer.poll()  # report the stages the summary overtook
-            if summary.get("status") != "succeeded":
+            if summary.get("status") not in SUCCEEDED:
                 raise RunFailedError(summary)
             return summary
         dead_letter = _take_dead_letter(pubsub, watch.dead_letters, run)
@@ -277,6 +299,11 @@ class _StageObserver:
 
     def poll(self) -> dict[str, Any] | None:
         """Report new facts; return a failure summary if the execution failed."""
+        if self._run.object.startswith(self._state.score_prefix):
+            scoring = self._read_json(self._run.scoring_summary)
+            if scoring is not None:
+                self._report(str(scoring.get("status")), describe_scoring(scoring))
+            return None  # score_data itself publishes every outcome
         failure = None
         if self._state.workflows_url is not None:
             failure = self._poll_execution()
@@ -293,7 +320,10 @@ class _StageObserver:
         if rejection is not None:
             self._report("rejected", f"rejected: {_describe_rejection(rejection)}")
         champion = self._champion_version()
-        if champion != self._champion:
+        # Promotion moves the pointer before it records the decision: a candidate still
+        # undecided at this poll waits for its decision line before the champion line.
+        undecided = outcome is not None and not outcome.get("decided", True)
+        if champion != self._champion and not undecided:
             self._champion = champion
             self._report("champion", f"champion is now {champion}")
         return failure
@@ -330,6 +360,29 @@ class _StageObserver:
     def _champion_version(self) -> str | None:
         pointer = self._read_json(CHAMPION_OBJECT)
         return None if pointer is None else str(pointer.get("model_version"))
+
+
+def describe_scoring(summary: dict[str, Any]) -> str:
+    """One line of a scoring outcome (pipeline_core.scoring's summary.json)."""
+    status = summary.get("status")
+    if status != "scored":
+        return f"{status}: {summary.get('reason')} - {summary.get('detail')}"
+    refusals = summary.get("refusals") or {}
+    refused = f" ({', '.join(f'{k}: {v}' for k, v in refusals.items())})" if refusals else ""
+    return (
+        f"scored: {summary.get('rows_scored')} of {summary.get('rows_in')} rows by model "
+        f"{summary.get('model_version')}, {summary.get('rows_refused')} refused{refused}; "
+        f"{summary.get('predictions_csv')} and {summary.get('predictions_object')}"
+    )
+
+
+def download(state: StackState, name: str, destination: Path) -> Path:
+    """Save an object of the local bucket (the predictions CSV) to ``destination``."""
+    blob = state.storage_client().bucket(state.bucket).get_blob(name)
+    if blob is None:
+        raise DevstackError(f"gs://{state.bucket}/{name} does not exist")
+    blob.download_to_filename(str(destination))
+    return destination
 
 
 def _describe_rejection(rejection: dict[str, Any]) -> str:
@@ -414,7 +467,7 @@ def list_runs(state: StackState) -> list[RunRow]:
         run = RunKey(state.bucket, blob.name, str(blob.generation))
         row_state, detail = "received", ""
         if blob.size == 0:
-            row_state, detail = "ignored", _EMPTY_OBJECT_NOTE
+            row_state, detail = "ignored", _empty_object_note(RAW_PREFIX)
         if run.processed_stats in names:
             row_state = "processed"
         if run.training_outcome in names:
@@ -427,6 +480,16 @@ def list_runs(state: StackState) -> list[RunRow]:
         if execution is not None:
             execution_detail = f"execution {execution.get('state')} {execution.get('name', '')}"
             detail = f"{detail}; {execution_detail}" if detail else execution_detail
+        uploaded_at = blob.time_created.isoformat(timespec="seconds")
+        rows.append(RunRow(run.object, run.generation, uploaded_at, row_state, detail))
+    for blob in client.list_blobs(state.bucket, prefix=state.score_prefix):
+        run = RunKey(state.bucket, blob.name, str(blob.generation))
+        row_state, detail = "received", ""
+        if blob.size == 0:
+            row_state, detail = "ignored", _empty_object_note(state.score_prefix)
+        if run.scoring_summary in names:
+            summary = json.loads(bucket.blob(run.scoring_summary).download_as_bytes())
+            row_state, _, detail = describe_scoring(summary).partition(": ")
         uploaded_at = blob.time_created.isoformat(timespec="seconds")
         rows.append(RunRow(run.object, run.generation, uploaded_at, row_state, detail))
     return sorted(rows, key=lambda row: (row.uploaded_at, row.object))

@@ -66,7 +66,9 @@ class StackState:
     bucket: str
     topics: dict[str, str]
     dead_letter_subscription: str
+    summary_subscription: str
     workflow_name: str | None
+    score_prefix: str = topology.DEFAULT_SCORE_PREFIX
     services: list[RunningService] = field(default_factory=list)
 
     def service(self, name: str) -> RunningService:
@@ -77,6 +79,13 @@ class StackState:
         suggestion = did_you_mean(name, names)
         hint = f"did you mean '{suggestion}'?" if suggestion else f"services: {', '.join(names)}"
         raise DevstackError(f"no service '{name}' in this stack; {hint}")
+
+    def logged_service(self, name: str) -> RunningService:
+        """The service whose log holds ``name``'s lines: a service, or the workflow
+        (served, with its executions' ``sys.log`` lines, by the Executions API)."""
+        if self.workflow_name is not None and name == self.workflow_name:
+            return self.service(stack_plan.WORKFLOWS)
+        return self.service(name)
 
     @property
     def pubsub_host(self) -> str:
@@ -112,6 +121,7 @@ class StackState:
             },
             "topics": self.topics,
             "dead_letter_subscription": self.dead_letter_subscription,
+            "summary_subscription": self.summary_subscription,
             "config_path": self.config_path,
         }
 
@@ -178,7 +188,7 @@ def check_prerequisites(config: StackConfig) -> None:
         )
     if not stack_plan.FUNCTION_SOURCE.is_file():
         raise DevstackError(f"{stack_plan.FUNCTION_SOURCE} is missing; the functions cannot run")
-    wiring = topology.build_topology(config.orchestration)
+    wiring = topology.topology_for(config)
     if wiring.workflow is not None:
         source = stack_plan.REPO_ROOT / wiring.workflow.source
         if not source.is_file():
@@ -224,7 +234,9 @@ def up(
         bucket=plan.bucket,
         topics=dict(plan.topics),
         dead_letter_subscription=plan.dead_letter_subscription,
+        summary_subscription=plan.summary_subscription,
         workflow_name=topology.workflow_name(config) if plan.topology.workflow else None,
+        score_prefix=config.score_prefix,
     )
     try:
         for service_plan in plan.services:
@@ -257,7 +269,7 @@ def up(
 
 
 def _create_messaging(plan: stack_plan.StackPlan, pubsub: PubSubEmulator) -> None:
-    for topic in plan.topics.values():
+    for topic in (*plan.topics.values(), plan.bucket_events_topic):
         pubsub.create_topic(topic)
     for subscription in plan.subscriptions:
         pubsub.create_subscription(

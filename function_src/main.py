@@ -12,11 +12,11 @@ them: predict starts with neither (docs/FUNCTIONS.md, "Import budget").
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import json
+import io
 import os
 import threading
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,13 +26,14 @@ import flask
 import functions_framework
 import orjson
 from cloudevents.http import CloudEvent
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from pipeline_core import logging as log
 from pipeline_core import summaries
 from pipeline_core.errors import (
     BadRequestError,
     DataRejectedError,
+    PayloadTooLargeError,
     PermanentError,
     PipelineError,
 )
@@ -43,7 +44,9 @@ from pipeline_core.events import (
     TrainingRequest,
     pubsub_message,
 )
+from pipeline_core.http_body import MAX_BODY_BYTES, check_declared_size, parse_json, too_large
 from pipeline_core.leases import utc_now
+from pipeline_core.openapi import ServedModel, predict_api
 from pipeline_core.publishing import Publisher, PubSubPublisher
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import ModelService, parse_instances, requested_version
@@ -123,6 +126,9 @@ class Runtime:
 
 
 runtime = Runtime()
+log.install(
+    function=os.environ.get("FUNCTION_TARGET"), project=os.environ.get("GOOGLE_CLOUD_PROJECT")
+)
 if os.environ.get("FUNCTION_TARGET") in STAGE_CORES:
     importlib.import_module(STAGE_CORES[os.environ["FUNCTION_TARGET"]])
 
@@ -145,19 +151,28 @@ def _error_response(error: PipelineError) -> flask.Response:
 
 
 def _json_body(request: flask.Request) -> Any:
-    data = request.get_data()
-    if not data.strip():
-        raise BadRequestError("the request body is empty; send JSON")
+    return parse_json(_body(request))
+
+
+def _body(request: flask.Request) -> bytes:
+    """The raw body (read once, then cached), refused past ``MAX_BODY_BYTES`` (by its
+    Content-Length, or while a chunked body is read)."""
+    request.max_content_length = MAX_BODY_BYTES
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass  # the standard parser decides, so errors and NaN/huge numbers read as before
-    try:
-        return json.loads(data)
-    except ValueError as error:  # bad syntax or UTF-8, or an integer of over 4,300 digits
-        raise BadRequestError(f"the request body is not valid JSON: {error}") from None
-    except RecursionError:
-        raise BadRequestError("the request body nests JSON arrays or objects too deeply") from None
+        check_declared_size(request.content_length)
+        return request.get_data()
+    except (PayloadTooLargeError, RequestEntityTooLarge):
+        _leave_unread(request)
+        raise too_large(request.content_length or MAX_BODY_BYTES + 1) from None
+    except HTTPException as error:  # the body ended before its Content-Length
+        _leave_unread(request)
+        raise BadRequestError(f"the request body could not be read: {error.description}") from None
+
+
+def _leave_unread(request: flask.Request) -> None:
+    """functions-framework reads the whole body after every answer; a refused one is
+    left unread instead (werkzeug's own way of injecting a parsed stream)."""
+    request.__dict__["stream"] = io.BytesIO()
 
 
 def _http_handler(
@@ -166,13 +181,23 @@ def _http_handler(
     """Ids in every log line; core errors -> their status; anything else -> logged 500."""
 
     def wrapper(request: flask.Request) -> flask.Response:
-        with log.log_context(execution_id=request.headers.get(EXECUTION_ID_HEADER)):
+        headers = request.headers
+        with log.log_context(
+            traceparent=headers.get(log.TRACEPARENT_HEADER),
+            cloud_trace_context=headers.get(log.CLOUD_TRACE_HEADER),
+            execution_id=headers.get(EXECUTION_ID_HEADER),
+        ):
             try:
+                # Read (bounded) on every route: functions-framework reads the body after
+                # each answer, where a short or oversized one would be its own HTML 500.
+                _body(request)
                 return handle(request)
             except PipelineError as error:
                 return _error_response(error)
+            except HTTPException as error:  # werkzeug's, e.g. a client that went away
+                return _framework_error(error)
             except Exception as error:
-                log.error(f"unexpected error: {error}", traceback=traceback.format_exc())
+                log.exception(f"unexpected error: {error}", error)
                 return _respond(
                     {"error": {"code": "internal", "message": "internal error; see the logs"}},
                     500,
@@ -189,14 +214,25 @@ Handler = Callable[[flask.Request], flask.Response]
 def _framework_error(error: HTTPException) -> flask.Response:
     """The answers functions-framework and Flask give themselves (``/robots.txt``,
     ``/favicon.ico``, a malformed request line), as JSON like every other answer."""
+    # Never reached our handler, so its body was not read: functions-framework's own
+    # read after the answer must not meet a lying Content-Length.
+    _leave_unread(flask.request)
     status = error.code or 500
-    code = "not_found" if status == 404 else "bad_request" if status < 500 else "internal"
-    return _respond({"error": {"code": code, "message": error.description}}, status)
+    code = FRAMEWORK_CODES.get(status, "bad_request" if status < 500 else "internal")
+    message = f"{error.name}: {error.description}" if error.description else error.name
+    return _respond({"error": {"code": code, "message": message}}, status)
+
+
+FRAMEWORK_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 # functions-framework runs this module inside its app's context.
 if flask.has_app_context():
     flask.current_app.register_error_handler(HTTPException, _framework_error)
+    # Werkzeug answers "//" or an empty path with an HTML redirect to "/" (a routing
+    # exception, which no error handler sees); without them, _dispatch answers.
+    flask.current_app.url_map.merge_slashes = False
+    flask.current_app.url_map.strict_slashes = False
 
 
 def _dispatch(request: flask.Request, routes: Mapping[str, tuple[str, Handler]]) -> flask.Response:
@@ -206,7 +242,9 @@ def _dispatch(request: flask.Request, routes: Mapping[str, tuple[str, Handler]])
         raise _RouteNotFoundError(path, sorted(routes))
     method, handle = routes[path]
     if request.method != method:
-        raise _MethodNotAllowedError(request.method, (method,))
+        answer = _error_response(_MethodNotAllowedError(request.method, (method,)))
+        answer.headers["Allow"] = method  # RFC 9110: a 405 names the allowed methods
+        return answer
     return handle(request)
 
 
@@ -269,7 +307,8 @@ def _promote_request(request: flask.Request) -> flask.Response:
 @functions_framework.http
 @_http_handler
 def predict(request: flask.Request) -> flask.Response:
-    """POST / predictions; GET /health, /ready, /model, /versions; POST /reload."""
+    """POST / predictions; GET /health, /ready, /model, /versions, /openapi.json;
+    POST /reload."""
     return _dispatch(
         request,
         {
@@ -279,6 +318,7 @@ def predict(request: flask.Request) -> flask.Response:
             "/model": ("GET", _describe_model),
             "/versions": ("GET", _versions),
             "/reload": ("POST", _reload),
+            "/openapi.json": ("GET", _openapi),
         },
     )
 
@@ -301,17 +341,35 @@ def _health(_: flask.Request) -> flask.Response:
         "model_loaded": model is not None,
         "model_version": model.version if model else None,
     }
-    if service.refused is not None:
-        answer["refused_champion"] = service.refused  # the pointer names a model not served
-    return _respond(answer)
+    return _respond(_with_refusal(answer, service))
 
 
 def _ready(_: flask.Request) -> flask.Response:
+    service = runtime.models()
+    try:
+        model = service.current()
+    except PipelineError as error:
+        answer = {"status": "not_ready", "detail": error.message}
+        return _respond(_with_refusal(answer, service), 503)
+    ready = {"status": "ready", "model_version": model.version, "runtime": model.runtime}
+    return _respond(_with_refusal(ready, service))
+
+
+def _with_refusal(answer: dict[str, Any], service: ModelService) -> dict[str, Any]:
+    """While the pointer names a champion that was refused, say so (another serves)."""
+    if service.refused is not None:
+        answer["refused_champion"] = service.refused
+    return answer
+
+
+def _openapi(_: flask.Request) -> flask.Response:
     try:
         model = runtime.models().current()
-    except PipelineError as error:
-        return _respond({"status": "not_ready", "detail": error.message}, 503)
-    return _respond({"status": "ready", "model_version": model.version, "runtime": model.runtime})
+    except PipelineError:
+        served = None  # described with any feature names until a champion serves
+    else:
+        served = ServedModel(model.version, model.feature_names, model.manifest["classes"])
+    return _respond(predict_api(served, runtime.serving_settings().max_batch))
 
 
 def _versions(_: flask.Request) -> flask.Response:
@@ -324,9 +382,9 @@ def _describe_model(_: flask.Request) -> flask.Response:
 
 def _reload(request: flask.Request) -> flask.Response:
     # The body is only a nudge: empty, {} (the workflow) or a Pub/Sub push envelope.
-    data = request.get_data()
+    data = _body(request)
     if data.strip():
-        body = _json_body(request)
+        body = parse_json(data)
         if isinstance(body, dict) and "message" in body:
             log.info("reload pushed", message_id=pubsub_message(body).message_id)
     model = runtime.models().refresh()
@@ -341,7 +399,7 @@ def _reload(request: flask.Request) -> flask.Response:
 @functions_framework.cloud_event
 def trigger_workflow(event: CloudEvent) -> None:
     """Upload notification -> one Workflows execution per object generation."""
-    with log.log_context(event_id=event["id"]):
+    with _event_log_context(event):
         notification = _notification(event)
         if notification is None:
             return
@@ -353,7 +411,7 @@ def trigger_workflow(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def process_data_event(event: CloudEvent) -> None:
     """Events mode: notification -> process -> message on model-training-trigger."""
-    with log.log_context(event_id=event["id"]):
+    with _event_log_context(event):
         notification = _notification(event)
         if notification is None:
             return
@@ -391,7 +449,7 @@ def process_data_event(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def train_model_event(event: CloudEvent) -> None:
     """Events mode: processed data message -> train -> model-serving-trigger + summary."""
-    with log.log_context(event_id=event["id"]):
+    with _event_log_context(event):
         try:
             request = TrainingRequest.from_json(pubsub_message(event.data).json())
         except BadRequestError as error:
@@ -427,7 +485,7 @@ def train_model_event(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def score_data(event: CloudEvent) -> None:
     """Scoring upload notification -> predictions/ of the champion + summary message."""
-    with log.log_context(event_id=event["id"]):
+    with _event_log_context(event):
         notification = _notification(event)
         if notification is None:
             return
@@ -458,6 +516,11 @@ def score_data(event: CloudEvent) -> None:
         else:
             summary = summaries.scored(ref, outcome)
         _publish_summary(settings.project, settings.model_events_topic, summary)
+
+
+def _event_log_context(event: CloudEvent) -> contextlib.AbstractContextManager[None]:
+    """The event id, and the trace Eventarc sends in the ``traceparent`` extension."""
+    return log.log_context(traceparent=event.get("traceparent"), event_id=event["id"])
 
 
 def _notification(event: CloudEvent) -> StorageNotification | None:

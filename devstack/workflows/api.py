@@ -39,6 +39,7 @@ import grpc  # type: ignore[import-untyped]
 from google.cloud.workflows.executions_v1 import types as executions_types
 from google.protobuf import json_format  # type: ignore[import-untyped]
 
+from devstack.workflows import logs
 from devstack.workflows.engine import Cancelled, ExecutionContext, WorkflowProgram
 from devstack.workflows.errors import WorkflowError
 
@@ -311,7 +312,9 @@ class ExecutionService:
             record.state = "CANCELLED"
             record.end_time = _now()
             record.cancel_event.set()
-            return record.to_message("FULL")
+            snapshot = record.to_message("FULL")
+        _log_end(record, "CANCELLED", record.end_time, None)
+        return snapshot
 
     def shutdown(self) -> None:
         """Refuse new executions, cancel the active ones and wait briefly for them to end."""
@@ -355,19 +358,31 @@ class ExecutionService:
         return record
 
     def _run(self, record: _ExecutionRecord, argument: Any) -> None:
+        execution_id = record.name.rsplit("/", 1)[-1]
+        ids = {"workflow": record.workflow.workflow_id, "execution_id": execution_id}
+
         def on_step(routine: str, step: str) -> None:
             with self._lock:
                 record.current_step = (routine, step)
+            logs.event(f"step {step}", **ids, routine=routine, step=step)
 
+        def on_log(entry: dict[str, Any]) -> None:
+            # sys.log: text as the message, a map also as a field, as Cloud Logging has it.
+            payload = entry.get("json")
+            text = entry["text"] if payload is None else json.dumps(payload, sort_keys=True)
+            extra = {} if payload is None else {"json": payload}
+            logs.event(text, severity=entry["severity"], **ids, source="sys.log", **extra)
+
+        logs.event("execution started", **ids)
         context = ExecutionContext(
             workflow_id=record.workflow.workflow_id,
-            execution_id=record.name.rsplit("/", 1)[-1],
+            execution_id=execution_id,
             project_id=self._project,
             location=self._location,
             env=self._env,
             cancel_event=record.cancel_event,
             on_step=on_step,
-            on_log=lambda entry: _LOG.info("%s: %s", record.name, json.dumps(entry)),
+            on_log=on_log,
             pubsub_emulator_host=self._pubsub_emulator_host,
         )
         try:
@@ -404,6 +419,20 @@ class ExecutionService:
             if state == "FAILED":
                 record.error_payload = json.dumps(payload, separators=(",", ":"))
                 record.error_context = _error_context(record)
+            ended = record.end_time
+        _log_end(record, state, ended, payload)
+
+
+def _log_end(record: _ExecutionRecord, state: ExecutionState, ended: datetime, error: Any) -> None:
+    logs.event(
+        f"execution {state.lower()}",
+        severity="ERROR" if state == "FAILED" else "INFO",
+        workflow=record.workflow.workflow_id,
+        execution_id=record.name.rsplit("/", 1)[-1],
+        state=state,
+        duration_ms=round((ended - record.start_time).total_seconds() * 1000, 1),
+        **({"error": error} if state == "FAILED" else {}),
+    )
 
 
 def _error_context(record: _ExecutionRecord) -> str:

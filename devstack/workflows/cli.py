@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from devstack.console import ArgumentParser, report_error
+from devstack.workflows import logs
 from devstack.workflows.api import ExecutionsServer, default_workflow_paths
 from devstack.workflows.engine import Cancelled, ExecutionContext, WorkflowProgram
 from devstack.workflows.errors import DefinitionError, WorkflowError
@@ -171,6 +172,7 @@ def serve(arguments: argparse.Namespace, *, stdout: TextIO, stderr: TextIO) -> i
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop_requested.set()
 
+    logs.configure(stdout)
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     server.start()

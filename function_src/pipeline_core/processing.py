@@ -51,6 +51,7 @@ from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
 from pipeline_core.storage import Storage, read_json, write_json
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+UPLOAD_REJECTED_EVENT = "upload_rejected"
 # A long upload says how far it is this often (Cloud Logging, `devstack logs`).
 PROGRESS_SECONDS = 5.0
 
@@ -66,6 +67,9 @@ def processed_object(ref: ObjectRef) -> str:
     return f"processed/{ref.name}/{ref.generation}/data.parquet"
 
 
+STATS_NAME = "stats.json"
+
+
 def deduplicated_object(ref: ObjectRef) -> str:
     """The cleaned rows when ``processed_object`` still held far-apart repeats."""
     return f"processed/{ref.name}/{ref.generation}/deduplicated.parquet"
@@ -77,7 +81,7 @@ def spill_prefix(ref: ObjectRef) -> str:
 
 
 def stats_object(ref: ObjectRef) -> str:
-    return f"processed/{ref.name}/{ref.generation}/stats.json"
+    return f"processed/{ref.name}/{ref.generation}/{STATS_NAME}"
 
 
 def rejection_object(ref: ObjectRef) -> str:
@@ -148,6 +152,7 @@ def process(
 def _clean(
     storage: Storage, ref: ObjectRef, cleaner: _Cleaner, deduplicator: Deduplicator
 ) -> ProcessingResult:
+    start = log.started()
     try:
         with (
             storage.open_read(ref.name, ref.generation) as source,
@@ -160,7 +165,7 @@ def _clean(
         if len(far_duplicates):
             _write_without(storage, ref, cleaner, far_duplicates)
     except FileRejectedError as rejection:
-        raise _record_rejection(storage, ref, rejection, cleaner) from None
+        raise _record_rejection(storage, ref, rejection, cleaner, start) from None
     finally:
         deduplicator.close()
     stats = cleaner.stats_document(ref)
@@ -171,6 +176,7 @@ def _clean(
         generation=ref.generation,
         rows_in=stats["rows_in"],
         rows_out=stats["rows_out"],
+        duration_ms=log.elapsed_ms(start),
     )
     return ProcessingResult(stats)
 
@@ -221,7 +227,11 @@ def _previous_outcome(storage: Storage, ref: ObjectRef) -> ProcessingResult | No
 
 
 def _record_rejection(
-    storage: Storage, ref: ObjectRef, rejection: FileRejectedError, cleaner: _Cleaner
+    storage: Storage,
+    ref: ObjectRef,
+    rejection: FileRejectedError,
+    cleaner: _Cleaner,
+    start: float,
 ) -> DataRejectedError:
     record = {
         "source": ref.to_json(),
@@ -232,8 +242,15 @@ def _record_rejection(
         "row_rejection_examples": dict(sorted(cleaner.examples.items())),
     }
     _write_once(storage, rejection_object(ref), record)
+    # event and reason are a contract: the log-based metric of rejections counts them.
     log.warning(
-        "rejected upload", object=ref.name, generation=ref.generation, reason=rejection.reason
+        "rejected upload",
+        event=UPLOAD_REJECTED_EVENT,
+        reason=rejection.reason,
+        object=ref.name,
+        generation=ref.generation,
+        rows_in=cleaner.rows_in,
+        duration_ms=log.elapsed_ms(start),
     )
     return DataRejectedError(
         rejection.reason, rejection_object=rejection_object(ref), detail=rejection.detail

@@ -30,6 +30,7 @@ MANIFEST_NAME = "manifest.json"
 VERSION_PATTERN = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{6}", re.ASCII)
 ARTIFACT_CONTENT_TYPE = "application/octet-stream"
 PROMOTION_ATTEMPTS = 5
+MODEL_PROMOTED_EVENT = "model_promoted"
 
 
 def new_version(now: datetime) -> str:
@@ -198,7 +199,16 @@ class ModelRegistry:
             except PreconditionFailedError:
                 log.info("champion changed while promoting; deciding again", model_version=version)
                 continue
-            log.info("promoted a new champion", model_version=version, reason=decision.reason)
+            # These fields are a contract: the log-based metrics of promotions read them.
+            log.info(
+                "promoted a new champion",
+                event=MODEL_PROMOTED_EVENT,
+                model_version=version,
+                metric_name=policy.metric,
+                metric_value=float(manifest["metrics"][policy.metric]),
+                previous_version=pointer["previous_version"],
+                reason=decision.reason,
+            )
             return PromotionDecision(True, version, decision.reason)
         raise TransientError(
             f"the champion pointer changed {PROMOTION_ATTEMPTS} times while promoting {version}"

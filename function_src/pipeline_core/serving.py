@@ -47,6 +47,12 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 PINNED_CACHE_SIZE = 4
 PARAMETERS = frozenset({"model_version"})
 VERSIONS_HELP = "GET /versions lists the registered versions"
+# What an operator does about a refused version (docs/FUNCTIONS.md, "Refused models").
+REMEDY = "upload the training data again under raw/ to train and promote a new version"
+# A 422 lists this many problems (and counts them all): enough to fix a batch by,
+# bounded so that a batch of garbage does not give a megabyte of errors.
+MAX_REPORTED_PROBLEMS = 20
+SHOWN_VALUE_CHARS = 40
 
 
 class Predictor(Protocol):
@@ -113,6 +119,7 @@ class LoadedModel:
         """(rows, classes) probabilities in the manifest's class order, and the index of
         each row's most probable class; predict and batch scoring answer alike."""
         probabilities = self.predictor.probabilities(rows).astype(np.float64)
+        _check_computable(probabilities)
         best = probabilities.argmax(axis=1)
         # A float32 sum over 100 trees misses 1 by a few 1e-7; rescaled rows and six
         # decimals make both runtimes print a certain class as 1.0, and keep JSON short.
@@ -140,6 +147,24 @@ class LoadedModel:
             )
         ]
         return {"model_version": self.version, "predictions": predictions}
+
+
+def _check_computable(probabilities: np.ndarray[Any, Any]) -> None:
+    """Values within float32 can still overflow inside a model (a scaled linear model
+    meets infinity): such rows get a 422, never a NaN answer."""
+    failed = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+    if len(failed):
+        raise invalid_input(
+            [
+                InputProblem(
+                    int(row),
+                    None,
+                    f"instance {row}: the model computes no finite probabilities for these "
+                    "values (they overflow inside it); send values of the training data's scale",
+                )
+                for row in failed
+            ]
+        )
 
 
 def requested_version(payload: Any) -> str | None:
@@ -170,7 +195,7 @@ def parse_instances(
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
     """Every accepted request shape -> one (instances, features) float64 array in the
     model's feature order. Valid input takes a fast path without per-value Python
-    checks; anything else is validated value by value, for an error that names it."""
+    checks; anything else is validated value by value, and every problem is reported."""
     records = _records(payload)
     if not records:
         raise BadRequestError(f"no instances to predict; {SHAPES_HELP}")
@@ -180,9 +205,43 @@ def parse_instances(
         )
     matrix = _fast_matrix(records, feature_names)
     if matrix is None:
-        rows = [_row(record, index, feature_names) for index, record in enumerate(records)]
+        problems: list[InputProblem] = []
+        rows = [
+            _row(record, index, feature_names, problems) for index, record in enumerate(records)
+        ]
+        if problems:
+            raise invalid_input(problems)
         matrix = np.array(rows, dtype=np.float64).reshape(len(rows), len(feature_names))
     return matrix
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """One value (or one instance, ``feature`` None) a model cannot take."""
+
+    row: int
+    feature: str | None
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"row": self.row, "feature": self.feature, "message": self.message}
+
+
+def invalid_input(problems: Sequence[InputProblem]) -> InvalidInputError:
+    """One 422 naming every problem (the first ``MAX_REPORTED_PROBLEMS``) and their count;
+    ``row``/``feature`` repeat the first one's."""
+    first = problems[0]
+    message = first.message
+    if len(problems) > 1:
+        shown = min(len(problems), MAX_REPORTED_PROBLEMS)
+        message = f"{len(problems)} problems (the first {shown} listed in 'problems'); {message}"
+    return InvalidInputError(
+        message,
+        row=first.row,
+        feature=first.feature,
+        problems=[problem.to_json() for problem in problems[:MAX_REPORTED_PROBLEMS]],
+        problem_count=len(problems),
+    )
 
 
 def _fast_matrix(
@@ -233,61 +292,84 @@ def _records(payload: Any) -> list[Any]:
     return [payload]
 
 
-def _row(record: Any, index: int, feature_names: Sequence[str]) -> list[float]:
+def _row(
+    record: Any, index: int, feature_names: Sequence[str], problems: list[InputProblem]
+) -> list[float]:
+    """The record's values in feature order; what is wrong with it goes to ``problems``."""
     where = f"instance {index}"
     if isinstance(record, Mapping):
-        missing = [name for name in feature_names if name not in record]
-        if missing:
-            raise InvalidInputError(f"{where} is missing feature {missing[0]!r}", row=index)
-        unknown = sorted(set(record) - set(feature_names))
-        if unknown:
-            raise InvalidInputError(
-                f"{where} has unknown feature {unknown[0]!r}; "
+        problems.extend(
+            InputProblem(index, name, f"{where} is missing feature {name!r}")
+            for name in feature_names
+            if name not in record
+        )
+        problems.extend(
+            InputProblem(
+                index,
+                str(name),
+                f"{where} has unknown feature {_shown(name)}; "
                 f"the model expects {list(feature_names)}",
-                row=index,
             )
-        return [_number(record[name], where, name, index) for name in feature_names]
+            for name in sorted(set(record) - set(feature_names), key=str)
+        )
+        return [
+            _number(record[name], where, name, index, problems) if name in record else math.nan
+            for name in feature_names
+        ]
     if isinstance(record, list):
         if len(record) != len(feature_names):
-            raise InvalidInputError(
-                f"{where} has {len(record)} values, the model expects {len(feature_names)} "
-                f"in this order: {list(feature_names)}",
-                row=index,
+            problems.append(
+                InputProblem(
+                    index,
+                    None,
+                    f"{where} has {len(record)} values, the model expects {len(feature_names)} "
+                    f"in this order: {list(feature_names)}",
+                )
             )
+            return [math.nan] * len(feature_names)
         return [
-            _number(value, where, name, index)
+            _number(value, where, name, index, problems)
             for value, name in zip(record, feature_names, strict=True)
         ]
     raise BadRequestError(f"{where} must be an object or a list of numbers; {SHAPES_HELP}")
 
 
-def _number(value: Any, where: str, feature: str, index: int) -> float:
+def _number(
+    value: Any, where: str, feature: str, index: int, problems: list[InputProblem]
+) -> float:
+    """``value`` as a float; NaN (with a problem recorded) when the model cannot take it."""
+    problem = _number_problem(value, feature)
+    if problem is None:
+        return float(value)
+    problems.append(InputProblem(index, feature, f"{where}: {problem}"))
+    return math.nan
+
+
+def _number_problem(value: Any, feature: str) -> str | None:
     if value is None:
-        raise InvalidInputError(f"{where}: feature {feature!r} is null", row=index, feature=feature)
+        return f"feature {feature!r} is null"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInputError(
-            f"{where}: feature {feature!r} must be a number, got {value!r}",
-            row=index,
-            feature=feature,
-        )
+        return f"feature {feature!r} must be a number, got {_shown(value)}"
     try:
         number = float(value)
     except OverflowError:  # JSON integers have no size limit; floats do
         number = math.inf
     if not math.isfinite(number):
-        raise InvalidInputError(
-            f"{where}: feature {feature!r} must be finite, got {value!r}",
-            row=index,
-            feature=feature,
-        )
+        return f"feature {feature!r} must be finite, got {_shown(value)}"
     if abs(number) > FLOAT32_MAX:
-        raise InvalidInputError(
-            f"{where}: feature {feature!r} is {value!r}, beyond the float32 range "
-            f"(+-{FLOAT32_MAX:.4g}) the model computes in",
-            row=index,
-            feature=feature,
+        return (
+            f"feature {feature!r} is {_shown(value)}, beyond the float32 range "
+            f"(+-{FLOAT32_MAX:.4g}) the model computes in"
         )
-    return number
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr cut short, or its JSON kind."""
+    if isinstance(value, list | dict):
+        return "an array" if isinstance(value, list) else "an object"
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else f"{text[:SHOWN_VALUE_CHARS]}..."
 
 
 class ModelService:
@@ -355,6 +437,7 @@ class ModelService:
             champion = self._registry.champion()
             if champion is None:
                 raise NoChampionError("the champion pointer disappeared while loading it")
+            start = log.started()
             try:
                 self._model = self._load(champion.version, champion)
                 self._refused = None
@@ -364,6 +447,7 @@ class ModelService:
                 "serving a new champion",
                 model_version=self._model.version,
                 runtime=self._model.runtime,
+                duration_ms=log.elapsed_ms(start),
             )
             return self._model
 
@@ -409,9 +493,9 @@ class ModelService:
         except ObjectNotFoundError:
             if champion is None:
                 raise _VersionMissingError(version) from None
-            raise _UnusableModelError("its manifest is missing") from None
+            raise _UnusableModelError(f"its manifest is missing; {REMEDY}") from None
         except ValueError as error:
-            raise _UnusableModelError(f"its manifest is unusable: {error}") from None
+            raise _UnusableModelError(f"its manifest is unusable ({error}); {REMEDY}") from None
         pointer = champion.pointer if champion else {}
         onnx = manifest.get("onnx", {})
         try:
@@ -421,19 +505,25 @@ class ModelService:
                 name, expected, pointer_key = manifest["artifact"], manifest["sha256"], "sha256"
             artifact = self._registry.storage.read(name).data
         except (ObjectNotFoundError, KeyError, TypeError) as error:
-            raise _UnusableModelError(f"its manifest or artifact is unusable: {error}") from None
+            raise _UnusableModelError(
+                f"its manifest or artifact is unusable ({type(error).__name__}: {error}); {REMEDY}"
+            ) from None
         actual = sha256_hex(artifact)
         # Pointers written before compiled models existed carry no onnx_sha256.
         if actual != expected or actual != pointer.get(pointer_key, actual):
             raise _UnusableModelError(
-                f"artifact {name} SHA-256 {actual} does not match the manifest {expected}"
+                f"artifact {name} SHA-256 {actual} does not match the manifest {expected}: "
+                f"it was changed after training; restore the original or {REMEDY}"
             )
         predictor: Predictor
         try:
             predictor = _onnx_model(artifact) if name.endswith(".onnx") else JoblibModel(artifact)
         except Exception as error:  # unpickling or a broken graph fails in many ways
+            kind = "an ONNX graph" if name.endswith(".onnx") else "a joblib pickle"
             raise _UnusableModelError(
-                f"the artifact {name} cannot be loaded ({type(error).__name__}: {error})"
+                f"the artifact {name} matches its SHA-256 but is not {kind} that loads "
+                f"({type(error).__name__}: {error}); it was stored corrupt, so no retry helps: "
+                f"{REMEDY}"
             ) from None
         return LoadedModel(version, predictor, manifest, champion.generation if champion else 0)
 

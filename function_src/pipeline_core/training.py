@@ -177,6 +177,7 @@ def _train_and_record(
     settings: TrainingSettings,
     clock: Clock,
 ) -> dict[str, Any]:
+    start = log.started()
     data = _load(storage, request.processed_object, settings)
     train_x, test_x, train_y, test_y = _split(data.features, data.labels)
     estimator = build_estimator(settings.model_type, settings.hyperparameters)
@@ -251,6 +252,9 @@ def _train_and_record(
         serving_runtime=manifest["serving_runtime"],
         rows_used=len(data.labels),
         rows_available=data.rows_available,
+        model_type=settings.model_type,
+        metrics={key: metrics[key] for key in ("accuracy", "f1_macro")},
+        duration_ms=log.elapsed_ms(start),
     )
     return outcome
 
@@ -273,6 +277,7 @@ def promote_candidate(
         )
     if recorded.get("decided", True):
         return recorded
+    start = log.started()
     manifest = registry.manifest(request.model_version)
     decision = registry.promote(manifest, settings.promotion, clock())
     outcome = {
@@ -288,6 +293,7 @@ def promote_candidate(
         model_version=request.model_version,
         promoted=decision.promoted,
         reason=decision.reason,
+        duration_ms=log.elapsed_ms(start),
     )
     return outcome
 

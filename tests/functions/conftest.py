@@ -16,7 +16,8 @@ from functions_framework import create_app
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 
 from pipeline_core import logging as log
-from pipeline_core.events import ObjectRef
+from pipeline_core.events import ObjectRef, TrainingRequest
+from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.storage import InMemoryStorage
 from tests.functions.fakes import InMemoryPublisher, RecordingStarter
 
@@ -81,13 +82,20 @@ def starter() -> RecordingStarter:
     return RecordingStarter()
 
 
-def dataset_csv(loader: Callable[..., Any] = load_iris) -> bytes:
-    frame = loader(as_frame=True).frame
+def dataset_csv(loader: Callable[..., Any] = load_iris, *, class_names: bool = False) -> bytes:
+    """A bundled data set as CSV; ``class_names``: its target as the class names (the
+    demo data's species) rather than their indices."""
+    bunch = loader(as_frame=True)
+    frame = bunch.frame
+    if class_names:
+        frame["target"] = bunch.target_names[bunch.target]
     text: str = frame.to_csv(index=False)
     return text.encode()
 
 
-IRIS = dataset_csv(load_iris)
+# The demo data: iris with the species as its target values (devstack/demo.py).
+IRIS = dataset_csv(load_iris, class_names=True)
+IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
 WINE = dataset_csv(load_wine)
 BREAST_CANCER = dataset_csv(load_breast_cancer)
 
@@ -95,6 +103,13 @@ BREAST_CANCER = dataset_csv(load_breast_cancer)
 def upload(storage: InMemoryStorage, name: str, data: bytes) -> ObjectRef:
     generation = storage.write(name, data, content_type="text/csv")
     return ObjectRef(storage.bucket, name, generation)
+
+
+def processed_request(storage: InMemoryStorage, name: str, data: bytes) -> TrainingRequest:
+    """Upload ``data`` as ``name`` and process it: the request that trains from it."""
+    ref = upload(storage, name, data)
+    result = process(storage, ref, DatasetSchema())
+    return TrainingRequest(ref, result.to_json()["processed_object"])
 
 
 def load_event(name: str) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def test_a_model_that_cannot_be_converted_is_served_through_joblib_and_says_so(
     model = ModelService(ModelRegistry(storage), refresh_seconds=0).current()
     assert model.runtime == "joblib"
     assert model.describe()["onnx"]["status"] == "not_convertible"
-    assert model.predict(np.array([[5.1, 3.5, 1.4, 0.2]]))["predictions"][0]["label"] == "0"
+    assert model.predict(np.array([[5.1, 3.5, 1.4, 0.2]]))["predictions"][0]["label"] == "setosa"
 
 
 def test_a_compiled_model_that_fails_parity_is_not_served(
@@ -277,8 +277,15 @@ print(json.dumps([at_import, sorted(sys.modules), model.runtime, label]))
         check=True,
     )
     at_import, after_serving, runtime, label = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert (runtime, label) == ("onnx", "0")
-    forbidden = ("sklearn", "pandas", "scipy", "pipeline_core.processing", "pipeline_core.training")
+    assert (runtime, label) == ("onnx", "setosa")
+    forbidden = (
+        "sklearn",
+        "pandas",
+        "pyarrow",
+        "scipy",
+        "pipeline_core.processing",
+        "pipeline_core.training",
+    )
     for modules in (at_import, after_serving):
         assert not [
             name for name in modules if name.split(".")[0] in forbidden or name in forbidden
@@ -358,6 +365,11 @@ def test_health_names_a_refused_champion_while_the_previous_one_serves(
     assert health["model_version"] == first["model_version"]
     assert health["refused_champion"]["model_version"] == second["model_version"]
     assert "does not match the manifest" in health["refused_champion"]["problem"]
+    ready = client.get("/ready")
+    assert ready.status_code == 200  # the previous champion still serves
+    assert ready.get_json()["model_version"] == first["model_version"]
+    assert ready.get_json()["refused_champion"] == health["refused_champion"]
     third = train_smoke_and_promote(storage, request_for(storage, "raw/c.csv", IRIS), SETTINGS)
     assert client.post("/reload").get_json()["model_version"] == third["model_version"]
     assert "refused_champion" not in client.get("/health").get_json()
+    assert "refused_champion" not in client.get("/ready").get_json()

@@ -17,6 +17,7 @@ from pipeline_core.registry import training_lease_object
 from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import (
     IRIS,
+    IRIS_CLASSES,
     PUSH_PATH,
     Function,
     load_event,
@@ -196,7 +197,7 @@ def test_predict_routes(function: Loader, storage: InMemoryStorage) -> None:
     assert len(body["predictions"]) == len(result["smoke_instances"])
     assert set(body["predictions"][0]) == {"label", "confidence", "probabilities"}
     single = client.post("/", json={"features": [6.9, 3.1, 5.1, 2.3]}).get_json()
-    assert single["predictions"][0]["label"] == "2"
+    assert single["predictions"][0]["label"] == "virginica"
     assert client.get("/health").get_json() == {
         "status": "ok",
         "model_loaded": True,
@@ -209,7 +210,7 @@ def test_predict_routes(function: Loader, storage: InMemoryStorage) -> None:
         "petal length (cm)",
         "petal width (cm)",
     ]
-    assert described["classes"] == ["0", "1", "2"]
+    assert described["classes"] == IRIS_CLASSES
     push = {
         "message": {"data": base64.b64encode(b'{"model_version": "x"}').decode(), "messageId": "1"},
         "subscription": "s",

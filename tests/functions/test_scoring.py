@@ -139,7 +139,7 @@ def test_the_id_column_is_passed_through_and_the_target_column_ignored(
     predictions = read_predictions(storage, ref)
     assert [row["key"] for row in predictions[:4]] == ["id-0", "id-1", None, "id-3"]
     assert predictions[2]["reason"] == "wrong_field_count"
-    assert predictions[0]["label"] == "0"  # the first iris row is a setosa
+    assert predictions[0]["label"] == "setosa"  # the first iris row
     # Without the column in the file, the predictions simply have no id column.
     plain = upload(storage, "score/plain.csv", csv_of(unlabelled()[:5]))
     assert score(storage, plain, ScoringSpec(id_column="key"))["id_column"] is None

@@ -18,9 +18,10 @@ from pipeline_core.errors import (
     PayloadTooLargeError,
     PipelineError,
 )
+from pipeline_core.http_body import parse_json
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry, sha256_hex
-from pipeline_core.serving import ModelService, parse_instances
+from pipeline_core.serving import LoadedModel, ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import InMemoryStorage
 from pipeline_core.training import TrainingRequest, train_smoke_and_promote
@@ -117,7 +118,7 @@ def test_serves_the_champion_and_caches_it_until_the_refresh_interval(
     answer = model.predict(np.array([[5.1, 3.5, 1.4, 0.2]]))
     prediction = answer["predictions"][0]
     assert answer["model_version"] == first["model_version"]
-    assert prediction["label"] == "0"
+    assert prediction["label"] == "setosa"  # the training data's class value
     assert prediction["confidence"] == max(prediction["probabilities"].values())
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
 
@@ -190,8 +191,13 @@ def test_a_corrupt_artifact_with_a_matching_hash_is_refused(
     pointer[pointer_key] = sha256_hex(garbage)
     storage.write(CHAMPION_OBJECT, json.dumps(pointer).encode(), content_type="application/json")
     service = ModelService(registry, refresh_seconds=0, runtime=runtime)
-    with pytest.raises(NoChampionError, match="cannot be loaded"):
+    # What is wrong and what to do, not a bare unpickling error.
+    kind = "an ONNX graph" if runtime == "onnx" else "a joblib pickle"
+    with pytest.raises(NoChampionError) as refused:
         service.current()
+    message = refused.value.message
+    assert f"matches its SHA-256 but is not {kind} that loads" in message
+    assert "stored corrupt" in message and "upload the training data again under raw/" in message
 
 
 def test_describe_reports_what_the_model_needs(storage: InMemoryStorage) -> None:
@@ -231,3 +237,31 @@ def test_client_input_never_causes_a_server_error(payload: Any) -> None:
         assert 400 <= error.http_status < 500
     else:
         assert rows.shape == (len(rows), len(FEATURES)) and np.isfinite(rows).all()
+
+
+class OverflowingPredictor:
+    """A model whose arithmetic overflows on its second row, as a scaled linear model
+    does on values near the float32 limit."""
+
+    runtime = "onnx"
+
+    def probabilities(self, rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        result = np.full((len(rows), 2), 0.5)
+        result[1] = np.nan
+        return result
+
+
+def test_values_that_overflow_inside_the_model_are_a_422_never_a_nan_answer() -> None:
+    manifest = {"classes": ["no", "yes"], "feature_names": ["a"]}
+    model = LoadedModel("v", OverflowingPredictor(), manifest, pointer_generation=0)
+    with pytest.raises(InvalidInputError) as refused:
+        model.predict(np.array([[1.0], [3e38], [2.0]]))
+    assert refused.value.details["problems"] == [
+        {"row": 1, "feature": None, "message": refused.value.message}
+    ]
+    assert "no finite probabilities" in refused.value.message
+
+
+@pytest.mark.parametrize("body", [b"null", b"1", b'"x"', b"false", b"[]", b"{}", b"[[1]]"])
+def test_any_json_document_parses_and_scalars_are_shallow(body: bytes) -> None:
+    assert parse_json(body) == json.loads(body)

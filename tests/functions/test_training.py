@@ -29,6 +29,7 @@ from pipeline_core.registry import (
     decide,
     new_version,
 )
+from pipeline_core.serving import ModelService
 from pipeline_core.settings import PromotionPolicy, TrainingSettings
 from pipeline_core.storage import InMemoryStorage
 from pipeline_core.training import (
@@ -94,6 +95,34 @@ def test_trains_registers_and_promotes_the_first_model(
     assert manifest["feature_names"] == [name for name in header if name != "target"]
     champion = registry.champion()
     assert champion is not None and champion.version == version
+
+
+def test_labels_are_the_training_data_class_values_end_to_end(storage: InMemoryStorage) -> None:
+    """Names stay names and numbers keep processing's one spelling (``1.0`` and ``+1``
+    are class ``1``), through the manifest, the ONNX parity check, the smoke test and
+    a prediction."""
+    generator = np.random.default_rng(3)
+    spellings = {
+        "setosa": ["setosa", " setosa "],
+        "1": ["1.0", "+1", "1"],
+        "virginica": ["virginica"],
+    }
+    lines = ["a,b,target"]
+    for centre, (_, written) in enumerate(spellings.items()):
+        for row in range(30):
+            a, b = generator.normal(10.0 * centre, 0.2, size=2)
+            lines.append(f"{a},{b},{written[row % len(written)]}")
+    request = processed(storage, "raw/named.csv", "\n".join(lines).encode())
+    outcome = train_smoke_and_promote(storage, request, SETTINGS)
+    manifest = ModelRegistry(storage).manifest(outcome["model_version"])
+    assert manifest["classes"] == ["1", "setosa", "virginica"]
+    assert manifest["onnx"]["status"] == "compiled"
+    assert manifest["onnx"]["parity"]["labels_identical"] is True
+    assert outcome["promoted"] is True  # its smoke prediction answered
+    model = ModelService(ModelRegistry(storage), refresh_seconds=0).current()
+    answer = model.predict(np.array([[0.0, 0.0], [10.0, 10.0], [20.0, 20.0]]))
+    assert [p["label"] for p in answer["predictions"]] == ["setosa", "1", "virginica"]
+    assert set(answer["predictions"][0]["probabilities"]) == set(manifest["classes"])
 
 
 def test_same_data_and_seed_give_the_same_metrics(storage: InMemoryStorage) -> None:

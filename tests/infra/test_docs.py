@@ -9,6 +9,7 @@ prediction body names exactly the demo data's features. Links between the docs r
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
@@ -20,7 +21,9 @@ from typing import Any
 
 import pytest
 
+from components.config import ORCHESTRATIONS, load_stack_file
 from devstack.demo import write_iris_csv
+from devstack.plan import service_names
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ("README.md", "docs/DEPLOY.md")
@@ -177,11 +180,23 @@ def test_every_devstack_command_line_parses_with_the_cli_parser(
             continue
         parser, argv = parsed
         try:
-            parser.parse_args(argv)
+            arguments = parser.parse_args(argv)
         except SystemExit:
             pytest.fail(f"{command}\n{capsys.readouterr().err}")
+        service = getattr(arguments, "service", None)
+        assert service in (None, *local_services()), f"{command}: no service {service!r}"
         checked += 1
     assert checked > 10
+
+
+def local_services() -> set[str]:
+    """Every service the local stack runs in either mode (what `logs` and `restart` take)."""
+    config = load_stack_file(ROOT / "Pulumi.dev.yaml")
+    return {
+        name
+        for mode in ORCHESTRATIONS
+        for name in service_names(dataclasses.replace(config, orchestration=mode))
+    }
 
 
 def demo_features(tmp_path: Path) -> list[str]:

@@ -24,8 +24,8 @@ from tests.infra.harness import (
 COMPONENT = "ml-pipeline:gcp:PipelineMonitoring"
 RUN = 'resource.type="cloud_run_revision"'
 FUNCTIONS = {
-    "workflow": ("process_data", "train_model", "predict", "trigger_workflow"),
-    "events": ("process_data_event", "train_model_event", "predict"),
+    "workflow": ("process_data", "train_model", "predict", "trigger_workflow", "score_data"),
+    "events": ("process_data_event", "train_model_event", "predict", "score_data"),
 }
 CONFIG = StackConfig.from_values(project=PROJECT, region=REGION, stack=STACK, values={})
 

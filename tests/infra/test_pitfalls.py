@@ -65,16 +65,18 @@ def grants(deployment: Deployment, type_: str, **inputs: Any) -> list[Resource]:
 def test_pitfall_01_notification_waits_for_the_storage_agent_publisher_grant(
     stack: Deployment,
 ) -> None:
-    (notification,) = stack.of_type(Types.NOTIFICATION)
-    topic_name = notification.inputs["topic"].rsplit("/", 1)[1]
-    (grant,) = grants(
-        stack,
-        Types.TOPIC_IAM,
-        topic=topic_name,
-        role="roles/pubsub.publisher",
-        member=f"serviceAccount:{STORAGE_AGENT}",
-    )
-    assert stack.waits_for(notification, grant)
+    notifications = stack.of_type(Types.NOTIFICATION)
+    assert len(notifications) == 2  # training uploads and scoring uploads
+    for notification in notifications:
+        topic_name = notification.inputs["topic"].rsplit("/", 1)[1]
+        (grant,) = grants(
+            stack,
+            Types.TOPIC_IAM,
+            topic=topic_name,
+            role="roles/pubsub.publisher",
+            member=f"serviceAccount:{STORAGE_AGENT}",
+        )
+        assert stack.waits_for(notification, grant)
 
 
 def test_pitfall_02_trigger_accounts_receive_events_and_invoke_never_compute_default(
@@ -197,14 +199,16 @@ def test_pitfall_09_deliveries_needing_a_dead_letter_queue_are_explicit_subscrip
     pushes = [s for s in stack.of_type(Types.SUBSCRIPTION) if "pushConfig" in s.inputs]
     expected = {"workflow": "mlp-dev-data-uploaded", "events": "mlp-dev-model-serving-trigger"}
     mode = stack.exports["orchestration"]
-    assert [s.inputs["topic"].rsplit("/", 1)[1] for s in pushes] == [expected[mode]]
-    (push,) = pushes
-    assert (
-        push.get("deadLetterPolicy.deadLetterTopic")
-        == f"projects/{PROJECT}/topics/mlp-dev-dead-letter"
+    assert sorted(s.inputs["topic"].rsplit("/", 1)[1] for s in pushes) == sorted(
+        [expected[mode], "mlp-dev-score-uploaded"]
     )
-    assert push.get("deadLetterPolicy.maxDeliveryAttempts") == 5
-    pushed_services = {push.get("pushConfig.oidcToken.audience")}
+    for push in pushes:
+        assert (
+            push.get("deadLetterPolicy.deadLetterTopic")
+            == f"projects/{PROJECT}/topics/mlp-dev-dead-letter"
+        )
+        assert push.get("deadLetterPolicy.maxDeliveryAttempts") == 5
+    pushed_services = {push.get("pushConfig.oidcToken.audience") for push in pushes}
     eventarc_uris = {
         f.outputs["serviceConfig"]["uri"]
         for f in stack.of_type(Types.FUNCTION)
@@ -215,8 +219,8 @@ def test_pitfall_09_deliveries_needing_a_dead_letter_queue_are_explicit_subscrip
 
 def test_pitfall_09_dead_letter_attempts_follow_config(deploy: Callable[..., Deployment]) -> None:
     deployment = deploy(deadLetterMaxAttempts=12)
-    (push,) = [s for s in deployment.of_type(Types.SUBSCRIPTION) if "pushConfig" in s.inputs]
-    assert push.get("deadLetterPolicy.maxDeliveryAttempts") == 12
+    pushes = [s for s in deployment.of_type(Types.SUBSCRIPTION) if "pushConfig" in s.inputs]
+    assert {push.get("deadLetterPolicy.maxDeliveryAttempts") for push in pushes} == {12}
 
 
 def test_pitfall_10_dead_letter_topic_has_agent_grants_and_its_own_subscription(

@@ -115,7 +115,10 @@ print(json.dumps({
 def test_the_pack_loads_in_its_own_virtualenv_and_wraps_every_guardrail() -> None:
     """Builds policy/.venv once (`make policy-venv`, about half a minute on a fresh
     clone, then a no-op) and loads the real pulumi_policy there."""
-    subprocess.run(["make", "-s", "policy-venv"], cwd=ROOT, check=True, capture_output=True)
+    built = subprocess.run(
+        ["make", "-s", "policy-venv"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
     probed = subprocess.run(
         [
             str(ROOT / "policy/.venv/bin/python"),

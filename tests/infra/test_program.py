@@ -11,7 +11,7 @@ import pytest
 from components import topology
 from components.config import StackConfig
 from components.packaging import package_source
-from components.pipeline import DATA_BUCKET_ACCESS, FUNCTION_SOURCE_DIR
+from components.pipeline import FUNCTION_SOURCE_DIR, data_bucket_access
 from policy.guardrails import check_resource
 from tests.infra.harness import (
     DEPLOYER_EMAIL,
@@ -26,6 +26,9 @@ from tests.infra.harness import (
 )
 
 DATA_BUCKET = f"mlp-dev-data-{PROJECT}"
+DATA_BUCKET_ACCESS = data_bucket_access(
+    StackConfig.from_values(project=PROJECT, region=REGION, stack=STACK, values={})
+)
 DEPLOYER = f"user:{DEPLOYER_EMAIL}"
 OBJECTS = f"projects/_/buckets/{DATA_BUCKET}/objects/"
 
@@ -61,9 +64,15 @@ def test_workflow_mode_declares_the_documented_functions_topics_and_workflow(
         "mlp-dev-train-model": "train_model",
         "mlp-dev-predict": "predict",
         "mlp-dev-trigger-workflow": "trigger_workflow",
+        "mlp-dev-score-data": "score_data",
     }
     topics = {t.inputs["name"] for t in workflow_stack.of_type(Types.TOPIC)}
-    assert topics == {"mlp-dev-data-uploaded", "mlp-dev-model-events", "mlp-dev-dead-letter"}
+    assert topics == {
+        "mlp-dev-data-uploaded",
+        "mlp-dev-model-events",
+        "mlp-dev-dead-letter",
+        "mlp-dev-score-uploaded",
+    }
     assert [w.inputs["name"] for w in workflow_stack.of_type(Types.WORKFLOW)] == [
         "mlp-dev-ml-pipeline"
     ]
@@ -80,9 +89,11 @@ def test_events_mode_declares_the_trigger_topics_and_event_functions(
         "mlp-dev-process-data-event": "process_data_event",
         "mlp-dev-train-model-event": "train_model_event",
         "mlp-dev-predict": "predict",
+        "mlp-dev-score-data": "score_data",
     }
     topics = {t.inputs["name"] for t in events_stack.of_type(Types.TOPIC)}
     assert topics == {
+        "mlp-dev-score-uploaded",
         "mlp-dev-data-processing-trigger",
         "mlp-dev-model-training-trigger",
         "mlp-dev-model-serving-trigger",
@@ -126,7 +137,16 @@ def test_bucket_force_destroy_location_and_labels_follow_config(
 
 
 def test_notification_publishes_raw_finalize_events_as_json(stack: Deployment) -> None:
-    (notification,) = stack.of_type(Types.NOTIFICATION)
+    notification, scoring = sorted(
+        stack.of_type(Types.NOTIFICATION), key=lambda n: n.inputs["objectNamePrefix"]
+    )
+    assert scoring.inputs == scoring.inputs | {
+        "bucket": DATA_BUCKET,
+        "payloadFormat": "JSON_API_V1",
+        "eventTypes": ["OBJECT_FINALIZE"],
+        "objectNamePrefix": "score/",
+        "topic": f"projects/{PROJECT}/topics/mlp-dev-score-uploaded",
+    }
     expected_topic = (
         "data-uploaded"
         if stack.exports["orchestration"] == "workflow"
@@ -144,9 +164,9 @@ def test_notification_publishes_raw_finalize_events_as_json(stack: Deployment) -
 def test_each_workload_has_its_own_account_and_only_its_roles(workflow_stack: Deployment) -> None:
     member = {
         s: account_member(workflow_stack, s)
-        for s in ("proc", "train", "pred", "wftrig", "wf", "evtrig", "build")
+        for s in ("proc", "train", "pred", "wftrig", "wf", "evtrig", "build", "score")
     }
-    assert len(set(member.values())) == 7
+    assert len(set(member.values())) == 8
     run = f"projects/{PROJECT}/locations/{REGION}/services/"
     expected = {
         member["proc"]: {
@@ -203,6 +223,25 @@ def test_each_workload_has_its_own_account_and_only_its_roles(workflow_stack: De
         member["evtrig"]: {
             ("projects/iAMMember", PROJECT, "roles/eventarc.eventReceiver"),
             ("cloudrunv2/serviceIamMember", f"{run}mlp-dev-trigger-workflow", "roles/run.invoker"),
+            ("cloudrunv2/serviceIamMember", f"{run}mlp-dev-score-data", "roles/run.invoker"),
+        },
+        member["score"]: {
+            (
+                "storage/bucketIAMMember",
+                f'{DATA_BUCKET} if "{OBJECTS}score/"',
+                "roles/storage.objectViewer",
+            ),
+            (
+                "storage/bucketIAMMember",
+                f'{DATA_BUCKET} if "{OBJECTS}models/"',
+                "roles/storage.objectViewer",
+            ),
+            (
+                "storage/bucketIAMMember",
+                f'{DATA_BUCKET} if "{OBJECTS}predictions/"',
+                "roles/storage.objectUser",
+            ),
+            ("pubsub/topicIAMMember", "mlp-dev-model-events", "roles/pubsub.publisher"),
         },
         member["build"]: {
             ("projects/iAMMember", PROJECT, "roles/logging.logWriter"),
@@ -216,10 +255,11 @@ def test_each_workload_has_its_own_account_and_only_its_roles(workflow_stack: De
 
 
 def test_objects_the_handlers_write_lie_under_their_workload_write_prefixes() -> None:
-    from pipeline_core import processing, registry, workflow_trigger
+    from pipeline_core import processing, registry, scoring, workflow_trigger
     from pipeline_core.events import ObjectRef
 
     upload = ObjectRef(DATA_BUCKET, "raw/iris.csv", 17)
+    scoring_upload = ObjectRef(DATA_BUCKET, "score/new.csv", 18)
     written = {
         "processing": [
             processing.processed_object(upload),
@@ -235,6 +275,12 @@ def test_objects_the_handlers_write_lie_under_their_workload_write_prefixes() ->
             registry.CHAMPION_OBJECT,
         ],
         "workflow_trigger": [workflow_trigger.marker_object(upload)],
+        "scoring": [
+            scoring.predictions_object(scoring_upload),
+            scoring.predictions_csv_object(scoring_upload),
+            scoring.summary_object(scoring_upload),
+            scoring.lease_object(scoring_upload),
+        ],
     }
     for workload, objects in written.items():
         writable = [
@@ -250,6 +296,9 @@ def test_objects_the_handlers_write_lie_under_their_workload_write_prefixes() ->
     }
     assert any(upload.name.startswith(p) for p in readable["processing"])
     assert not any(upload.name.startswith(p) for p in readable["prediction"])
+    assert any(scoring_upload.name.startswith(p) for p in readable["scoring"])
+    assert not any(upload.name.startswith(p) for p in readable["scoring"])
+    assert registry.CHAMPION_OBJECT.startswith(tuple(readable["scoring"]))
 
 
 def test_events_mode_accounts_publish_only_to_their_topics(events_stack: Deployment) -> None:
@@ -260,17 +309,18 @@ def test_events_mode_accounts_publish_only_to_their_topics(events_stack: Deploym
             for kind, scope, role in grants[account_member(events_stack, suffix)]
             if role == "roles/pubsub.publisher"
         }
-        for suffix in ("proc", "train", "pred")
+        for suffix in ("proc", "train", "pred", "score")
     }
     assert published == {
         "proc": {"mlp-dev-model-training-trigger", "mlp-dev-model-events"},
         "train": {"mlp-dev-model-serving-trigger", "mlp-dev-model-events"},
         "pred": set(),
+        "score": {"mlp-dev-model-events"},
     }
     suffixes = {
         a.inputs["accountId"].rsplit("-", 1)[1] for a in events_stack.of_type(Types.ACCOUNT)
     }
-    assert suffixes == {"proc", "train", "pred", "evtrig", "build"}
+    assert suffixes == {"proc", "train", "pred", "evtrig", "build", "score"}
 
 
 def test_functions_take_sizing_and_environment_from_config(
@@ -391,7 +441,11 @@ def test_outputs_name_what_a_user_needs(
         "data_uploaded": "mlp-dev-data-uploaded",
         "model_events": "mlp-dev-model-events",
         "dead_letter": "mlp-dev-dead-letter",
+        "score_uploaded": "mlp-dev-score-uploaded",
     }
+    assert exports["scoring_prefix"] == "score/"
+    assert exports["scoring_uri"] == f"gs://{DATA_BUCKET}/score/"
+    assert exports["predictions_prefix"] == "predictions/"
     assert (
         exports["service_accounts"]["prediction"]
         == f"mlp-dev-pred@{PROJECT}.iam.gserviceaccount.com"

@@ -129,6 +129,24 @@ def test_upload_names_must_stay_plain_object_names_under_raw(name: str, tmp_path
         runs.upload_to_cloud("any-bucket", data, name=name)
 
 
+def test_report_and_events_without_a_stack_say_how_to_start_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("report", "events"):
+        assert main(["--state-dir", str(tmp_path), command]) == 1
+        error = capsys.readouterr().err
+        assert "no local stack is running" in error and "up --detach" in error
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_metric_is_one_the_promotion_policy_knows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = usage_error(capsys, "--state-dir", str(tmp_path), "report", "--metric", "auc")
+
+    assert "argument --metric: invalid choice: 'auc'" in error
+
+
 def test_sample_data_writes_the_demo_csv_and_never_replaces_a_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -377,7 +395,7 @@ def one_service_stack(tmp_path: Path) -> Iterator[RunningService]:
     plan = ServicePlan("probe", port, (sys.executable, "-c", code), {}, "/")
     (tmp_path / "logs").mkdir()
     service = start_service(plan, tmp_path / "logs")
-    state = StackState("c", "events", "p", "r", "n", "b", {}, "d", None, services=[service])
+    state = StackState("c", "events", "p", "r", "n", "b", {}, "d", "s", None, services=[service])
     (tmp_path / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
     try:
         yield service
@@ -575,6 +593,8 @@ def test_the_editable_install_runs_the_commands_from_any_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    # argparse wraps help at the terminal width, also inside a path at a dash.
+    environment["COLUMNS"] = "10000"
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

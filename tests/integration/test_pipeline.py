@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from components.topology import build_topology
+from components.topology import build_topology, workflow_name
 from devstack import runs
 from devstack.demo import write_iris_csv
 from devstack.errors import RunFailedError
@@ -76,7 +77,7 @@ def test_upload_trains_a_champion_that_serves_predictions(
     assert predicted.returncode == 0, predicted.stderr
     answer = json.loads(predicted.stdout)
     assert answer["model_version"] == summary["model_version"]
-    assert answer["predictions"][0]["label"] == "0"  # the first iris row is a setosa
+    assert answer["predictions"][0]["label"] == "setosa"  # the first iris row
 
 
 def test_better_data_is_promoted_and_worse_data_is_not(
@@ -269,7 +270,9 @@ def test_a_message_that_keeps_failing_lands_on_the_dead_letter_topic(
 ) -> None:
     config = local_stack.config
     wiring = build_topology(config.orchestration)
-    (delivery,) = [item for item in wiring.deliveries if item.dead_letter]
+    (delivery,) = [
+        item for item in wiring.deliveries if item.dead_letter and item.function != "score_data"
+    ]
     source_subscription = subscription_name(config, delivery)
     broken = local_stack.state.service(PERMANENT_BREAK[config.orchestration])
     stop_group(broken)
@@ -308,3 +311,72 @@ def test_a_message_that_keeps_failing_lands_on_the_dead_letter_topic(
         assert followed.summary["stage"] == "delivery"
         assert f"dead-lettered by {source_subscription}" in str(followed)
         assert f"after {config.dead_letter_max_attempts} delivery attempts" in str(followed)
+
+
+def test_events_prints_every_summary_oldest_first_and_keeps_them(
+    local_stack: LocalStack, tmp_path: Path
+) -> None:
+    name = f"events-{uuid.uuid4().hex[:6]}.csv"
+    tiny = tmp_path / name
+    tiny.write_text("sepal_length_cm,target\n1.0,0\n", encoding="utf-8")  # rejected at once
+    with pytest.raises(RunFailedError):
+        run(local_stack, tiny, name)
+
+    listed = devstack(local_stack.state_dir, "events")
+
+    assert listed.returncode == 0, listed.stderr
+    summaries = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert summaries[-1]["object"] == f"raw/{name}"
+    assert summaries[-1]["status"] == "rejected"
+    published = [datetime.fromisoformat(summary["published_at"]) for summary in summaries]
+    assert published == sorted(published)
+    # Reading gives the messages back: the next call lists the same history.
+    again = devstack(local_stack.state_dir, "events")
+    assert [json.loads(line) for line in again.stdout.splitlines()] == summaries
+
+
+def test_health_probes_leave_no_warning_in_the_functions_logs(local_stack: LocalStack) -> None:
+    # Every function was probed at 'up' (and the restarted ones again).
+    for function in build_topology(local_stack.config.orchestration).functions:
+        log = local_stack.state.service(function.key).log
+        assert log_count(log, "method_not_allowed") == 0, function.key
+
+
+def test_the_workflow_log_holds_its_executions_steps(local_stack: LocalStack) -> None:
+    workflow = local_stack.state.workflow_name
+    if workflow is None:  # events mode: no workflow, and 'logs' says so
+        shown = devstack(local_stack.state_dir, "logs", workflow_name(local_stack.config))
+        assert shown.returncode == 1
+        assert "no service" in shown.stderr
+        return
+    shown = devstack(local_stack.state_dir, "logs", workflow, "--lines", "100000")
+    assert shown.returncode == 0, shown.stderr
+    lines = [json.loads(line) for line in shown.stdout.splitlines() if line.startswith("{")]
+    steps = {line["step"] for line in lines if line.get("workflow") == workflow and "step" in line}
+    # Steps every run takes, rejected or trained (the events test made a rejected one).
+    assert {"init", "process", "post", "publish"} <= steps, steps
+    messages = {line.get("message") for line in lines if line.get("workflow") == workflow}
+    assert {"execution started", "execution succeeded"} <= messages
+
+
+def test_report_shows_the_local_stacks_history(local_stack: LocalStack, tmp_path: Path) -> None:
+    out = tmp_path / "history.html"
+
+    written = devstack(local_stack.state_dir, "report", "--out", str(out))
+
+    assert written.returncode == 0, written.stderr
+    summary = json.loads(written.stdout)
+    assert summary["report"] == str(out)
+    assert summary["versions"] == len(model_versions(local_stack.state))
+    assert summary["champion_version"] == champion_version(local_stack.state)
+    page = out.read_text(encoding="utf-8")
+    # Earlier tests of the module uploaded, trained and promoted; each chart shows what
+    # exists (run alone, a fresh stack has no data and the page says so).
+    charts = {
+        "rows-per-upload": summary["uploads"] > 0,
+        "metric-over-time": summary["versions"] > 0,
+        "confusion-matrix": summary["champion_version"] is not None,
+        "per-class": summary["champion_version"] is not None,
+    }
+    for chart, shown in charts.items():
+        assert (f"<svg id='{chart}'" in page) is shown, chart

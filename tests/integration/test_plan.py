@@ -55,6 +55,10 @@ def test_plan_follows_the_topology_and_config(mode: Orchestration, tmp_path: Pat
         )
     dead_letter = by_name[plan.dead_letter_subscription]
     assert (dead_letter.topic, dead_letter.push_endpoint) == (plan.topics["dead_letter"], None)
+    # The summaries are kept, under the name the cloud stack gives its subscription.
+    assert plan.summary_subscription == topology.summary_subscription_name(config)
+    summaries = by_name[plan.summary_subscription]
+    assert (summaries.topic, summaries.push_endpoint) == (plan.topics["model_events"], None)
 
     for function in wiring.functions:
         environment = plan.service(function.key).env

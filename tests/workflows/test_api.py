@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -359,26 +360,37 @@ main:
 """
 
 
-def test_real_engine_runs_a_workflow_file(tmp_path: Path) -> None:
-    (tmp_path / "echo.yaml").write_text(ECHO_WORKFLOW, encoding="utf-8")
-    (tmp_path / "fails.yaml").write_text(FAILING_WORKFLOW, encoding="utf-8")
+@contextmanager
+def serving_files(
+    directory: Path, sources: Mapping[str, str], env: Mapping[str, str] | None = None
+) -> Iterator[ExecutionsClient]:
+    """Serve each workflow source (id -> YAML) through the real engine; a gRPC client."""
+    for workflow_id, source in sources.items():
+        (directory / f"{workflow_id}.yaml").write_text(source, encoding="utf-8")
     with ExecutionsServer(
         "127.0.0.1",
         0,
-        workflows={"echo": tmp_path / "echo.yaml", "fails": tmp_path / "fails.yaml"},
-        env={"GREETING": "hello"},
+        workflows={workflow_id: directory / f"{workflow_id}.yaml" for workflow_id in sources},
+        env=dict(env or {}),
         project=PROJECT,
         location=LOCATION,
     ) as server:
         channel = grpc.insecure_channel(server.grpc_target)
-        client = ExecutionsClient(transport=ExecutionsGrpcTransport(channel=channel))
+        try:
+            yield ExecutionsClient(transport=ExecutionsGrpcTransport(channel=channel))
+        finally:
+            channel.close()
+
+
+def test_real_engine_runs_a_workflow_file(tmp_path: Path) -> None:
+    workflows = {"echo": ECHO_WORKFLOW, "fails": FAILING_WORKFLOW}
+    with serving_files(tmp_path, workflows, {"GREETING": "hello"}) as client:
         created = client.create_execution(
             parent=f"{PARENT}/echo", execution=Execution(argument='{"bucket": "b"}')
         )
         failed = client.create_execution(parent=f"{PARENT}/fails", execution=Execution())
         done = wait_until_done(client, created.name)
         failed_done = wait_until_done(client, failed.name)
-        channel.close()
 
     assert done.state == Execution.State.SUCCEEDED, done.error.payload
     assert json.loads(done.result) == {
