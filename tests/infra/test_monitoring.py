@@ -372,3 +372,12 @@ def test_the_component_refuses_inconsistent_arguments() -> None:
         PipelineMonitoringArgs(**{**base, "promoting": ("train_model_event",)})
     with pytest.raises(ValueError, match="rejecting names no function"):
         PipelineMonitoringArgs(**{**base, "rejecting": ()})
+
+
+def test_the_log_events_the_metrics_count_are_the_ones_the_functions_write() -> None:
+    # The deployed package cannot import components/, so the names live twice; this is
+    # the contract between the log-based metrics and the code that logs the events.
+    from pipeline_core import processing, registry
+
+    assert registry.MODEL_PROMOTED_EVENT == topology.LogEvent.MODEL_PROMOTED
+    assert processing.UPLOAD_REJECTED_EVENT == topology.LogEvent.UPLOAD_REJECTED
