@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from components import topology
 from components.config import ORCHESTRATIONS, load_stack_file
 from devstack.demo import write_iris_csv
 from devstack.plan import service_names
@@ -190,12 +191,16 @@ def test_every_devstack_command_line_parses_with_the_cli_parser(
 
 
 def local_services() -> set[str]:
-    """Every service the local stack runs in either mode (what `logs` and `restart` take)."""
+    """Every service the local stack runs in either mode (what `logs` and `restart` take),
+    and the workflow's own name, which `logs` takes for the Executions API's log."""
     config = load_stack_file(ROOT / "Pulumi.dev.yaml")
     return {
-        name
-        for mode in ORCHESTRATIONS
-        for name in service_names(dataclasses.replace(config, orchestration=mode))
+        topology.workflow_name(config),
+        *(
+            name
+            for mode in ORCHESTRATIONS
+            for name in service_names(dataclasses.replace(config, orchestration=mode))
+        ),
     }
 
 
