@@ -145,13 +145,15 @@ def champion_version(state: StackState) -> str | None:
     return None if data is None else str(json.loads(data)["model_version"])
 
 
-def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str) -> T:
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.5
+) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()
         if value is not None:
             return value
-        time.sleep(0.5)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 

@@ -197,11 +197,18 @@ def test_storage_unresponsive_during_processing_is_survived_with_raw_data_intact
     local_stack: LocalStack, tmp_path: Path
 ) -> None:
     state = local_stack.state
-    data = separable_csv(tmp_path / "outage.csv", rows_per_class=20_000, seed=41)
+    data = separable_csv(tmp_path / "outage.csv", rows_per_class=60_000, seed=41)
     with runs.summary_watch(state) as watch:
         key = runs.upload(state, data, name="outage.csv")
         lease = f"processed/{key.object}/{key.generation}/lease.json"
-        wait_for(lambda: object_exists(state, lease) or None, timeout=120, what="processing")
+        # The lease lives only while processing runs (about a second on an idle
+        # machine), so it is polled far more often than the harness's default.
+        wait_for(
+            lambda: object_exists(state, lease) or None,
+            timeout=120,
+            what="processing",
+            interval=0.02,
+        )
         # Killing it would lose the bucket (fake-gcs-server keeps objects in memory).
         freeze(state.service("storage"), seconds=5)
         summary = runs.follow(state, key, watch=watch, timeout=RUN_TIMEOUT, progress=no_progress)
@@ -213,7 +220,7 @@ def test_storage_unresponsive_during_processing_is_survived_with_raw_data_intact
     stats = json.loads(stats_data)
     processed = read_object(state, stats["processed_object"])
     assert processed is not None
-    assert pq.read_table(io.BytesIO(processed)).num_rows == stats["rows_out"] == 60_000
+    assert pq.read_table(io.BytesIO(processed)).num_rows == stats["rows_out"] == 180_000
 
 
 @pytest.mark.parametrize("local_stack", ["events"], indirect=True)
