@@ -202,8 +202,14 @@ def _child(variant: str, arguments: list[str]) -> None:
 
 
 def _measure(storage_url: str, variant: str, *arguments: str) -> dict[str, Any]:
+    return measure_in_child("bench.processing", storage_url, variant, *arguments)
+
+
+def measure_in_child(module: str, storage_url: str, *arguments: str) -> dict[str, Any]:
+    """``python -m module --child ...`` against the emulator at ``storage_url``, in a
+    process of its own (its peak RSS is the run's alone); its report is the last line."""
     completed = subprocess.run(
-        [sys.executable, "-m", "bench.processing", "--child", variant, *arguments],
+        [sys.executable, "-m", module, "--child", *arguments],
         env={**os.environ, "STORAGE_EMULATOR_HOST": storage_url},
         cwd=REPO_ROOT,
         check=True,

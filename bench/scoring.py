@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.processing import fake_gcs, peak_rss_mb
+from bench.processing import fake_gcs, measure_in_child, peak_rss_mb
 from devstack.demo import write_iris_csv
-from devstack.plan import FUNCTION_SOURCE, REPO_ROOT
+from devstack.plan import FUNCTION_SOURCE
 from devstack.processes import stop_group, wait_until_healthy
 
 # The core is imported as the functions import it (function_src on the path).
@@ -120,23 +119,9 @@ def _score_once(client: Any, storage_url: str, data: Path, runtime: str) -> dict
     bucket = client.bucket(BUCKET)
     blob = bucket.blob(f"score/{data.name}")
     blob.upload_from_filename(str(data))
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.scoring",
-            "--child",
-            runtime,
-            blob.name,
-            str(blob.generation),
-        ],
-        env={**os.environ, "STORAGE_EMULATOR_HOST": storage_url},
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
+    measured = measure_in_child(
+        "bench.scoring", storage_url, runtime, blob.name, str(blob.generation)
     )
-    measured: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
     for name in [item.name for item in client.list_blobs(BUCKET, prefix="predictions/")]:
         bucket.blob(name).delete()
     blob.delete()
