@@ -46,20 +46,15 @@ from pipeline_core.parquet_output import ParquetOutput
 PROGRESS_SECONDS = 5.0
 
 
-@dataclass(frozen=True)
-class DatasetSchema:
-    target_column: str = "target"
-    feature_columns: tuple[str, ...] = ()  # empty: every column but the target
-    min_rows: int = 20
-
-
 @dataclass
 class CleaningRun:
     """The counts of one upload's cleaning so far; ``run`` cleans it block by block,
     ``rerun`` drops the far repeats from what ``run`` wrote, ``check_result`` applies
     the whole-file rules to the totals."""
 
-    schema: DatasetSchema
+    target_column: str
+    feature_columns: tuple[str, ...]  # empty: every column but the target
+    min_rows: int
     row_group_rows: int
     block_bytes: int
     progress_seconds: float
@@ -77,12 +72,11 @@ class CleaningRun:
         cells, blocks = csv_source.header(
             csv_source.blocks(csv_source.decoded(source), self.block_bytes)
         )
-        columns = layout(cells, self.schema.target_column, self.schema.feature_columns)
+        columns = layout(cells, self.target_column, self.feature_columns)
         self.features = columns.features
         self.feature_stats = FeatureStats.empty(len(self.features))
         arrow_schema = pa.schema(
-            [(name, pa.float64()) for name in self.features]
-            + [(self.schema.target_column, pa.string())]
+            [(name, pa.float64()) for name in self.features] + [(self.target_column, pa.string())]
         )
         progress = Progress(ref, self.progress_seconds)
         with ParquetOutput(sink, arrow_schema, self.row_group_rows) as output:
@@ -201,22 +195,22 @@ class CleaningRun:
                 f"{dict(sorted(self.rejections.items()))}; first of each: "
                 f"{'; '.join(self.examples[reason] for reason in sorted(self.examples))})",
             )
-        if self.rows_out < self.schema.min_rows:
+        if self.rows_out < self.min_rows:
             raise FileRejectedError(
                 TOO_FEW_ROWS,
-                f"{self.rows_out} valid rows, at least {self.schema.min_rows} are required",
+                f"{self.rows_out} valid rows, at least {self.min_rows} are required",
             )
         if len(self.class_counts) < 2:
             raise FileRejectedError(
                 TOO_FEW_CLASSES,
-                f"only one class {sorted(self.class_counts)} in {self.schema.target_column!r}; "
+                f"only one class {sorted(self.class_counts)} in {self.target_column!r}; "
                 "a classifier needs at least 2",
             )
 
     def outcome(self) -> dict[str, Any]:
         """The counts and statistics of the run, as the recorded outcome holds them."""
         return {
-            "target_column": self.schema.target_column,
+            "target_column": self.target_column,
             "features": list(self.features),
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,

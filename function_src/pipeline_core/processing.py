@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline_core import logging as log
 from pipeline_core.cleaning import FileRejectedError
-from pipeline_core.cleaning_run import PROGRESS_SECONDS, CleaningRun, DatasetSchema
+from pipeline_core.cleaning_run import PROGRESS_SECONDS, CleaningRun
 from pipeline_core.csv_source import DEFAULT_BLOCK_BYTES
 from pipeline_core.deduplication import Deduplicator
 from pipeline_core.digest_set import DEFAULT_CAPACITY
@@ -34,6 +34,13 @@ from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
 from pipeline_core.storage import Storage, read_json, write_json
 
 UPLOAD_REJECTED_EVENT = "upload_rejected"
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    target_column: str = "target"
+    feature_columns: tuple[str, ...] = ()  # empty: every column but the target
+    min_rows: int = 20
 
 
 def processed_object(ref: ObjectRef) -> str:
@@ -115,7 +122,14 @@ def process(
         return _previous_outcome(storage, ref) or _clean(
             storage,
             ref,
-            CleaningRun(schema, chunk_rows, block_bytes, progress_seconds),
+            CleaningRun(
+                schema.target_column,
+                schema.feature_columns,
+                schema.min_rows,
+                chunk_rows,
+                block_bytes,
+                progress_seconds,
+            ),
             Deduplicator(storage, spill_prefix(ref), window_rows),
         )
     finally:
