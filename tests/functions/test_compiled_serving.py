@@ -23,9 +23,10 @@ from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry
 from pipeline_core.serving import PINNED_CACHE_SIZE, JoblibModel, ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
-from pipeline_core.storage import InMemoryStorage, StoredObject
+from pipeline_core.storage import StoredObject
 from pipeline_core.training import TrainingRequest, train, train_smoke_and_promote
 from tests.functions.conftest import IRIS, ROOT, WINE, Function, upload
+from tests.functions.fakes import InMemoryStorage
 
 SETTINGS = TrainingSettings(project="p", data_bucket="test-bucket")
 
@@ -256,7 +257,7 @@ from pathlib import Path
 import main
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import ModelService, parse_instances
-from pipeline_core.storage import InMemoryStorage
+from tests.functions.fakes import InMemoryStorage
 at_import = sorted(sys.modules)
 storage = InMemoryStorage("test-bucket")
 root = Path({str(tmp_path)!r})
@@ -271,7 +272,8 @@ print(json.dumps([at_import, sorted(sys.modules), model.runtime, label]))
     completed = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT / "function_src",
-        env={**os.environ, "FUNCTION_TARGET": "predict"},
+        # The repository root too, for the bucket fake that lives with the tests.
+        env={**os.environ, "FUNCTION_TARGET": "predict", "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         check=True,

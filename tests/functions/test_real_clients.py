@@ -21,7 +21,7 @@ from devstack.workflows.engine import ExecutionContext
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.storage import GcsStorage, InMemoryStorage
+from pipeline_core.storage import GcsStorage
 from pipeline_core.workflow_trigger import WorkflowsExecutionStarter, marker_object
 from tests.functions.conftest import (
     ENVIRONMENT,
@@ -32,6 +32,7 @@ from tests.functions.conftest import (
     push_for,
     upload,
 )
+from tests.functions.fakes import InMemoryStorage
 
 BUCKET = "fake-bucket"
 LOCATION = ENVIRONMENT["WORKFLOW_LOCATION"]

@@ -28,8 +28,8 @@ from pipeline_core.scoring import (
     summary_object,
 )
 from pipeline_core.serving import ModelService
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, WINE, upload
+from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_serving import trained
 
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]

@@ -13,8 +13,8 @@ import pytest
 
 from devstack.workflows.engine import ExecutionContext, WorkflowError, WorkflowProgram
 from devstack.workflows.services import HttpRequest, HttpResponse, Services
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, ROOT, Function, upload
+from tests.functions.fakes import InMemoryStorage
 
 DEFINITION = ROOT / "workflow_defs" / "ml_pipeline.yaml"
 WORKFLOW_ENV = {
