@@ -21,8 +21,8 @@ from pipeline_core.processing import (
     processed_object,
     stats_object,
 )
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import BUCKET, upload
+from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_digest_set import digest, digests
 
 

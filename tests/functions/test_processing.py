@@ -12,8 +12,8 @@ import pytest
 from pipeline_core.errors import BadRequestError, DataRejectedError, ObjectNotFoundError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process, rejection_object, stats_object
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, upload
+from tests.functions.fakes import InMemoryStorage
 
 SCHEMA = DatasetSchema(min_rows=3)
 

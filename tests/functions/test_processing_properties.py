@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from pipeline_core.digest_set import DEFAULT_CAPACITY
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process, rejection_object, stats_object
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import BUCKET, upload
+from tests.functions.fakes import InMemoryStorage
 
 HEADER = ("a", "b c", "target")
 FEATURE_CELLS = (

@@ -30,8 +30,8 @@ from pipeline_core.scoring import (
     summary_object,
 )
 from pipeline_core.serving import LoadedModel, ModelService
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, WINE, upload
+from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_serving import trained
 
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
@@ -250,8 +250,11 @@ def test_an_output_upload_that_fails_midway_leaves_nothing_and_a_retry_scores_th
 
         @contextmanager
         def open_write(self, name: str, *, content_type: str) -> Iterator[IO[bytes]]:
+            if name == predictions_csv_object(ref):
+                yield _FailsAfterFirstWrite()
+                return
             with super().open_write(name, content_type=content_type) as sink:
-                yield _FailsAfterFirstWrite(sink) if name == predictions_csv_object(ref) else sink
+                yield sink
 
     with pytest.raises(TransientError, match="connection reset"):
         score(FailingCsvUpload(), ref, SPEC, block_bytes=4096)
@@ -261,19 +264,14 @@ def test_an_output_upload_that_fails_midway_leaves_nothing_and_a_retry_scores_th
     assert len(read_predictions(storage, ref)) == summary["rows_scored"] == 3000
 
 
-class _FailsAfterFirstWrite(io.RawIOBase):
-    def __init__(self, sink: IO[bytes]) -> None:
-        self._sink = sink
-        self._writes = 0
-
-    def writable(self) -> bool:
-        return True
+class _FailsAfterFirstWrite(io.BytesIO):
+    writes = 0
 
     def write(self, data: Any) -> int:
-        self._writes += 1
-        if self._writes > 1:
+        self.writes += 1
+        if self.writes > 1:
             raise TransientError("Cloud Storage upload failed: connection reset")
-        return self._sink.write(data)
+        return super().write(data)
 
 
 def test_columns_that_do_not_match_the_champion_are_a_recorded_rejection(

@@ -11,9 +11,8 @@ from pipeline_core import leases
 from pipeline_core.errors import TransientError
 from pipeline_core.events import ObjectRef, StorageNotification
 from pipeline_core.settings import TriggerSettings
-from pipeline_core.storage import InMemoryStorage
 from pipeline_core.workflow_trigger import lease_object, marker_object, trigger
-from tests.functions.fakes import InterleavedStorage, RecordingStarter
+from tests.functions.fakes import InMemoryStorage, InterleavedStorage, RecordingStarter
 
 TIMEOUT_SECONDS = 60
 SETTINGS = TriggerSettings(
