@@ -52,13 +52,13 @@ from pipeline_core.errors import (
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import Clock, acquire, utc_now
 from pipeline_core.machine import available_cpus
+from pipeline_core.parquet_output import PARQUET_CONTENT_TYPE
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import FLOAT32_MAX, LoadedModel, ModelService
 from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
 from pipeline_core.storage import Storage, read_json, write_json
 
 PREDICTIONS_PREFIX = "predictions/"
-PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 CSV_CONTENT_TYPE = "text/csv"
 PROBABILITY_PREFIX = "probability_"
 
