@@ -152,6 +152,8 @@ class TrainingSettings:
     max_training_rows: int = contract.DEFAULT_MAX_TRAINING_ROWS
     model_serving_topic: str = ""  # events mode only
     model_events_topic: str = ""  # events mode only
+    # Events mode smokes the candidate in process, with the runtime predict serves it with.
+    serving_runtime: str = contract.DEFAULT_PREDICT_RUNTIME
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TrainingSettings:
@@ -188,6 +190,7 @@ class TrainingSettings:
             ),
             model_serving_topic=env.optional(Env.MODEL_SERVING_TOPIC, ""),
             model_events_topic=env.optional(Env.MODEL_EVENTS_TOPIC, ""),
+            serving_runtime=env.predict_runtime(),
         )
 
 

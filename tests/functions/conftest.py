@@ -18,8 +18,7 @@ from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from pipeline_core import logging as log
 from pipeline_core.events import ObjectRef, TrainingRequest
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.storage import InMemoryStorage
-from tests.functions.fakes import InMemoryPublisher, RecordingStarter
+from tests.functions.fakes import InMemoryPublisher, InMemoryStorage, RecordingStarter
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "tests" / "events"

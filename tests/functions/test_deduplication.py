@@ -16,8 +16,8 @@ from pipeline_core.contract import deduplicated_object, processed_object, stats_
 from pipeline_core.deduplication import SPILL_RANGES, Deduplicator
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import BUCKET, upload
+from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_digest_set import digest, digests
 
 

@@ -23,7 +23,6 @@ from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.settings import TrainingSettings
-from pipeline_core.storage import InMemoryStorage
 from pipeline_core.training import train_smoke_and_promote
 from tests.functions.conftest import (
     IRIS,
@@ -33,6 +32,7 @@ from tests.functions.conftest import (
     processed_request,
     upload,
 )
+from tests.functions.fakes import InMemoryStorage
 
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -13,8 +13,8 @@ from pipeline_core.contract import rejection_object, stats_object
 from pipeline_core.errors import BadRequestError, DataRejectedError, ObjectNotFoundError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, upload
+from tests.functions.fakes import InMemoryStorage
 
 SCHEMA = DatasetSchema(min_rows=3)
 

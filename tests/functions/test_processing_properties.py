@@ -26,8 +26,8 @@ from pipeline_core.contract import rejection_object, stats_object
 from pipeline_core.digest_set import DEFAULT_CAPACITY
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import BUCKET, upload
+from tests.functions.fakes import InMemoryStorage
 
 HEADER = ("a", "b c", "target")
 FEATURE_CELLS = (

@@ -13,8 +13,8 @@ import pytest
 from pipeline_core.contract import stats_object
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import BUCKET, IRIS, log_lines, upload
+from tests.functions.fakes import InMemoryStorage
 
 SCHEMA = DatasetSchema(min_rows=3)
 

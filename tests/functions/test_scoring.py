@@ -27,8 +27,8 @@ from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.scoring import ScoringSpec, score
 from pipeline_core.serving import ModelService
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, WINE, upload
+from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_serving import trained
 
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]

@@ -24,9 +24,9 @@ from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import ModelRegistry, sha256_hex
 from pipeline_core.serving import LoadedModel, ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
-from pipeline_core.storage import InMemoryStorage
 from pipeline_core.training import TrainingRequest, train_smoke_and_promote
 from tests.functions.conftest import IRIS, WINE, log_lines, upload
+from tests.functions.fakes import InMemoryStorage
 
 FEATURES = ["a", "b c", "d/e"]
 SETTINGS = TrainingSettings(

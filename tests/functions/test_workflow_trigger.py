@@ -12,9 +12,8 @@ from pipeline_core.contract import run_lease_object, run_marker_object
 from pipeline_core.errors import TransientError
 from pipeline_core.events import ObjectRef, StorageNotification
 from pipeline_core.settings import TriggerSettings
-from pipeline_core.storage import InMemoryStorage
 from pipeline_core.workflow_trigger import trigger
-from tests.functions.fakes import InterleavedStorage, RecordingStarter
+from tests.functions.fakes import InMemoryStorage, InterleavedStorage, RecordingStarter
 
 TIMEOUT_SECONDS = 60
 SETTINGS = TriggerSettings(
