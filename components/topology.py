@@ -365,7 +365,14 @@ def build_topology(
                 "cloudevent",
                 "training",
                 "train_model",
-                (*_TRAINING_ENV, Env.MODEL_SERVING_TOPIC, Env.MODEL_EVENTS_TOPIC),
+                # PREDICT_RUNTIME: the candidate's smoke prediction runs in process,
+                # with the runtime predict would serve it with.
+                (
+                    *_TRAINING_ENV,
+                    Env.PREDICT_RUNTIME,
+                    Env.MODEL_SERVING_TOPIC,
+                    Env.MODEL_EVENTS_TOPIC,
+                ),
                 publishes_to=("model_serving_trigger", "model_events"),
             ),
             _PREDICT,

