@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m devstack",
         description="The ML pipeline on one machine: Pub/Sub emulator, fake-gcs-server, "
-        "every function as a functions-framework process, the local Workflows engine.",
+        "every function as a functions-framework process, the Workflows emulator.",
     )
     parser.add_argument(
         "--state-dir",
