@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal, TypeVar
 
 from components.config import Orchestration, StackConfig
@@ -77,13 +77,24 @@ class TopicSpec:
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    key: str  # resource key and local service name
-    entry_point: str  # attribute of function_src/main.py
+    key: str  # resource key, local service name and its entry point in function_src/main.py
+    _: KW_ONLY
     signature: Signature
     workload: str  # key of the runtime service account (see WORKLOADS)
-    settings_key: str  # key of its FunctionSettings in StackConfig.functions
     env: tuple[str, ...]  # Env names it receives
     publishes_to: tuple[str, ...] = ()  # topic keys it publishes to
+    # The stage it runs, whose FunctionSettings it takes (StackConfig.functions): its own
+    # key but for the events mode's variants (process_data_event runs process_data).
+    settings_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.settings_key:
+            object.__setattr__(self, "settings_key", self.key)
+
+    @property
+    def entry_point(self) -> str:
+        """The attribute of function_src/main.py the function runs."""
+        return self.key
 
 
 @dataclass(frozen=True)
@@ -193,18 +204,16 @@ _PREDICT_ENV = (
     Env.PREDICT_RUNTIME,
 )
 
-_PREDICT = FunctionSpec("predict", "predict", "http", "prediction", "predict", _PREDICT_ENV)
+_PREDICT = FunctionSpec("predict", signature="http", workload="prediction", env=_PREDICT_ENV)
 
 # Scoring is one stage in both modes: its own notification, topic and push delivery
 # (with a dead-letter queue) straight to score_data, which publishes its summary.
 _SCORE_TOPIC = TopicSpec("score_uploaded", "score-uploaded", "Notifications of scoring uploads")
 _SCORE_DATA = FunctionSpec(
     "score_data",
-    "score_data",
-    "cloudevent",
-    "scoring",
-    "score_data",
-    (
+    signature="cloudevent",
+    workload="scoring",
+    env=(
         *_BASE_ENV,
         Env.FUNCTION_TIMEOUT_SECONDS,
         Env.SCORE_PREFIX,
@@ -240,29 +249,17 @@ def build_topology(
             ),
             functions=(
                 FunctionSpec(
-                    "process_data",
-                    "process_data",
-                    "http",
-                    "processing",
-                    "process_data",
-                    _PROCESSING_ENV,
+                    "process_data", signature="http", workload="processing", env=_PROCESSING_ENV
                 ),
                 FunctionSpec(
-                    "train_model",
-                    "train_model",
-                    "http",
-                    "training",
-                    "train_model",
-                    _TRAINING_ENV,
+                    "train_model", signature="http", workload="training", env=_TRAINING_ENV
                 ),
                 _PREDICT,
                 FunctionSpec(
                     "trigger_workflow",
-                    "trigger_workflow",
-                    "cloudevent",
-                    "workflow_trigger",
-                    "trigger_workflow",
-                    (
+                    signature="cloudevent",
+                    workload="workflow_trigger",
+                    env=(
                         *_BASE_ENV,
                         Env.FUNCTION_TIMEOUT_SECONDS,
                         Env.WORKFLOW_NAME,
@@ -316,22 +313,20 @@ def build_topology(
         functions=(
             FunctionSpec(
                 "process_data_event",
-                "process_data_event",
-                "cloudevent",
-                "processing",
-                "process_data",
-                (*_PROCESSING_ENV, Env.MODEL_TRAINING_TOPIC, Env.MODEL_EVENTS_TOPIC),
+                signature="cloudevent",
+                workload="processing",
+                settings_key="process_data",
+                env=(*_PROCESSING_ENV, Env.MODEL_TRAINING_TOPIC, Env.MODEL_EVENTS_TOPIC),
                 publishes_to=("model_training_trigger", "model_events"),
             ),
             FunctionSpec(
                 "train_model_event",
-                "train_model_event",
-                "cloudevent",
-                "training",
-                "train_model",
+                signature="cloudevent",
+                workload="training",
+                settings_key="train_model",
                 # PREDICT_RUNTIME: the candidate's smoke prediction runs in process,
                 # with the runtime predict would serve it with.
-                (
+                env=(
                     *_TRAINING_ENV,
                     Env.PREDICT_RUNTIME,
                     Env.MODEL_SERVING_TOPIC,
