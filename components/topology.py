@@ -27,34 +27,28 @@ from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass
 from typing import Literal, TypeVar
 
-from components import layout
 from components.config import Orchestration, StackConfig
+from pipeline_core import contract
 
 Signature = Literal["http", "cloudevent"]
 Mechanism = Literal["eventarc", "push"]
 
-# Object layout in the data bucket (the handlers use the same prefixes).
-RAW_PREFIX = layout.RAW_PREFIX
-PROCESSED_PREFIX = layout.PROCESSED_PREFIX
-REJECTED_PREFIX = layout.REJECTED_PREFIX
-MODELS_PREFIX = layout.MODELS_PREFIX
-RUNS_PREFIX = layout.RUNS_PREFIX
-PREDICTIONS_PREFIX = layout.PREDICTIONS_PREFIX
-DEFAULT_SCORE_PREFIX = layout.DEFAULT_SCORE_PREFIX
+# The bucket layout, environment names and log events are the functions' contract
+# (function_src/pipeline_core/contract.py), named here for the components that wire them.
+RAW_PREFIX = contract.RAW_PREFIX
+PROCESSED_PREFIX = contract.PROCESSED_PREFIX
+REJECTED_PREFIX = contract.REJECTED_PREFIX
+MODELS_PREFIX = contract.MODELS_PREFIX
+RUNS_PREFIX = contract.RUNS_PREFIX
+PREDICTIONS_PREFIX = contract.PREDICTIONS_PREFIX
+DEFAULT_SCORE_PREFIX = contract.DEFAULT_SCORE_PREFIX
+Env = contract.Env
+LogEvent = contract.LogEvent
 
 # Run summaries: the topic every run's outcome is published to, and the pull
 # subscription that keeps them for people to read (components/messaging.py).
 SUMMARY_TOPIC = "model_events"
 SUMMARY_SUBSCRIPTION_SUFFIX = "run-summaries"
-
-
-class LogEvent:
-    """``jsonPayload.event`` values of the structured log lines that log-based metrics
-    count (components/monitoring.py). A promotion line also carries ``model_version``,
-    ``metric_name`` and a numeric ``metric_value``; a rejection line carries ``reason``."""
-
-    MODEL_PROMOTED = "model_promoted"
-    UPLOAD_REJECTED = "upload_rejected"
 
 
 # The stage (FunctionSpec.settings_key) whose functions write each event: in either
@@ -63,36 +57,6 @@ LOG_EVENT_STAGES: Mapping[str, str] = {
     LogEvent.MODEL_PROMOTED: "train_model",
     LogEvent.UPLOAD_REJECTED: "process_data",
 }
-
-
-class Env:
-    """Environment variable names the functions read (function_src/pipeline_core/settings.py)."""
-
-    PROJECT = "GOOGLE_CLOUD_PROJECT"
-    DATA_BUCKET = "DATA_BUCKET"
-    TARGET_COLUMN = "TARGET_COLUMN"
-    FEATURE_COLUMNS = "FEATURE_COLUMNS"  # JSON list; [] means every column but the target
-    MIN_ROWS = "MIN_ROWS"
-    MODEL_TYPE = "MODEL_TYPE"
-    MODEL_HYPERPARAMETERS = "MODEL_HYPERPARAMETERS"  # JSON object
-    PROMOTION_METRIC = "PROMOTION_METRIC"
-    PROMOTION_MINIMUM = "PROMOTION_MINIMUM"
-    PROMOTION_TOLERANCE = "PROMOTION_TOLERANCE"
-    PREDICT_MAX_BATCH = "PREDICT_MAX_BATCH"
-    MODEL_REFRESH_SECONDS = "MODEL_REFRESH_SECONDS"
-    PREDICT_RUNTIME = "PREDICT_RUNTIME"  # onnx (the compiled artifact when verified) or joblib
-    MAX_TRAINING_ROWS = "MAX_TRAINING_ROWS"
-    SCORE_PREFIX = "SCORE_PREFIX"
-    ID_COLUMN = "ID_COLUMN"  # empty: no id column is passed through
-    MODEL_EVENTS_TOPIC = "MODEL_EVENTS_TOPIC"
-    MODEL_TRAINING_TOPIC = "MODEL_TRAINING_TOPIC"
-    MODEL_SERVING_TOPIC = "MODEL_SERVING_TOPIC"
-    WORKFLOW_NAME = "WORKFLOW_NAME"
-    WORKFLOW_LOCATION = "WORKFLOW_LOCATION"
-    # The function's own timeout: how long its claim on a run (a lease) may live.
-    FUNCTION_TIMEOUT_SECONDS = "FUNCTION_TIMEOUT_SECONDS"
-    # Set only by the local stack: where the Executions API is served.
-    WORKFLOWS_API_ENDPOINT = "WORKFLOWS_API_ENDPOINT"
 
 
 class WorkflowEnv:

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from components.config import (
     ORCHESTRATIONS,
-    PROMOTION_METRICS,
     ConfigError,
     StackConfig,
     load_stack_file,
@@ -33,11 +32,11 @@ from devstack.console import (
 from devstack.errors import DevstackError, RunFailedError, ServiceDiedError
 from devstack.plan import REPO_ROOT
 from devstack.processes import log_tail
+from pipeline_core import contract
 
 DEFAULT_STACK_FILE = REPO_ROOT / "Pulumi.dev.yaml"
 RUN_TIMEOUT_SECONDS = 300.0
 STATE_DIR_ENV = "DEVSTACK_STATE_DIR"
-DEFAULT_REPORT_METRIC = "f1_macro"  # the default promotion.metric
 
 Number = TypeVar("Number", int, float)
 
@@ -166,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--metric",
-        choices=PROMOTION_METRICS,
+        choices=contract.PROMOTION_METRICS,
         help="the metric charted (default: the local stack's promotion.metric, else f1_macro)",
     )
     predict = commands.add_parser("predict", help="call the prediction endpoint")
@@ -263,7 +262,7 @@ def _report_command(args: argparse.Namespace, state_dir: Path) -> int:
     out: Path = args.out or state_dir / report.REPORT_NAME
     if args.bucket:
         storage = report.cloud_storage(args.bucket)
-        metric = args.metric or DEFAULT_REPORT_METRIC
+        metric = args.metric or contract.DEFAULT_PROMOTION_METRIC
     else:
         state = stack.load_state(state_dir)
         storage = report.local_storage(state)

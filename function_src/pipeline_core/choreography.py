@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline_core import logging as log
 from pipeline_core import summaries
+from pipeline_core.contract import RAW_PREFIX
 from pipeline_core.errors import DataRejectedError, PermanentError
-from pipeline_core.events import RAW_PREFIX, ObjectRef, StorageNotification, TrainingRequest
+from pipeline_core.events import ObjectRef, StorageNotification, TrainingRequest
 from pipeline_core.publishing import Publisher
 from pipeline_core.settings import (
     ProcessingSettings,

@@ -22,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline_core.contract import rejection_object, stats_object
 from pipeline_core.digest_set import DEFAULT_CAPACITY
 from pipeline_core.errors import DataRejectedError
-from pipeline_core.processing import DatasetSchema, process, rejection_object, stats_object
+from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import BUCKET, upload
 from tests.functions.fakes import InMemoryStorage
 
