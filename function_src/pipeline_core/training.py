@@ -32,6 +32,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pipeline_core import logging as log
 from pipeline_core.compiling import COMPILED, compile_candidate
+from pipeline_core.contract import lineage_object, training_lease_object
 from pipeline_core.errors import (
     BadRequestError,
     ObjectNotFoundError,
@@ -42,12 +43,7 @@ from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
 from pipeline_core.leases import Clock, acquire, utc_now
 from pipeline_core.machine import available_cpus
 from pipeline_core.onnx_model import RUNTIME_VERSION
-from pipeline_core.registry import (
-    ModelRegistry,
-    lineage_object,
-    new_version,
-    training_lease_object,
-)
+from pipeline_core.registry import ModelRegistry, new_version
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import Storage, read_json, write_json
 
