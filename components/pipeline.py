@@ -25,7 +25,6 @@ from components.push_subscription import PushSubscription, PushSubscriptionArgs
 from components.services import ProjectServices, ProjectServicesArgs
 from components.workflow import PipelineWorkflow, PipelineWorkflowArgs
 
-DEAD_LETTER_TOPIC = "dead_letter"
 PREDICT_FUNCTION = "predict"
 FUNCTION_SOURCE_DIR = "function_src"
 REQUIRED_SOURCE_FILES = ("main.py", "requirements.txt")
@@ -109,10 +108,11 @@ class MlPipeline(pulumi.ComponentResource):
                 project=config.project,
                 name_prefix=config.name_prefix,
                 topics=plan.topics,
-                dead_letter_topic=DEAD_LETTER_TOPIC,
+                dead_letter_topic=topology.DEAD_LETTER_TOPIC,
                 notifications=plan.notifications,
                 summary_topic=topology.SUMMARY_TOPIC,
                 summary_subscription_name=topology.summary_subscription_name(config),
+                dead_letter_subscription_name=topology.dead_letter_subscription_name(config),
                 storage_agent=services.storage_agent,
                 pubsub_agent=services.pubsub_agent,
                 push_identity=identities.account("event_trigger").name,
@@ -127,7 +127,7 @@ class MlPipeline(pulumi.ComponentResource):
         data = DataBucket(
             f"{name}-data",
             DataBucketArgs(
-                name=_bucket_name(config, "data"),
+                name=topology.data_bucket_name(config),
                 project=config.project,
                 location=config.bucket_location,
                 labels=labels,
@@ -149,7 +149,7 @@ class MlPipeline(pulumi.ComponentResource):
         source = DataBucket(
             f"{name}-source",
             DataBucketArgs(
-                name=_bucket_name(config, "src"),
+                name=topology.bucket_name(config, "src"),
                 project=config.project,
                 location=config.region,
                 labels=labels,
@@ -298,16 +298,14 @@ class MlPipeline(pulumi.ComponentResource):
             name,
             PushSubscriptionArgs(
                 project=config.project,
-                subscription_name=topology.resource_name(
-                    config, f"{delivery.key.replace('_', '-')}-push"
-                ),
+                subscription_name=topology.push_subscription_name(config, delivery),
                 topic=topic.id,
                 push_endpoint=pulumi.Output.all(target.url, topic.name).apply(
                     lambda parts: parts[0] + delivery.push_path(config.project, parts[1])
                 ),
                 audience=target.url,
                 push_identity_email=identities.email("event_trigger"),
-                dead_letter_topic=messaging.topic(DEAD_LETTER_TOPIC).id,
+                dead_letter_topic=messaging.topic(topology.DEAD_LETTER_TOPIC).id,
                 max_delivery_attempts=config.dead_letter_max_attempts,
                 pubsub_agent=services.pubsub_agent,
                 # The subscription waits at most as long as the function may run.
@@ -419,11 +417,6 @@ def _data_grants(
         if workload in identities.accounts
         for role, prefix in access
     )
-
-
-def _bucket_name(config: StackConfig, purpose: str) -> str:
-    # Bucket names are global: the project id keeps two projects' stacks apart.
-    return f"{config.name_prefix}-{purpose}-{config.project}"
 
 
 def _label_value(value: str) -> str:
