@@ -15,14 +15,17 @@ import difflib
 import importlib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pipeline_core import contract
 
 PROJECT_NAMESPACE = "ml-pipeline"
+
+T = TypeVar("T")
 
 Orchestration = Literal["workflow", "events"]
 ORCHESTRATIONS: tuple[Orchestration, ...] = ("workflow", "events")
@@ -346,18 +349,29 @@ def _default_prefix(stack: str) -> str:
     return cleaned[:20].rstrip("-")
 
 
-class _Reader:
-    """Reads one raw value at a time, raising ConfigError with the full key."""
+def _full_key(key: str, parent: str = "") -> str:
+    """``key`` as the user wrote it: in the stack's namespace, or inside the map ``parent``
+    (itself a full key)."""
+    return f"{parent}.{key}" if parent else f"{PROJECT_NAMESPACE}:{key}"
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
+
+class _Reader:
+    """Reads one raw value at a time, raising ConfigError with the full key; ``parent``
+    (a full key) reads the values of that nested map."""
+
+    def __init__(self, values: Mapping[str, Any], parent: str = "") -> None:
         self._values = values
+        self._parent = parent
 
     def raw(self, key: str) -> Any:
         return self._values.get(key)
 
-    @staticmethod
-    def full(key: str) -> str:
-        return f"{PROJECT_NAMESPACE}:{key}"
+    def full(self, key: str) -> str:
+        return _full_key(key, self._parent)
+
+    def parsed(self, key: str, default: Any, parse: Callable[[str, Any], T]) -> T:
+        """The value (or ``default``) as ``parse(full key, value)`` checks it."""
+        return parse(self.full(key), self._values.get(key, default))
 
     def string(self, key: str, default: str) -> str:
         value = self._values.get(key, default)
@@ -460,7 +474,7 @@ def _reject_unknown(
     if unknown:
         suggestion = did_you_mean(str(unknown[0]), choices)
         raise ConfigError(
-            f"{parent}.{unknown[0]}" if parent else _Reader.full(unknown[0]),
+            _full_key(str(unknown[0]), parent or ""),
             f"is not {what}",
             f"did you mean '{suggestion}'? Otherwise remove it"
             if suggestion
@@ -512,21 +526,13 @@ def _promotion(reader: _Reader) -> contract.PromotionPolicy:
     raw = reader.mapping("promotion")
     key = reader.full("promotion")
     _reject_unknown(raw, ("metric", "minimum", "tolerance"), key)
-    metric = raw.get("metric", contract.DEFAULT_PROMOTION_METRIC)
-    if metric not in contract.PROMOTION_METRICS:
-        raise ConfigError(
-            f"{key}.metric",
-            f"'{metric}' is not allowed",
-            f"use one of: {', '.join(contract.PROMOTION_METRICS)}",
-        )
+    fields = _Reader(raw, key)
     return contract.PromotionPolicy(
-        metric=metric,
-        minimum=as_fraction(
-            f"{key}.minimum", raw.get("minimum", contract.DEFAULT_PROMOTION_MINIMUM)
+        metric=fields.choice(
+            "metric", contract.PROMOTION_METRICS, contract.DEFAULT_PROMOTION_METRIC
         ),
-        tolerance=as_fraction(
-            f"{key}.tolerance", raw.get("tolerance", contract.DEFAULT_PROMOTION_TOLERANCE)
-        ),
+        minimum=fields.parsed("minimum", contract.DEFAULT_PROMOTION_MINIMUM, as_fraction),
+        tolerance=fields.parsed("tolerance", contract.DEFAULT_PROMOTION_TOLERANCE, as_fraction),
     )
 
 
@@ -547,33 +553,14 @@ def _functions(reader: _Reader) -> dict[str, FunctionSettings]:
             where,
         )
         base = result[name]
-        memory = overrides.get("memory", base.memory)
-        if memory not in ALLOWED_MEMORY:
-            raise ConfigError(
-                f"{where}.memory",
-                f"'{memory}' is not allowed",
-                f"use one of: {', '.join(ALLOWED_MEMORY)}",
-            )
+        fields = _Reader(overrides, where)
         settings = FunctionSettings(
-            memory=memory,
-            timeout_seconds=as_int(
-                f"{where}.timeoutSeconds",
-                overrides.get("timeoutSeconds", base.timeout_seconds),
-                low=1,
-                high=contract.MAX_TIMEOUT_SECONDS,
+            memory=fields.choice("memory", ALLOWED_MEMORY, base.memory),
+            timeout_seconds=fields.integer(
+                "timeoutSeconds", base.timeout_seconds, low=1, high=contract.MAX_TIMEOUT_SECONDS
             ),
-            min_instances=as_int(
-                f"{where}.minInstances",
-                overrides.get("minInstances", base.min_instances),
-                low=0,
-                high=100,
-            ),
-            max_instances=as_int(
-                f"{where}.maxInstances",
-                overrides.get("maxInstances", base.max_instances),
-                low=1,
-                high=1000,
-            ),
+            min_instances=fields.integer("minInstances", base.min_instances, low=0, high=100),
+            max_instances=fields.integer("maxInstances", base.max_instances, low=1, high=1000),
         )
         if settings.min_instances > settings.max_instances:
             raise ConfigError(
@@ -698,34 +685,30 @@ def _monitoring(reader: _Reader, project: str, predict: FunctionSettings) -> Mon
     key = reader.full("monitoring")
     _reject_unknown(raw, _MONITORING_KEYS, key)
     defaults = MonitoringSettings()
+    fields = _Reader(raw, key)
     switches = {
-        field_name: as_bool(f"{key}.{name}", raw.get(name, getattr(defaults, field_name)))
+        field_name: fields.boolean(name, getattr(defaults, field_name))
         for name, field_name in _MONITORING_SWITCHES.items()
     }
     settings = MonitoringSettings(
         **switches,
-        notification_emails=_emails(f"{key}.notificationEmails", raw.get("notificationEmails", [])),
-        notification_channels=_channels(
-            f"{key}.notificationChannels", raw.get("notificationChannels", []), project
+        notification_emails=fields.parsed("notificationEmails", [], _emails),
+        notification_channels=fields.parsed(
+            "notificationChannels", [], partial(_channels, project=project)
         ),
-        predict_5xx_ratio=_open_fraction(
-            f"{key}.predict5xxRatio", raw.get("predict5xxRatio", defaults.predict_5xx_ratio)
+        predict_5xx_ratio=fields.parsed(
+            "predict5xxRatio", defaults.predict_5xx_ratio, _open_fraction
         ),
-        predict_latency_p95_ms=as_int(
-            f"{key}.predictLatencyP95Ms",
-            raw.get("predictLatencyP95Ms", defaults.predict_latency_p95_ms),
-            low=1,
-            high=3_600_000,
+        predict_latency_p95_ms=fields.integer(
+            "predictLatencyP95Ms", defaults.predict_latency_p95_ms, low=1, high=3_600_000
         ),
-        alert_duration_seconds=_whole_minutes(
-            f"{key}.alertDurationSeconds",
-            raw.get("alertDurationSeconds", defaults.alert_duration_seconds),
-            low=0,
+        alert_duration_seconds=fields.parsed(
+            "alertDurationSeconds", defaults.alert_duration_seconds, partial(_whole_minutes, low=0)
         ),
-        error_log_notify_every_seconds=_whole_minutes(
-            f"{key}.errorLogNotifyEverySeconds",
-            raw.get("errorLogNotifyEverySeconds", defaults.error_log_notify_every_seconds),
-            low=300,
+        error_log_notify_every_seconds=fields.parsed(
+            "errorLogNotifyEverySeconds",
+            defaults.error_log_notify_every_seconds,
+            partial(_whole_minutes, low=300),
         ),
     )
     timeout_ms = predict.timeout_seconds * 1000
@@ -823,7 +806,7 @@ def load_public_predict() -> bool:
     import pulumi
 
     value = pulumi.Config(PROJECT_NAMESPACE).get("publicPredict")
-    return as_bool(_Reader.full("publicPredict"), False if value is None else value)
+    return as_bool(_full_key("publicPredict"), False if value is None else value)
 
 
 def load_stack_file(path: Path) -> StackConfig:

@@ -108,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="override the stack's ml-pipeline:orchestration",
         )
 
+    def upload_options(command: argparse.ArgumentParser, under: str) -> None:
+        """The file, its object name ``under`` a prefix, and following the run it starts."""
+        command.add_argument("file", type=Path)
+        command.add_argument("--name", help=f"object name under {under} (default: the file name)")
+        command.add_argument("--wait", action="store_true", help="follow the run to its summary")
+        command.add_argument(
+            "--timeout",
+            type=positive(float),
+            default=RUN_TIMEOUT_SECONDS,
+            help="seconds --wait follows the run (default %(default).0f)",
+        )
+
     up = commands.add_parser("up", help="start everything (foreground until Ctrl-C)")
     stack_options(up)
     up.add_argument("--detach", action="store_true", help="return once every service is healthy")
@@ -116,28 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     restart.add_argument("service")
     commands.add_parser("endpoints", help="print the stack's addresses as JSON")
     upload = commands.add_parser("upload", help="upload a file under raw/ (starts a run)")
-    upload.add_argument("file", type=Path)
-    upload.add_argument("--name", help="object name under raw/ (default: the file name)")
+    upload_options(upload, "raw/")
     upload.add_argument("--bucket", help="upload to this real GCS bucket instead")
-    upload.add_argument("--wait", action="store_true", help="follow the run to its summary")
-    upload.add_argument(
-        "--timeout",
-        type=positive(float),
-        default=RUN_TIMEOUT_SECONDS,
-        help="seconds --wait follows the run (default %(default).0f)",
-    )
     score = commands.add_parser(
         "score", help="upload a file under the scoring prefix (starts a scoring run)"
     )
-    score.add_argument("file", type=Path)
-    score.add_argument("--name", help="object name under the prefix (default: the file name)")
-    score.add_argument("--wait", action="store_true", help="follow the run to its summary")
-    score.add_argument(
-        "--timeout",
-        type=positive(float),
-        default=RUN_TIMEOUT_SECONDS,
-        help="seconds --wait follows the run (default %(default).0f)",
-    )
+    upload_options(score, "the prefix")
     score.add_argument("--out", type=Path, help="with --wait: save the predictions CSV here")
     status_command = commands.add_parser(
         "status", help="services (pid, port, health), the champion and the latest runs"
