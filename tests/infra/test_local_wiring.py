@@ -74,8 +74,8 @@ def cloud_wiring(deployment: Deployment, config: StackConfig) -> Wiring:
                 None if dead_letter is None else _short(dead_letter),
             )
         )
-    for key, function in functions.items():
-        trigger = function.inputs.get("eventTrigger")
+    for key, resource in functions.items():
+        trigger = resource.inputs.get("eventTrigger")
         if trigger is not None:
             assert trigger["eventType"] == CLOUDEVENT
             # Eventarc sends the CloudEvent itself: its push path is the function's own.
