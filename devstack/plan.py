@@ -339,7 +339,7 @@ def _function_service(
         env={
             **env,
             "PYTHONPATH": str(FUNCTION_SOURCE.parent),
-            "FUNCTION_TARGET": function.entry_point,
+            topology.Env.FUNCTION_TARGET: function.entry_point,
         },
         health_path="/health" if function.key == "predict" else _FRAMEWORK_ANSWERED_PATH,
     )
