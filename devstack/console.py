@@ -1,7 +1,7 @@
-"""The command lines' input and output: errors on stderr under one prefix, shared by
-``python -m devstack`` and ``python -m devstack.workflows`` so that every error, usage
-errors included, starts with the same words a person (or a script) can look for;
-tables; JSON payloads given inline, as a file or on standard input.
+"""The command line's input and output: errors on stderr under one prefix, so that
+every error of ``python -m devstack``, usage errors included, starts with the same
+words a person (or a script) can look for; tables; JSON payloads given inline, as a
+file or on standard input.
 """
 
 from __future__ import annotations

@@ -370,7 +370,7 @@ def _workflows_service(
     argv = [
         sys.executable,
         "-m",
-        "devstack.workflows",
+        "workflows_emulator",
         "serve",
         "--host",
         LOOPBACK,

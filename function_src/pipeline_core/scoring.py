@@ -41,6 +41,16 @@ from pipeline_core.cleaning import (
     feature_cells,
     header_names,
 )
+from pipeline_core.contract import (
+    DEFAULT_PREDICT_RUNTIME,
+    DEFAULT_SCORE_PREFIX,
+    DEFAULT_TARGET_COLUMN,
+    DEFAULT_TIMEOUT_SECONDS,
+    predictions_csv_object,
+    predictions_object,
+    scoring_lease_object,
+    scoring_summary_object,
+)
 from pipeline_core.csv_source import DEFAULT_BLOCK_BYTES
 from pipeline_core.errors import (
     BadRequestError,
@@ -53,10 +63,8 @@ from pipeline_core.events import ObjectRef
 from pipeline_core.leases import Clock, acquire, utc_now
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import FLOAT32_MAX, LoadedModel, ModelService
-from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
 from pipeline_core.storage import Storage, read_json, write_json
 
-PREDICTIONS_PREFIX = "predictions/"
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 CSV_CONTENT_TYPE = "text/csv"
 PROBABILITY_PREFIX = "probability_"
@@ -76,30 +84,10 @@ FAILED = "failed"
 
 @dataclass(frozen=True)
 class ScoringSpec:
-    score_prefix: str = "score/"
+    score_prefix: str = DEFAULT_SCORE_PREFIX
     id_column: str = ""  # passed through when the file has it; empty: none
-    target_column: str = "target"  # a labelled file may be scored; its labels are ignored
-    runtime: str = "onnx"
-
-
-def output_folder(ref: ObjectRef) -> str:
-    return f"{PREDICTIONS_PREFIX}{ref.name}/{ref.generation}"
-
-
-def predictions_object(ref: ObjectRef) -> str:
-    return f"{output_folder(ref)}/predictions.parquet"
-
-
-def predictions_csv_object(ref: ObjectRef) -> str:
-    return f"{output_folder(ref)}/predictions.csv"
-
-
-def summary_object(ref: ObjectRef) -> str:
-    return f"{output_folder(ref)}/summary.json"
-
-
-def lease_object(ref: ObjectRef) -> str:
-    return f"{output_folder(ref)}/lease.json"
+    target_column: str = DEFAULT_TARGET_COLUMN  # a labelled file may be scored; labels ignored
+    runtime: str = DEFAULT_PREDICT_RUNTIME
 
 
 def score(
@@ -125,7 +113,7 @@ def score(
     recorded = _recorded_outcome(storage, ref)
     if recorded is not None:
         return recorded
-    lease = acquire(storage, lease_object(ref), seconds=lease_seconds, clock=clock)
+    lease = acquire(storage, scoring_lease_object(ref), seconds=lease_seconds, clock=clock)
     try:
         # The attempt that held the lease before us may have finished since our check.
         return _recorded_outcome(storage, ref) or _score_once(
@@ -136,9 +124,9 @@ def score(
 
 
 def _recorded_outcome(storage: Storage, ref: ObjectRef) -> dict[str, Any] | None:
-    if storage.stat(summary_object(ref)) is None:
+    if storage.stat(scoring_summary_object(ref)) is None:
         return None
-    summary = read_json(storage, summary_object(ref))
+    summary = read_json(storage, scoring_summary_object(ref))
     log.info("already scored; returning the recorded outcome", object=ref.name)
     _raise_unless_scored(ref, summary)
     return summary
@@ -147,11 +135,13 @@ def _recorded_outcome(storage: Storage, ref: ObjectRef) -> dict[str, Any] | None
 def _raise_unless_scored(ref: ObjectRef, summary: dict[str, Any]) -> None:
     if summary["status"] == REJECTED:
         raise DataRejectedError(
-            summary["reason"], rejection_object=summary_object(ref), detail=summary["detail"]
+            summary["reason"],
+            rejection_object=scoring_summary_object(ref),
+            detail=summary["detail"],
         )
     if summary["status"] == FAILED:
         raise ScoringFailedError(
-            summary["detail"], reason=summary["reason"], summary_object=summary_object(ref)
+            summary["detail"], reason=summary["reason"], summary_object=scoring_summary_object(ref)
         )
 
 
@@ -165,14 +155,14 @@ def _score_once(
     monotonic: Callable[[], float],
 ) -> dict[str, Any]:
     started = monotonic()
-    base = {"source": ref.to_json(), "summary_object": summary_object(ref)}
+    base = {"source": ref.to_json(), "summary_object": scoring_summary_object(ref)}
     try:
         model = pin_champion(storage, spec.runtime)
     except _UnscorableError as unscorable:
         _record(storage, ref, {**base, "status": FAILED, **unscorable.record()})
         log.error(f"cannot score {ref.name}: {unscorable.detail}", object=ref.name)
         raise ScoringFailedError(
-            unscorable.detail, reason=unscorable.reason, summary_object=summary_object(ref)
+            unscorable.detail, reason=unscorable.reason, summary_object=scoring_summary_object(ref)
         ) from None
     scorer = _Scorer(model, spec)
     base["model_version"] = model.version
@@ -189,7 +179,7 @@ def _score_once(
         _record(storage, ref, record)
         log.warning("rejected scoring upload", object=ref.name, reason=rejection.reason)
         raise DataRejectedError(
-            rejection.reason, rejection_object=summary_object(ref), detail=rejection.detail
+            rejection.reason, rejection_object=scoring_summary_object(ref), detail=rejection.detail
         ) from None
     summary = {
         **base,
@@ -221,9 +211,9 @@ def _record(storage: Storage, ref: ObjectRef, document: dict[str, Any]) -> None:
     """The first outcome recorded stays: an attempt whose lease expired while it ran
     scored the same file with... possibly another champion, and that answer was first."""
     try:
-        write_json(storage, summary_object(ref), document, if_generation_match=0)
+        write_json(storage, scoring_summary_object(ref), document, if_generation_match=0)
     except PreconditionFailedError:
-        log.info("another attempt recorded the outcome first", outcome=summary_object(ref))
+        log.info("another attempt recorded the outcome first", outcome=scoring_summary_object(ref))
 
 
 class _UnscorableError(Exception):

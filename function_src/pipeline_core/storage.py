@@ -1,16 +1,13 @@
-"""The storage port: what the handlers need from a bucket, and two implementations.
+"""The storage port: what the handlers need from a bucket, and its implementation.
 
 ``GcsStorage`` talks to Cloud Storage (or to fake-gcs-server when STORAGE_EMULATOR_HOST
-is set: the client library honours it). ``InMemoryStorage`` is the fake the unit tests
-use; it keeps generations and enforces preconditions the way GCS does.
+is set: the client library honours it). The in-memory fake the unit tests use lives
+with the tests (``tests/functions/fakes.py``), so it never ships in the deployed archive.
 """
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -19,6 +16,12 @@ from typing import IO, Any, Protocol
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 
 READ_CHUNK_BYTES = 8 * 1024 * 1024
+# A resumable upload's request size (a multiple of 256 KiB). Twice 8 MiB halves the
+# round trips of a large Parquet upload. fake-gcs-server's work per request grows with
+# the object so far (its CPU time at 8 MiB: 0.4 s for 30 MB, 3 s for 120 MB), so there
+# 16 MiB cut the server's CPU time for 10M rows from 13 to 8.6 s, for about 20 MB more
+# peak RSS (the client buffers a chunk and copies it).
+WRITE_CHUNK_BYTES = 16 * 1024 * 1024
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -88,71 +91,6 @@ def read_json(storage: Storage, name: str) -> dict[str, Any]:
     return document
 
 
-class InMemoryStorage:
-    """A bucket in memory with GCS semantics for generations and preconditions.
-
-    Like a bucket without object versioning, only the live generation is readable.
-    """
-
-    def __init__(self, bucket: str = "test-bucket") -> None:
-        self.bucket = bucket
-        self._objects: dict[str, StoredObject] = {}
-        self.content_types: dict[str, str] = {}
-        self._generations = itertools.count(1_700_000_000_000_001)
-        self._lock = threading.Lock()
-
-    def names(self, prefix: str = "") -> list[str]:
-        return sorted(name for name in self._objects if name.startswith(prefix))
-
-    def stat(self, name: str) -> ObjectInfo | None:
-        stored = self._objects.get(name)
-        if stored is None:
-            return None
-        return ObjectInfo(name, stored.generation, len(stored.data))
-
-    @contextmanager
-    def open_read(self, name: str, generation: int) -> Iterator[IO[bytes]]:
-        yield io.BytesIO(self.read(name, generation).data)
-
-    def read(self, name: str, generation: int | None = None) -> StoredObject:
-        stored = self._objects.get(name)
-        if stored is None or generation not in (None, stored.generation):
-            raise ObjectNotFoundError(_not_found(self.bucket, name, generation))
-        return stored
-
-    def write(
-        self,
-        name: str,
-        data: bytes,
-        *,
-        content_type: str,
-        if_generation_match: int | None = None,
-    ) -> int:
-        with self._lock:
-            self._check(name, if_generation_match)
-            stored = StoredObject(bytes(data), next(self._generations))
-            self._objects[name] = stored
-            self.content_types[name] = content_type
-            return stored.generation
-
-    @contextmanager
-    def open_write(self, name: str, *, content_type: str) -> Iterator[IO[bytes]]:
-        buffer = io.BytesIO()
-        yield buffer
-        self.write(name, buffer.getvalue(), content_type=content_type)
-
-    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
-        with self._lock:
-            if name not in self._objects:
-                return
-            self._check(name, if_generation_match)
-            del self._objects[name]
-
-    def _check(self, name: str, if_generation_match: int | None) -> None:
-        stored = self._objects.get(name)
-        check_generation(self.bucket, name, stored.generation if stored else 0, if_generation_match)
-
-
 def check_generation(bucket: str, name: str, current: int, if_generation_match: int | None) -> None:
     """GCS's precondition, for stores that keep generations themselves (``current`` is
     0 for an absent object)."""
@@ -196,7 +134,7 @@ class GcsStorage:
         with _translated(self.bucket, name, generation):
             blob = self._bucket().get_blob(name, generation=generation)
             if blob is None:
-                raise ObjectNotFoundError(_not_found(self.bucket, name, generation))
+                raise ObjectNotFoundError(not_found_message(self.bucket, name, generation))
             with blob.open("rb", chunk_size=READ_CHUNK_BYTES) as reader:
                 yield reader
 
@@ -223,13 +161,13 @@ class GcsStorage:
 
     @contextmanager
     def open_write(self, name: str, *, content_type: str) -> Iterator[IO[bytes]]:
-        # A resumable upload: memory holds one chunk, and an error inside the block
+        # A resumable upload: memory holds about two chunks, and an error inside the block
         # cancels the upload, so a half-written object never appears.
         with (
             _translated(self.bucket, name),
             self._bucket()
             .blob(name)
-            .open("wb", chunk_size=READ_CHUNK_BYTES, content_type=content_type) as writer,
+            .open("wb", chunk_size=WRITE_CHUNK_BYTES, content_type=content_type) as writer,
         ):
             yield writer
 
@@ -250,7 +188,7 @@ def _translated(bucket: str, name: str, generation: int | None = None) -> Iterat
     try:
         yield
     except exceptions.NotFound:
-        raise ObjectNotFoundError(_not_found(bucket, name, generation)) from None
+        raise ObjectNotFoundError(not_found_message(bucket, name, generation)) from None
     except exceptions.PreconditionFailed:
         raise PreconditionFailedError(
             f"gs://{bucket}/{name} changed (generation precondition)"
@@ -261,6 +199,7 @@ def _translated(bucket: str, name: str, generation: int | None = None) -> Iterat
         ) from error
 
 
-def _not_found(bucket: str, name: str, generation: int | None) -> str:
+def not_found_message(bucket: str, name: str, generation: int | None) -> str:
+    """How every store names a missing object (or a generation that is not live)."""
     at = "" if generation is None else f" at generation {generation}"
     return f"gs://{bucket}/{name}{at} does not exist"

@@ -33,6 +33,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pipeline_core import logging as log
 from pipeline_core.compiling import COMPILED, compile_candidate
+from pipeline_core.contract import lineage_object, training_lease_object
 from pipeline_core.errors import (
     BadRequestError,
     ObjectNotFoundError,
@@ -42,12 +43,7 @@ from pipeline_core.errors import (
 from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
 from pipeline_core.leases import Clock, acquire, utc_now
 from pipeline_core.onnx_model import RUNTIME_VERSION
-from pipeline_core.registry import (
-    ModelRegistry,
-    lineage_object,
-    new_version,
-    training_lease_object,
-)
+from pipeline_core.registry import ModelRegistry, new_version
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import Storage, read_json, write_json
 
@@ -311,7 +307,9 @@ def train_smoke_and_promote(
 
     candidate = train(storage, request, settings, clock)
     version = candidate["model_version"]
-    service = ModelService(ModelRegistry(storage), refresh_seconds=0)
+    service = ModelService(
+        ModelRegistry(storage), refresh_seconds=0, runtime=settings.serving_runtime
+    )
     smoke = smoke_test(service, version, candidate["smoke_instances"])
     outcome = promote_candidate(storage, PromotionRequest(request.source, version), settings, clock)
     return {**outcome, "smoke_prediction": smoke}

@@ -1,15 +1,84 @@
-"""Fakes of the ports the core does not ship a fake for (publisher, executions), and a
-bucket that stages races."""
+"""Fakes of the core's ports (a bucket, the publisher, executions), and a bucket that
+stages races. They live with the tests so that none ships in the deployed archive."""
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
-from pipeline_core.errors import TransientError
-from pipeline_core.storage import InMemoryStorage, StoredObject
+from pipeline_core.errors import ObjectNotFoundError, TransientError
+from pipeline_core.storage import ObjectInfo, StoredObject, check_generation, not_found_message
+
+
+class InMemoryStorage:
+    """A bucket in memory with GCS semantics for generations and preconditions.
+
+    Like a bucket without object versioning, only the live generation is readable.
+    """
+
+    def __init__(self, bucket: str = "test-bucket") -> None:
+        self.bucket = bucket
+        self._objects: dict[str, StoredObject] = {}
+        self.content_types: dict[str, str] = {}
+        self._generations = itertools.count(1_700_000_000_000_001)
+        self._lock = threading.Lock()
+
+    def names(self, prefix: str = "") -> list[str]:
+        return sorted(name for name in self._objects if name.startswith(prefix))
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        stored = self._objects.get(name)
+        if stored is None:
+            return None
+        return ObjectInfo(name, stored.generation, len(stored.data))
+
+    @contextmanager
+    def open_read(self, name: str, generation: int) -> Iterator[IO[bytes]]:
+        yield io.BytesIO(self.read(name, generation).data)
+
+    def read(self, name: str, generation: int | None = None) -> StoredObject:
+        stored = self._objects.get(name)
+        if stored is None or generation not in (None, stored.generation):
+            raise ObjectNotFoundError(not_found_message(self.bucket, name, generation))
+        return stored
+
+    def write(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        if_generation_match: int | None = None,
+    ) -> int:
+        with self._lock:
+            self._check(name, if_generation_match)
+            stored = StoredObject(bytes(data), next(self._generations))
+            self._objects[name] = stored
+            self.content_types[name] = content_type
+            return stored.generation
+
+    @contextmanager
+    def open_write(self, name: str, *, content_type: str) -> Iterator[IO[bytes]]:
+        buffer = io.BytesIO()
+        yield buffer
+        self.write(name, buffer.getvalue(), content_type=content_type)
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        with self._lock:
+            if name not in self._objects:
+                return
+            self._check(name, if_generation_match)
+            del self._objects[name]
+
+    def _check(self, name: str, if_generation_match: int | None) -> None:
+        stored = self._objects.get(name)
+        check_generation(self.bucket, name, stored.generation if stored else 0, if_generation_match)
 
 
 @dataclass

@@ -18,14 +18,16 @@ import numpy as np
 import pytest
 
 from pipeline_core import compiling
+from pipeline_core.contract import CHAMPION_OBJECT
 from pipeline_core.errors import ModelRefusedError, ModelVersionNotFoundError, NoChampionError
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry
+from pipeline_core.registry import ModelRegistry, sha256_hex
 from pipeline_core.serving import PINNED_CACHE_SIZE, JoblibModel, ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
-from pipeline_core.storage import InMemoryStorage, StoredObject
+from pipeline_core.storage import StoredObject
 from pipeline_core.training import TrainingRequest, train, train_smoke_and_promote
 from tests.functions.conftest import IRIS, ROOT, WINE, Function, upload
+from tests.functions.fakes import InMemoryStorage
 
 SETTINGS = TrainingSettings(project="p", data_bucket="test-bucket")
 
@@ -62,7 +64,8 @@ def test_every_model_type_compiles_and_answers_as_scikit_learn_does(
     assert parity["passed"] and parity["labels_identical"]
     assert parity["rows"] == manifest["lineage"]["rows"]["test"]
     assert parity["max_abs_probability_difference"] <= compiling.PARITY_TOLERANCE == 1e-5
-    assert storage.stat(onnx["artifact"]) is not None
+    assert onnx["artifact"] == f"models/{outcome['model_version']}/model.onnx"
+    assert onnx["sha256"] == sha256_hex(storage.read(onnx["artifact"]).data)
 
     registry = ModelRegistry(storage)
     compiled = ModelService(registry, refresh_seconds=0, runtime="onnx").current()
@@ -256,7 +259,7 @@ from pathlib import Path
 import main
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import ModelService, parse_instances
-from pipeline_core.storage import InMemoryStorage
+from tests.functions.fakes import InMemoryStorage
 at_import = sorted(sys.modules)
 storage = InMemoryStorage("test-bucket")
 root = Path({str(tmp_path)!r})
@@ -271,7 +274,8 @@ print(json.dumps([at_import, sorted(sys.modules), model.runtime, label]))
     completed = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT / "function_src",
-        env={**os.environ, "FUNCTION_TARGET": "predict"},
+        # The repository root too, for the bucket fake that lives with the tests.
+        env={**os.environ, "FUNCTION_TARGET": "predict", "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         check=True,
@@ -303,6 +307,37 @@ class SlowArtifacts(InMemoryStorage):
         return super().read(name, generation)
 
 
+class ArtifactReads(InMemoryStorage):
+    """Records which model artifacts are read, to tell which runtime loaded a model."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(bucket)
+        self.artifacts_read: list[str] = []
+
+    def read(self, name: str, generation: int | None = None) -> StoredObject:
+        if name.endswith((".onnx", ".joblib")):
+            self.artifacts_read.append(name.rsplit("/", 1)[-1])
+        return super().read(name, generation)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "artifact"), [("onnx", "model.onnx"), ("joblib", "model.joblib")]
+)
+def test_events_mode_smokes_the_candidate_with_the_runtime_predict_serves_it_with(
+    runtime: str, artifact: str
+) -> None:
+    """With ONNX (the default) the pickle is never even read, so never unpickled."""
+    storage = ArtifactReads("test-bucket")
+    request = request_for(storage, "raw/a.csv", IRIS)
+    settings = replace(SETTINGS, serving_runtime=runtime)
+    outcome = train_smoke_and_promote(storage, request, settings)
+    assert outcome["smoke_prediction"]["model_version"] == outcome["model_version"]
+    assert storage.artifacts_read == [artifact]
+    storage.artifacts_read.clear()
+    served = ModelService(ModelRegistry(storage), refresh_seconds=0, runtime=runtime).current()
+    assert (served.runtime, storage.artifacts_read) == (runtime, [artifact])
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "joblib"])
 def test_requests_reaching_a_fresh_instance_together_all_get_the_champion(runtime: str) -> None:
     storage = SlowArtifacts("test-bucket")
@@ -326,16 +361,27 @@ def test_the_joblib_path_predicts_on_one_thread(storage: InMemoryStorage) -> Non
     assert model.predictor._estimator.n_jobs == 1
 
 
+# What only training needs: every other function starts without it.
+TRAINING_STACK = ("sklearn", "scipy", "pandas", "skl2onnx", "onnx", "joblib")
+STAGE_CORES = ("pipeline_core.processing", "pipeline_core.training", "pipeline_core.scoring")
+
+
 @pytest.mark.parametrize(
-    ("target", "core"),
+    ("target", "core", "absent"),
     [
-        ("train_model", "pipeline_core.training"),
-        ("train_model_event", "pipeline_core.training"),
-        ("process_data", "pipeline_core.processing"),
-        ("trigger_workflow", None),
+        ("train_model", "pipeline_core.training", ()),
+        ("train_model_event", "pipeline_core.training", ()),
+        ("process_data", "pipeline_core.processing", TRAINING_STACK),
+        ("process_data_event", "pipeline_core.processing", TRAINING_STACK),
+        ("score_data", "pipeline_core.scoring", (*TRAINING_STACK, "onnxruntime")),
+        ("trigger_workflow", None, (*TRAINING_STACK, "pyarrow", "onnxruntime")),
+        ("predict", None, (*TRAINING_STACK, "pyarrow", "onnxruntime")),
     ],
 )
-def test_a_stage_function_imports_its_core_while_it_starts(target: str, core: str | None) -> None:
+def test_each_function_starts_with_its_own_core_and_nothing_heavier(
+    target: str, core: str | None, absent: tuple[str, ...]
+) -> None:
+    """docs/FUNCTIONS.md, "Import budget": a fresh interpreter as the instance starts."""
     probe = "import json, sys, main; print(json.dumps(sorted(sys.modules)))"
     completed = subprocess.run(
         [sys.executable, "-c", probe],
@@ -346,8 +392,8 @@ def test_a_stage_function_imports_its_core_while_it_starts(target: str, core: st
         check=True,
     )
     modules = set(json.loads(completed.stdout.strip().splitlines()[-1]))
-    stage_cores = {"pipeline_core.training", "pipeline_core.processing"}
-    assert modules & stage_cores == ({core} if core else set())
+    assert modules & set(STAGE_CORES) == ({core} if core else set())
+    assert not sorted(name for name in modules if name.split(".")[0] in absent)
 
 
 def test_health_names_a_refused_champion_while_the_previous_one_serves(

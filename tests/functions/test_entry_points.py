@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
+from pipeline_core.contract import training_lease_object
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import acquire
-from pipeline_core.registry import training_lease_object
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import (
     IRIS,
     IRIS_CLASSES,
@@ -25,7 +24,7 @@ from tests.functions.conftest import (
     push_for,
     upload,
 )
-from tests.functions.fakes import InMemoryPublisher, RecordingStarter
+from tests.functions.fakes import InMemoryPublisher, InMemoryStorage, RecordingStarter
 
 Loader = Callable[[str, str], Function]
 

@@ -185,6 +185,7 @@ def test_settings_read_the_topology_names() -> None:
         (TrainingSettings, {"PROMOTION_METRIC": "auc"}, "PROMOTION_METRIC='auc'"),
         (ServingSettings, {"PREDICT_MAX_BATCH": "0"}, "PREDICT_MAX_BATCH=0 is outside"),
         (ServingSettings, {"PREDICT_RUNTIME": "gpu"}, "PREDICT_RUNTIME='gpu' is not one of"),
+        (TrainingSettings, {"PREDICT_RUNTIME": "gpu"}, "PREDICT_RUNTIME='gpu' is not one of"),
         (TrainingSettings, {"MAX_TRAINING_ROWS": "50"}, "MAX_TRAINING_ROWS=50 is outside 100.."),
         (TrainingSettings, {"MAX_TRAINING_ROWS": "1e6"}, "MAX_TRAINING_ROWS='1e6' is not a whole"),
         (TriggerSettings, {"WORKFLOW_NAME": " "}, "WORKFLOW_NAME is not set"),

@@ -18,10 +18,9 @@ from pipeline_core.http_body import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.serving import MAX_REPORTED_PROBLEMS
 from pipeline_core.settings import TrainingSettings
-from pipeline_core.storage import InMemoryStorage
 from pipeline_core.training import TrainingRequest, train_smoke_and_promote
 from tests.functions.conftest import BUCKET, ENVIRONMENT, IRIS, IRIS_CLASSES, Function, upload
-from tests.functions.fakes import InMemoryPublisher, RecordingStarter
+from tests.functions.fakes import InMemoryPublisher, InMemoryStorage, RecordingStarter
 
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 ROUTES = {

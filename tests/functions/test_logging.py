@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from pipeline_core import logging as log
 from pipeline_core.cleaning import TOO_FEW_ROWS
+from pipeline_core.contract import PromotionPolicy
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import ModelRegistry
-from pipeline_core.settings import PromotionPolicy, TrainingSettings
-from pipeline_core.storage import InMemoryStorage
+from pipeline_core.settings import TrainingSettings
 from pipeline_core.training import train_smoke_and_promote
 from tests.functions.conftest import (
     IRIS,
@@ -32,6 +32,7 @@ from tests.functions.conftest import (
     processed_request,
     upload,
 )
+from tests.functions.fakes import InMemoryStorage
 
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

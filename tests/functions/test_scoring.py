@@ -14,22 +14,21 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline_core.contract import (
+    predictions_csv_object,
+    predictions_object,
+    scoring_lease_object,
+    scoring_summary_object,
+)
 from pipeline_core.errors import DataRejectedError, ScoringFailedError
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import LeaseHeldError, acquire, utc_now
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import ModelRegistry
-from pipeline_core.scoring import (
-    ScoringSpec,
-    lease_object,
-    predictions_csv_object,
-    predictions_object,
-    score,
-    summary_object,
-)
+from pipeline_core.scoring import ScoringSpec, score
 from pipeline_core.serving import ModelService
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, WINE, upload
+from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_serving import trained
 
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
@@ -122,7 +121,7 @@ def test_every_row_is_scored_or_refused_with_its_row_number_and_reason(
         assert {f"probability_{c}": p for c, p in answer["probabilities"].items()} == {
             key: value for key, value in row.items() if key.startswith("probability_")
         }
-    assert storage.stat(lease_object(ref)) is None
+    assert storage.stat(scoring_lease_object(ref)) is None
 
 
 def test_the_id_column_is_passed_through_and_the_target_column_ignored(
@@ -215,14 +214,14 @@ def test_columns_that_do_not_match_the_champion_are_a_recorded_rejection(
     assert "missing columns ['petal length (cm)']" in rejection.detail
     assert "unknown columns ['petal length', 'notes']" in rejection.detail
     assert champion in rejection.detail
-    assert rejection.rejection_object == summary_object(ref)
+    assert rejection.rejection_object == scoring_summary_object(ref)
     assert storage.stat(predictions_object(ref)) is None
     assert storage.stat(predictions_csv_object(ref)) is None
     # Recorded: a redelivery gets the same answer without reading the file again.
-    recorded = storage.read(summary_object(ref))
+    recorded = storage.read(scoring_summary_object(ref))
     with pytest.raises(DataRejectedError, match="missing columns"):
         score(storage, ref, SPEC)
-    assert storage.read(summary_object(ref)).generation == recorded.generation
+    assert storage.read(scoring_summary_object(ref)).generation == recorded.generation
 
 
 def test_scoring_before_any_champion_is_a_recorded_failure_that_says_to_train_first(
@@ -234,7 +233,7 @@ def test_scoring_before_any_champion_is_a_recorded_failure_that_says_to_train_fi
         score(storage, ref, SPEC)
 
     assert raised.value.details["reason"] == "no_champion"
-    assert storage.names("predictions/") == [summary_object(ref)]
+    assert storage.names("predictions/") == [scoring_summary_object(ref)]
     # Permanent for this upload, even once a champion exists: upload the file again.
     trained(storage, "raw/iris.csv")
     with pytest.raises(ScoringFailedError, match="train one first"):
@@ -272,7 +271,7 @@ def test_files_processing_rejects_are_rejected_alike(
     else:
         assert scoring.value.reason_code == processing.value.reason_code
         assert scoring.value.detail == processing.value.detail
-    assert storage.names("predictions/") == [summary_object(ref)]
+    assert storage.names("predictions/") == [scoring_summary_object(ref)]
     assert storage.read(ref.name).data == data  # the input is never changed
 
 
@@ -286,7 +285,7 @@ def test_a_gzip_upload_is_decoded_like_processing_does(
 def test_duplicate_deliveries_score_once(storage: InMemoryStorage, champion: str) -> None:
     ref = upload(storage, "score/twice.csv", csv_of(unlabelled()))
     # A delivery arriving while another holds the run is told to retry later.
-    held = acquire(storage, lease_object(ref), seconds=60, clock=utc_now)
+    held = acquire(storage, scoring_lease_object(ref), seconds=60, clock=utc_now)
     with pytest.raises(LeaseHeldError):
         score(storage, ref, SPEC)
     held.release()

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, PROJECT, Function, push_for, upload
-from tests.functions.fakes import InMemoryPublisher
+from tests.functions.fakes import InMemoryPublisher, InMemoryStorage
 from tests.functions.test_scoring import csv_of, unlabelled
 from tests.functions.test_serving import trained
 

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from pipeline_core.errors import PreconditionFailedError
-from pipeline_core.storage import JSON_CONTENT_TYPE, InMemoryStorage, read_json, write_json
+from pipeline_core.storage import JSON_CONTENT_TYPE, read_json, write_json
+from tests.functions.fakes import InMemoryStorage
 
 
 def test_records_round_trip_as_sorted_json(storage: InMemoryStorage) -> None:

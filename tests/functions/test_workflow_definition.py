@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from devstack.workflows.engine import ExecutionContext, WorkflowError, WorkflowProgram
-from devstack.workflows.services import HttpRequest, HttpResponse, Services
-from pipeline_core.storage import InMemoryStorage
 from tests.functions.conftest import IRIS, ROOT, Function, upload
+from tests.functions.fakes import InMemoryStorage
+from workflows_emulator.engine import ExecutionContext, WorkflowError, WorkflowProgram
+from workflows_emulator.services import HttpRequest, HttpResponse, Services
 
 DEFINITION = ROOT / "workflow_defs" / "ml_pipeline.yaml"
 WORKFLOW_ENV = {

@@ -2,8 +2,8 @@
 
 The shell blocks of README.md and docs/DEPLOY.md are read the way a newcomer runs them,
 top to bottom: every file a command names exists in the repository or was created by
-an earlier step, every `make` target exists, every `python -m devstack` (and
-`devstack.workflows`) command line parses with the CLI's own parser, and every
+an earlier step, every `make` target exists, every `python -m devstack` and
+`python -m workflows_emulator` command line parses with that CLI's own parser, and every
 prediction body names exactly the demo data's features. Links between the docs resolve.
 """
 
@@ -28,12 +28,21 @@ from devstack.plan import service_names
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ("README.md", "docs/DEPLOY.md")
+EMULATOR_README = "workflows_emulator/README.md"
 # Transcripts (`$ command` lines) whose command lines must parse too.
 TRANSCRIPTS = ("docs/LOCAL_STACK.md",)
-DOCS = ("README.md", *(str(path.relative_to(ROOT)) for path in sorted(ROOT.glob("docs/*.md"))))
+# References whose shell blocks show command lines that must parse too.
+REFERENCES = (EMULATOR_README, "docs/WORKFLOWS_API.md")
+DOCS = (
+    "README.md",
+    EMULATOR_README,
+    *(str(path.relative_to(ROOT)) for path in sorted(ROOT.glob("docs/*.md"))),
+)
 FILE_SUFFIXES = frozenset({".csv", ".json", ".yaml", ".yml", ".txt", ".py", ".md", ".toml", ".zip"})
 OPERATORS = frozenset({"&&", "||", ";", "|"})
 PYTHONS = frozenset({"python", "python3", "python3.11", ".venv/bin/python"})
+# The packages whose `python -m PACKAGE` command line the docs show; each has a cli.py.
+CLI_PACKAGES = frozenset({"devstack", "workflows_emulator"})
 
 
 @dataclass(frozen=True)
@@ -88,12 +97,13 @@ def runbook_commands() -> list[Command]:
     return [command for doc in RUNBOOKS for command in shell_blocks(doc)]
 
 
-def devstack_parser(words: tuple[str, ...]) -> tuple[Any, list[str]] | None:
-    """The CLI parser and its argv when ``words`` runs a devstack module, else None."""
+def cli_parser(words: tuple[str, ...]) -> tuple[Any, list[str]] | None:
+    """The CLI parser and its argv when ``words`` runs one of the project's command
+    lines (``python -m devstack`` or ``python -m workflows_emulator``), else None."""
     if len(words) < 3 or words[0] not in PYTHONS or words[1] != "-m":
         return None
     module = words[2]
-    if module != "devstack" and not module.startswith("devstack."):
+    if module not in CLI_PACKAGES:
         return None
     return importlib.import_module(f"{module}.cli").build_parser(), list(words[3:])
 
@@ -108,7 +118,7 @@ def created_by(command: Command) -> set[str]:
         created.add("policy/.venv")
     if words[:3] == ("pulumi", "stack", "init") and len(words) > 3:
         created.add(f"Pulumi.{words[3]}.yaml")
-    parsed = devstack_parser(words)
+    parsed = cli_parser(words)
     if parsed is not None:
         parser, argv = parsed
         arguments = parser.parse_args(argv)
@@ -134,7 +144,7 @@ def test_the_runbooks_have_commands_to_check() -> None:
     """Guards the extraction itself: an empty list would make every test below pass."""
     commands = runbook_commands()
     assert len(commands) > 30
-    assert any(devstack_parser(command.words) for command in commands)
+    assert any(cli_parser(command.words) for command in commands)
     assert any(command.words[:2] == ("curl", "-X") for command in commands)
 
 
@@ -168,15 +178,19 @@ def test_every_make_target_exists() -> None:
     assert not unknown, "\n".join(unknown)
 
 
-def test_every_devstack_command_line_parses_with_the_cli_parser(
+def test_every_command_line_parses_with_its_cli_parser(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Subcommands and flags come from the parser itself, so a command a doc names but
     the CLI lacks fails here with argparse's own message."""
-    commands = runbook_commands() + [c for doc in TRANSCRIPTS for c in transcript_commands(doc)]
-    checked = 0
+    commands = [
+        *runbook_commands(),
+        *(c for doc in TRANSCRIPTS for c in transcript_commands(doc)),
+        *(c for doc in REFERENCES for c in shell_blocks(doc)),
+    ]
+    checked: dict[str, int] = dict.fromkeys(CLI_PACKAGES, 0)
     for command in commands:
-        parsed = devstack_parser(command.words)
+        parsed = cli_parser(command.words)
         if parsed is None:
             continue
         parser, argv = parsed
@@ -186,8 +200,9 @@ def test_every_devstack_command_line_parses_with_the_cli_parser(
             pytest.fail(f"{command}\n{capsys.readouterr().err}")
         service = getattr(arguments, "service", None)
         assert service in (None, *local_services()), f"{command}: no service {service!r}"
-        checked += 1
-    assert checked > 10
+        checked[command.words[2]] += 1
+    assert checked["devstack"] > 10
+    assert checked["workflows_emulator"] >= 2
 
 
 def local_services() -> set[str]:

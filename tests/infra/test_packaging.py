@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import zipfile
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from components.packaging import FIXED_TIMESTAMP, PackagingError, package_source
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+TEST_FAKES = REPOSITORY_ROOT / "tests" / "functions" / "fakes.py"
 
 
 def make_tree(root: Path) -> Path:
@@ -116,3 +120,24 @@ def test_write_to_repairs_a_partial_file_and_drops_earlier_archives(tmp_path: Pa
     assert current.read_bytes() == archive.content
     assert not earlier.exists()
     assert sorted(p.name for p in build.iterdir()) == sorted([current.name, "notes.txt"])
+
+
+def classes_defined_in(source: str) -> set[str]:
+    return {node.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)}
+
+
+def test_the_deployed_archive_ships_no_test_fake() -> None:
+    """The fakes the tests use (a bucket in memory, a publisher, a starter) stay out of
+    production: no deployed module defines or names one of them."""
+    fakes = classes_defined_in(TEST_FAKES.read_text(encoding="utf-8"))
+    assert {"InMemoryStorage", "InMemoryPublisher", "RecordingStarter"} <= fakes
+    archive = package_source(REPOSITORY_ROOT / "function_src")
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as opened:
+        modules = {
+            name: opened.read(name).decode("utf-8")
+            for name in archive.files
+            if name.endswith(".py")
+        }
+    assert "pipeline_core/storage.py" in modules
+    shipped = {(name, fake) for name, source in modules.items() for fake in fakes if fake in source}
+    assert not shipped

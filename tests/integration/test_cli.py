@@ -1,4 +1,4 @@
-"""The command lines of devstack and of its Workflows engine.
+"""The command line of devstack (the Workflows emulator's is in tests/workflows).
 
 Without a stack: usage errors exit 2 with one line naming the argument, before anything
 starts; the pure parts (tables, payloads, the status layout, following a log). With a
@@ -30,7 +30,6 @@ from devstack.logs import follow
 from devstack.plan import REPO_ROOT, ServicePlan
 from devstack.processes import RunningService, group_alive, start_service, stop_group
 from devstack.stack import STATE_FILE, StackState, allocate_ports
-from devstack.workflows.cli import main as workflows_main
 from tests.integration.conftest import LocalStack
 from tests.integration.harness import FEATURES, devstack, separable_csv
 
@@ -68,21 +67,6 @@ def test_log_lines_must_be_a_whole_number_above_zero(
     error = usage_error(capsys, "--state-dir", str(tmp_path), "logs", "--lines", value)
 
     assert error.endswith(f"argument --lines: expected a number above 0, got '{value}'")
-
-
-# Unchecked, a gRPC port out of range was served on another port and never returned.
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("option", ["--port", "--grpc-port"])
-@pytest.mark.parametrize("value", ["99999", "-1", "http"])
-def test_workflows_serve_refuses_a_port_out_of_range(
-    option: str, value: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        workflows_main(["serve", "--project", "p", "--location", "l", option, value])
-
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.endswith(f"argument {option}: expected a port from 0 to 65535, got '{value}'")
 
 
 @pytest.mark.parametrize(
@@ -172,20 +156,10 @@ def test_sample_data_writes_the_demo_csv_and_never_replaces_a_file(
         ["--state-dir", "x", "frobnicate"],
     ],
 )
-def test_both_command_lines_start_every_error_with_one_prefix(
-    argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+def test_every_usage_error_starts_with_the_error_prefix(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert usage_error(capsys, *argv).startswith("devstack: error: python -m devstack")
-    with pytest.raises(SystemExit):
-        workflows_main(["serve", "--port", "http"])
-    assert (
-        capsys.readouterr()
-        .err.splitlines()[-1]
-        .startswith("devstack: error: python -m devstack.workflows serve: argument --port")
-    )
-    missing = tmp_path / "absent.yaml"
-    assert workflows_main(["run", str(missing)]) == 2
-    assert capsys.readouterr().err.startswith(f"devstack: error: cannot read {missing}")
 
 
 # --- pure parts ------------------------------------------------------------------------

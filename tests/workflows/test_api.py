@@ -24,9 +24,9 @@ from google.cloud.workflows.executions_v1.services.executions.transports import 
 )
 from google.cloud.workflows.executions_v1.types import Execution, ExecutionView
 
-from devstack.workflows.api import DeployedWorkflow, ExecutionService, ExecutionsServer
-from devstack.workflows.engine import Cancelled, ExecutionContext
-from devstack.workflows.errors import DefinitionError, WorkflowError
+from workflows_emulator.api import DeployedWorkflow, ExecutionService, ExecutionsServer
+from workflows_emulator.engine import Cancelled, ExecutionContext
+from workflows_emulator.errors import DefinitionError, WorkflowError
 
 PROJECT = "local-project"
 LOCATION = "us-central1"

@@ -1,4 +1,4 @@
-"""``python -m devstack.workflows``: the one-shot ``run`` contract and ``serve``."""
+"""``python -m workflows_emulator``: the one-shot ``run`` contract and ``serve``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.workflows.cli import main
+from workflows_emulator.cli import main
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -74,7 +74,7 @@ def test_run_prints_tags_and_message_of_an_uncaught_error(workflow_file, capsys)
     assert code == 1
     assert captured.out == ""
     first_line, payload_line = captured.err.strip().splitlines()
-    assert first_line.startswith("devstack: error: workflow failed: [KeyError]")
+    assert first_line.startswith("workflows_emulator: error: workflow failed: [KeyError]")
     assert "KeyError" in json.loads(payload_line)["tags"]
 
 
@@ -86,7 +86,7 @@ def test_run_prints_a_raised_string_as_its_own_message(workflow_file, capsys) ->
     captured = capsys.readouterr()
     assert code == 1
     assert captured.err.splitlines() == [
-        "devstack: error: workflow failed: [no tags] kaput",
+        "workflows_emulator: error: workflow failed: [no tags] kaput",
         '"kaput"',
     ]
 
@@ -96,7 +96,7 @@ def test_run_reports_a_definition_error_with_step_and_line(workflow_file, capsys
 
     captured = capsys.readouterr()
     assert code == 1
-    assert captured.err.startswith("devstack: error: definition error: ")
+    assert captured.err.startswith("workflows_emulator: error: definition error: ")
     assert "odd" in captured.err and ":6" in captured.err
 
 
@@ -109,17 +109,48 @@ def test_run_rejects_data_that_is_not_json(workflow_file, capsys) -> None:
 
 
 def test_run_names_a_missing_file(tmp_path: Path, capsys) -> None:
-    code = main(["run", str(tmp_path / "absent.yaml")])
+    missing = tmp_path / "absent.yaml"
+
+    code = main(["run", str(missing)])
 
     assert code == 2
-    assert "absent.yaml" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"workflows_emulator: error: cannot read {missing}")
+
+
+def test_a_usage_error_starts_with_the_error_prefix_and_names_the_command(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", "http"])
+
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith(
+            "workflows_emulator: error: python -m workflows_emulator serve: argument --port"
+        )
+    )
+
+
+# Unchecked, a gRPC port out of range was served on another port and never returned.
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("option", ["--port", "--grpc-port"])
+@pytest.mark.parametrize("value", ["99999", "-1", "http"])
+def test_serve_refuses_a_port_out_of_range(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--project", "p", "--location", "l", option, value])
+
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"argument {option}: expected a port from 0 to 65535, got '{value}'")
 
 
 def test_module_entry_point_runs_a_file(workflow_file) -> None:
     path = workflow_file(ECHO)
 
     completed = subprocess.run(
-        [sys.executable, "-m", "devstack.workflows", "run", str(path), "--data", '{"n": 2}'],
+        [sys.executable, "-m", "workflows_emulator", "run", str(path), "--data", '{"n": 2}'],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
@@ -137,7 +168,7 @@ def test_serve_answers_health_runs_executions_and_stops_on_sigterm(workflow_file
         [
             sys.executable,
             "-m",
-            "devstack.workflows",
+            "workflows_emulator",
             "serve",
             "--port",
             "0",
@@ -185,7 +216,7 @@ def test_serve_refuses_an_invalid_definition(workflow_file) -> None:
         [
             sys.executable,
             "-m",
-            "devstack.workflows",
+            "workflows_emulator",
             "serve",
             "--project",
             "p",

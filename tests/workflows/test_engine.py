@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from devstack.workflows import engine
-from devstack.workflows.engine import Cancelled, ExecutionContext, WorkflowProgram
-from devstack.workflows.errors import DefinitionError, WorkflowError
-from devstack.workflows.services import HttpRequest, HttpResponse, Services
+from workflows_emulator import engine
+from workflows_emulator.engine import Cancelled, ExecutionContext, WorkflowProgram
+from workflows_emulator.errors import DefinitionError, WorkflowError
+from workflows_emulator.services import HttpRequest, HttpResponse, Services
 
 
 class RecordingSleep:

@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from devstack.workflows.errors import WorkflowError
-from devstack.workflows.expressions import (
+from workflows_emulator.errors import WorkflowError
+from workflows_emulator.expressions import (
     ExpressionSyntaxError,
     evaluate,
     parse_expression,
     parse_target,
 )
-from devstack.workflows.services import Services
-from devstack.workflows.stdlib import FUNCTIONS, CallEnvironment
+from workflows_emulator.services import Services
+from workflows_emulator.stdlib import FUNCTIONS, CallEnvironment
 
 
 class DictScope:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from google.cloud.workflows.executions_v1.types import Execution
 
-from devstack.workflows import logs
 from tests.workflows.test_api import PARENT, serving_files, wait_until_done
+from workflows_emulator import logs
 
 LOGGING_WORKFLOW = """\
 main:

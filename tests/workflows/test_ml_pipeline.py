@@ -17,9 +17,9 @@ import yaml
 
 from components.config import StackConfig
 from components.topology import workflow_environment
-from devstack.workflows.engine import ExecutionContext, WorkflowProgram
-from devstack.workflows.errors import WorkflowError
 from tests.workflows.conformance.http_stub import HttpStub, Reply
+from workflows_emulator.engine import ExecutionContext, WorkflowProgram
+from workflows_emulator.errors import WorkflowError
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflow_defs" / "ml_pipeline.yaml"
 PROJECT = "test-project"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from devstack.workflows.errors import WorkflowError
-from devstack.workflows.re2 import compile_re2
+from workflows_emulator.errors import WorkflowError
+from workflows_emulator.re2 import compile_re2
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from devstack.workflows.errors import Cancelled, WorkflowError
-from devstack.workflows.services import (
+from workflows_emulator.errors import Cancelled, WorkflowError
+from workflows_emulator.services import (
     HttpRequest,
     HttpResponse,
     Services,
@@ -22,7 +22,7 @@ from devstack.workflows.services import (
     TransportTimeoutError,
     requests_transport,
 )
-from devstack.workflows.stdlib import FUNCTIONS, CallEnvironment
+from workflows_emulator.stdlib import FUNCTIONS, CallEnvironment
 
 
 class FakeTransport:

@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 import yaml
 
-from devstack.workflows.engine import ExecutionContext, WorkflowProgram
-from devstack.workflows.errors import DefinitionError, WorkflowError
 from tests.workflows.conformance.http_stub import HttpStub, Reply
+from workflows_emulator.engine import ExecutionContext, WorkflowProgram
+from workflows_emulator.errors import DefinitionError, WorkflowError
 
 CASES_DIR = Path(__file__).parent / "cases"
 EXECUTION_ID = "0f3c2f4e-conformance"

@@ -3,8 +3,8 @@
 ``run FILE [--data JSON] [--env KEY=VALUE ...]`` is a stable contract: the result as
 JSON on stdout and exit 0, or the error (tags and message, then the whole error map) on
 stderr and exit 1; a definition error names the step and line and also exits 1. Usage
-errors (a bad ``--data``, a missing file) exit 2. Every error line starts with
-``devstack: error:``, as those of ``python -m devstack`` do.
+errors (a bad ``--data``, a missing file) exit 2. Every error line, usage errors
+included, starts with ``workflows_emulator: error:``, words a script can look for.
 
 ``serve`` runs the Executions API until SIGTERM or SIGINT and prints one JSON line
 ``{"url": ..., "grpc_target": ...}`` on stdout once it listens.
@@ -20,21 +20,34 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-from devstack.console import ArgumentParser, report_error
-from devstack.workflows import logs
-from devstack.workflows.api import ExecutionsServer, default_workflow_paths
-from devstack.workflows.engine import Cancelled, ExecutionContext, WorkflowProgram
-from devstack.workflows.errors import DefinitionError, WorkflowError
+from workflows_emulator import logs
+from workflows_emulator.api import ExecutionsServer, default_workflow_paths
+from workflows_emulator.engine import Cancelled, ExecutionContext, WorkflowProgram
+from workflows_emulator.errors import DefinitionError, WorkflowError
 
 EXIT_OK = 0
 EXIT_WORKFLOW_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+ERROR_PREFIX = "workflows_emulator: error: "
 
-_REPOSITORY = Path(__file__).resolve().parents[2]
+_REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_WORKFLOW_DIR = _REPOSITORY / "workflow_defs"
+
+
+def report_error(message: str, stream: TextIO) -> None:
+    print(f"{ERROR_PREFIX}{message}", file=stream, flush=True)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors under the error prefix (subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        report_error(f"{self.prog}: {message}", sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -62,8 +75,8 @@ def _json_value(text: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="python -m devstack.workflows",
+    parser = _ArgumentParser(
+        prog="python -m workflows_emulator",
         description="The local Cloud Workflows engine and Executions API.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

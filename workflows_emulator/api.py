@@ -39,9 +39,9 @@ import grpc  # type: ignore[import-untyped]
 from google.cloud.workflows.executions_v1 import types as executions_types
 from google.protobuf import json_format  # type: ignore[import-untyped]
 
-from devstack.workflows import logs
-from devstack.workflows.engine import Cancelled, ExecutionContext, WorkflowProgram
-from devstack.workflows.errors import WorkflowError
+from workflows_emulator import logs
+from workflows_emulator.engine import Cancelled, ExecutionContext, WorkflowProgram
+from workflows_emulator.errors import WorkflowError
 
 Execution = executions_types.Execution
 

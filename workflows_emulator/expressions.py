@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from operator import add, floordiv, mod, mul, sub
 from typing import Any, Protocol
 
-from devstack.workflows.errors import WorkflowError
-from devstack.workflows.values import (
+from workflows_emulator.errors import WorkflowError
+from workflows_emulator.values import (
     INT64_MAX,
     checked_double,
     checked_int,

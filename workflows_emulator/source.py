@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from devstack.workflows.errors import DefinitionError
+from workflows_emulator.errors import DefinitionError
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from devstack.workflows.errors import WorkflowError
+from workflows_emulator.errors import WorkflowError
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

@@ -27,9 +27,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from devstack.workflows.errors import Cancelled, WorkflowError
-from devstack.workflows.re2 import compile_re2
-from devstack.workflows.services import (
+from workflows_emulator.errors import Cancelled, WorkflowError
+from workflows_emulator.logs import LOGGER_NAME
+from workflows_emulator.re2 import compile_re2
+from workflows_emulator.services import (
     HttpRequest,
     HttpResponse,
     Services,
@@ -37,7 +38,7 @@ from devstack.workflows.services import (
     TransportConnectionFailedError,
     TransportTimeoutError,
 )
-from devstack.workflows.values import (
+from workflows_emulator.values import (
     INT64_MAX,
     INT64_MIN,
     checked_int,
@@ -49,7 +50,7 @@ from devstack.workflows.values import (
     type_name,
 )
 
-_log = logging.getLogger("devstack.workflows")
+_log = logging.getLogger(LOGGER_NAME)
 
 HTTP_DEFAULT_TIMEOUT = 300.0
 HTTP_MAX_TIMEOUT = 1800.0
@@ -818,7 +819,7 @@ def _stand_in_token(auth: Any, url: str, env: Mapping[str, str]) -> str | None:
     if auth is None:
         return None
     claims: dict[str, Any] = {
-        "iss": "devstack-workflows",
+        "iss": "workflows-emulator",
         "sub": env.get("GOOGLE_CLOUD_WORKFLOW_ID", ""),
     }
     if auth["type"] == "OIDC":

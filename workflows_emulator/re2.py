@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from devstack.workflows.errors import WorkflowError
+from workflows_emulator.errors import WorkflowError
 
 _POSIX_CLASSES = {
     "alnum": "0-9A-Za-z",

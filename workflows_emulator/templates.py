@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from devstack.workflows.errors import WorkflowError
-from devstack.workflows.expressions import Node, Scope, evaluate, parse_expression, walk
-from devstack.workflows.values import type_name
+from workflows_emulator.errors import WorkflowError
+from workflows_emulator.expressions import Node, Scope, evaluate, parse_expression, walk
+from workflows_emulator.values import type_name
 
 
 def expression_text(value: Any) -> str | None:

@@ -1,10 +1,10 @@
 """The served engine's log: one JSON line per execution event, step and ``sys.log`` call.
 
 Cloud Workflows writes ``sys.log`` entries to Cloud Logging with the execution's id
-and, with call logging on, an entry per step; locally the same go to the Executions
-API's log file (``python -m devstack logs workflows``), shaped like the functions'
-lines: ``time`` (RFC 3339, UTC), ``severity``, ``message`` plus ``workflow``,
-``execution_id`` and the event's fields.
+and, with call logging on, an entry per step; here the same go to ``serve``'s standard
+output (the local stack keeps it as the log ``python -m devstack logs workflows``
+shows), shaped like the functions' lines: ``time`` (RFC 3339, UTC), ``severity``,
+``message`` plus ``workflow``, ``execution_id`` and the event's fields.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-LOGGER_NAME = "devstack.workflows"
+LOGGER_NAME = "workflows_emulator"
 # sys.log severities as logging levels (logging has no NOTICE, ALERT or EMERGENCY).
 SEVERITY_LEVELS = {
     "DEFAULT": logging.INFO,

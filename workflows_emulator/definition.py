@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from devstack.workflows.errors import DefinitionError
-from devstack.workflows.expressions import (
+from workflows_emulator.errors import DefinitionError
+from workflows_emulator.expressions import (
     Call,
     ExpressionSyntaxError,
     Target,
@@ -22,9 +22,9 @@ from devstack.workflows.expressions import (
     parse_expression,
     parse_target,
 )
-from devstack.workflows.source import SourceList, SourceMap, load_source
-from devstack.workflows.stdlib import DEFAULT_BACKOFF, FUNCTIONS, RETRY_POLICIES
-from devstack.workflows.templates import (
+from workflows_emulator.source import SourceList, SourceMap, load_source
+from workflows_emulator.stdlib import DEFAULT_BACKOFF, FUNCTIONS, RETRY_POLICIES
+from workflows_emulator.templates import (
     ExpressionTemplate,
     LiteralTemplate,
     Template,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack.workflows.definition import (
+from workflows_emulator.definition import (
     AssignStep,
     Block,
     CallStep,
@@ -37,11 +37,11 @@ from devstack.workflows.definition import (
     TryStep,
     parse_program,
 )
-from devstack.workflows.errors import Cancelled, DefinitionError, WorkflowError
-from devstack.workflows.expressions import Target, evaluate, get_index, get_member
-from devstack.workflows.services import Services
-from devstack.workflows.stdlib import FUNCTIONS, CallEnvironment, sleep_for
-from devstack.workflows.values import (
+from workflows_emulator.errors import Cancelled, DefinitionError, WorkflowError
+from workflows_emulator.expressions import Target, evaluate, get_index, get_member
+from workflows_emulator.services import Services
+from workflows_emulator.stdlib import FUNCTIONS, CallEnvironment, sleep_for
+from workflows_emulator.values import (
     estimated_size,
     is_int,
     is_number,
