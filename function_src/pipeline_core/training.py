@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pipeline_core.errors import (
 )
 from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
 from pipeline_core.leases import Clock, acquire, utc_now
+from pipeline_core.machine import available_cpus
 from pipeline_core.onnx_model import RUNTIME_VERSION
 from pipeline_core.registry import ModelRegistry, new_version
 from pipeline_core.settings import TrainingSettings
@@ -62,15 +62,6 @@ __all__ = [
     "train",
     "train_smoke_and_promote",
 ]
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on: a Cloud Function gets 1 vCPU up to 2 GiB and
-    2 at 4 GiB or more; ``os.cpu_count()`` would report the host's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def build_estimator(model_type: str, hyperparameters: Mapping[str, Any]) -> Any:
