@@ -15,28 +15,20 @@ import difflib
 import importlib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from components import layout
+from pipeline_core import contract
 
 PROJECT_NAMESPACE = "ml-pipeline"
 
-Orchestration = Literal["workflow", "events"]
-ModelType = Literal["random_forest", "logistic_regression", "gradient_boosting"]
-PromotionMetric = Literal["accuracy", "f1_macro"]
+T = TypeVar("T")
 
+Orchestration = Literal["workflow", "events"]
 ORCHESTRATIONS: tuple[Orchestration, ...] = ("workflow", "events")
-MODEL_TYPES: tuple[ModelType, ...] = ("random_forest", "logistic_regression", "gradient_boosting")
-PROMOTION_METRICS: tuple[PromotionMetric, ...] = ("accuracy", "f1_macro")
-PredictRuntime = Literal["onnx", "joblib"]
-PREDICT_RUNTIMES: tuple[PredictRuntime, ...] = ("onnx", "joblib")
-# Measured on 2 vCPUs (docs/FUNCTIONS.md, "train_model"): on pure-noise rows, the worst
-# case (trees grow a leaf per row), a forest of 100 trees fits, compiles to ONNX and
-# passes parity in about 30 s at a 1.3 GB peak: inside the default 2 GiB and 540 s.
-DEFAULT_MAX_TRAINING_ROWS = 20_000
 # A candidate's smoke prediction sends up to this many held-out rows to predict
 # (pipeline_core.training.SMOKE_ROWS), so predict's batch limit may not be lower.
 SMOKE_ROWS = 5
@@ -109,15 +101,6 @@ class FunctionSettings:
 
 
 @dataclass(frozen=True)
-class PromotionPolicy:
-    """When a candidate model replaces the champion."""
-
-    metric: PromotionMetric = "f1_macro"
-    minimum: float = 0.7
-    tolerance: float = 0.0
-
-
-@dataclass(frozen=True)
 class MonitoringSettings:
     """What ``components/monitoring.py`` creates; ``enabled=False`` creates nothing."""
 
@@ -152,12 +135,17 @@ class MonitoringSettings:
 
 
 _DEFAULT_FUNCTIONS: dict[str, FunctionSettings] = {
-    "process_data": FunctionSettings(memory="1Gi", timeout_seconds=540),
-    "train_model": FunctionSettings(memory="2Gi", timeout_seconds=540),
+    "process_data": FunctionSettings(
+        memory="1Gi", timeout_seconds=contract.DEFAULT_TIMEOUT_SECONDS
+    ),
+    "train_model": FunctionSettings(memory="2Gi", timeout_seconds=contract.DEFAULT_TIMEOUT_SECONDS),
     "predict": FunctionSettings(memory="1Gi", timeout_seconds=60, max_instances=5),
     "trigger_workflow": FunctionSettings(memory="256Mi", timeout_seconds=60),
-    # Memory holds one block of rows at a time, whatever the file's size.
-    "score_data": FunctionSettings(memory="1Gi", timeout_seconds=540),
+    # Memory holds a few blocks of rows, whatever the file's size; 4 GiB is the size
+    # that comes with 2 vCPUs (1 GiB has 0.583), and the model's work is shared out
+    # between the CPUs (docs/FUNCTIONS.md, "score_data"): ~3x the rows per second for
+    # about the same vCPU-seconds a file.
+    "score_data": FunctionSettings(memory="4Gi", timeout_seconds=contract.DEFAULT_TIMEOUT_SECONDS),
 }
 
 
@@ -171,19 +159,19 @@ class StackConfig:
     bucket_location: str
     name_prefix: str
     orchestration: Orchestration = "workflow"
-    target_column: str = "target"
+    target_column: str = contract.DEFAULT_TARGET_COLUMN
     feature_columns: tuple[str, ...] = ()
-    model_type: ModelType = "random_forest"
+    model_type: contract.ModelType = contract.DEFAULT_MODEL_TYPE
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    promotion: PromotionPolicy = field(default_factory=PromotionPolicy)
-    min_rows: int = 20
-    max_training_rows: int = DEFAULT_MAX_TRAINING_ROWS
+    promotion: contract.PromotionPolicy = field(default_factory=contract.PromotionPolicy)
+    min_rows: int = contract.DEFAULT_MIN_ROWS
+    max_training_rows: int = contract.DEFAULT_MAX_TRAINING_ROWS
     functions: Mapping[str, FunctionSettings] = field(
         default_factory=lambda: dict(_DEFAULT_FUNCTIONS)
     )
-    predict_max_batch: int = 1000
-    model_refresh_seconds: int = 30
-    predict_runtime: PredictRuntime = "onnx"
+    predict_max_batch: int = contract.DEFAULT_PREDICT_MAX_BATCH
+    model_refresh_seconds: int = contract.DEFAULT_MODEL_REFRESH_SECONDS
+    predict_runtime: contract.PredictRuntime = contract.DEFAULT_PREDICT_RUNTIME
     public_predict: bool = False
     predict_invokers: tuple[str, ...] = ()
     deployer: str | None = None
@@ -193,7 +181,7 @@ class StackConfig:
     force_destroy: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
-    score_prefix: str = layout.DEFAULT_SCORE_PREFIX
+    score_prefix: str = contract.DEFAULT_SCORE_PREFIX
     id_column: str | None = None
 
     @property
@@ -249,7 +237,9 @@ class StackConfig:
                 f"'{name_prefix}' is not 2-20 lowercase letters, digits or dashes",
                 "start with a letter, end with a letter or digit, e.g. 'mlp-dev'",
             )
-        model_type: ModelType = reader.choice("modelType", MODEL_TYPES, "random_forest")
+        model_type: contract.ModelType = reader.choice(
+            "modelType", contract.MODEL_TYPES, contract.DEFAULT_MODEL_TYPE
+        )
         functions = _functions(reader)
         config = cls(
             project=project,
@@ -258,19 +248,32 @@ class StackConfig:
             bucket_location=bucket_location,
             name_prefix=name_prefix,
             orchestration=reader.choice("orchestration", ORCHESTRATIONS, "workflow"),
-            target_column=reader.nonempty_string("targetColumn", "target"),
+            target_column=reader.nonempty_string("targetColumn", contract.DEFAULT_TARGET_COLUMN),
             feature_columns=reader.string_list("featureColumns"),
             model_type=model_type,
             hyperparameters=_hyperparameters(reader, model_type),
             promotion=_promotion(reader),
-            min_rows=reader.integer("minRows", 20, low=2, high=10_000_000),
-            max_training_rows=reader.integer(
-                "maxTrainingRows", DEFAULT_MAX_TRAINING_ROWS, low=100, high=100_000_000
+            min_rows=reader.within("minRows", contract.DEFAULT_MIN_ROWS, contract.MIN_ROWS_BOUNDS),
+            max_training_rows=reader.within(
+                "maxTrainingRows",
+                contract.DEFAULT_MAX_TRAINING_ROWS,
+                contract.MAX_TRAINING_ROWS_BOUNDS,
             ),
             functions=functions,
-            predict_max_batch=reader.integer("predictMaxBatch", 1000, low=SMOKE_ROWS, high=100_000),
-            model_refresh_seconds=reader.integer("modelRefreshSeconds", 30, low=0, high=3600),
-            predict_runtime=reader.choice("predictRuntime", PREDICT_RUNTIMES, "onnx"),
+            predict_max_batch=reader.integer(
+                "predictMaxBatch",
+                contract.DEFAULT_PREDICT_MAX_BATCH,
+                low=SMOKE_ROWS,
+                high=contract.PREDICT_MAX_BATCH_LIMIT,
+            ),
+            model_refresh_seconds=reader.within(
+                "modelRefreshSeconds",
+                contract.DEFAULT_MODEL_REFRESH_SECONDS,
+                contract.MODEL_REFRESH_SECONDS_BOUNDS,
+            ),
+            predict_runtime=reader.choice(
+                "predictRuntime", contract.PREDICT_RUNTIMES, contract.DEFAULT_PREDICT_RUNTIME
+            ),
             public_predict=reader.boolean("publicPredict", False),
             predict_invokers=_members(reader),
             deployer=_deployer(reader),
@@ -349,18 +352,29 @@ def _default_prefix(stack: str) -> str:
     return cleaned[:20].rstrip("-")
 
 
-class _Reader:
-    """Reads one raw value at a time, raising ConfigError with the full key."""
+def _full_key(key: str, parent: str = "") -> str:
+    """``key`` as the user wrote it: in the stack's namespace, or inside the map ``parent``
+    (itself a full key)."""
+    return f"{parent}.{key}" if parent else f"{PROJECT_NAMESPACE}:{key}"
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
+
+class _Reader:
+    """Reads one raw value at a time, raising ConfigError with the full key; ``parent``
+    (a full key) reads the values of that nested map."""
+
+    def __init__(self, values: Mapping[str, Any], parent: str = "") -> None:
         self._values = values
+        self._parent = parent
 
     def raw(self, key: str) -> Any:
         return self._values.get(key)
 
-    @staticmethod
-    def full(key: str) -> str:
-        return f"{PROJECT_NAMESPACE}:{key}"
+    def full(self, key: str) -> str:
+        return _full_key(key, self._parent)
+
+    def parsed(self, key: str, default: Any, parse: Callable[[str, Any], T]) -> T:
+        """The value (or ``default``) as ``parse(full key, value)`` checks it."""
+        return parse(self.full(key), self._values.get(key, default))
 
     def string(self, key: str, default: str) -> str:
         value = self._values.get(key, default)
@@ -387,6 +401,9 @@ class _Reader:
 
     def integer(self, key: str, default: int, *, low: int, high: int) -> int:
         return as_int(self.full(key), self._values.get(key, default), low=low, high=high)
+
+    def within(self, key: str, default: int, bounds: contract.Bounds) -> int:
+        return self.integer(key, default, low=bounds.low, high=bounds.high)
 
     def string_list(self, key: str) -> tuple[str, ...]:
         value = self._values.get(key, [])
@@ -460,7 +477,7 @@ def _reject_unknown(
     if unknown:
         suggestion = did_you_mean(str(unknown[0]), choices)
         raise ConfigError(
-            f"{parent}.{unknown[0]}" if parent else _Reader.full(unknown[0]),
+            _full_key(str(unknown[0]), parent or ""),
             f"is not {what}",
             f"did you mean '{suggestion}'? Otherwise remove it"
             if suggestion
@@ -508,21 +525,17 @@ def _hyperparameters(reader: _Reader, model_type: str) -> dict[str, Any]:
     return raw
 
 
-def _promotion(reader: _Reader) -> PromotionPolicy:
+def _promotion(reader: _Reader) -> contract.PromotionPolicy:
     raw = reader.mapping("promotion")
     key = reader.full("promotion")
     _reject_unknown(raw, ("metric", "minimum", "tolerance"), key)
-    metric = raw.get("metric", "f1_macro")
-    if metric not in PROMOTION_METRICS:
-        raise ConfigError(
-            f"{key}.metric",
-            f"'{metric}' is not allowed",
-            f"use one of: {', '.join(PROMOTION_METRICS)}",
-        )
-    return PromotionPolicy(
-        metric=metric,
-        minimum=as_fraction(f"{key}.minimum", raw.get("minimum", 0.7)),
-        tolerance=as_fraction(f"{key}.tolerance", raw.get("tolerance", 0.0)),
+    fields = _Reader(raw, key)
+    return contract.PromotionPolicy(
+        metric=fields.choice(
+            "metric", contract.PROMOTION_METRICS, contract.DEFAULT_PROMOTION_METRIC
+        ),
+        minimum=fields.parsed("minimum", contract.DEFAULT_PROMOTION_MINIMUM, as_fraction),
+        tolerance=fields.parsed("tolerance", contract.DEFAULT_PROMOTION_TOLERANCE, as_fraction),
     )
 
 
@@ -543,33 +556,14 @@ def _functions(reader: _Reader) -> dict[str, FunctionSettings]:
             where,
         )
         base = result[name]
-        memory = overrides.get("memory", base.memory)
-        if memory not in ALLOWED_MEMORY:
-            raise ConfigError(
-                f"{where}.memory",
-                f"'{memory}' is not allowed",
-                f"use one of: {', '.join(ALLOWED_MEMORY)}",
-            )
+        fields = _Reader(overrides, where)
         settings = FunctionSettings(
-            memory=memory,
-            timeout_seconds=as_int(
-                f"{where}.timeoutSeconds",
-                overrides.get("timeoutSeconds", base.timeout_seconds),
-                low=1,
-                high=3600,
+            memory=fields.choice("memory", ALLOWED_MEMORY, base.memory),
+            timeout_seconds=fields.integer(
+                "timeoutSeconds", base.timeout_seconds, low=1, high=contract.MAX_TIMEOUT_SECONDS
             ),
-            min_instances=as_int(
-                f"{where}.minInstances",
-                overrides.get("minInstances", base.min_instances),
-                low=0,
-                high=100,
-            ),
-            max_instances=as_int(
-                f"{where}.maxInstances",
-                overrides.get("maxInstances", base.max_instances),
-                low=1,
-                high=1000,
-            ),
+            min_instances=fields.integer("minInstances", base.min_instances, low=0, high=100),
+            max_instances=fields.integer("maxInstances", base.max_instances, low=1, high=1000),
         )
         if settings.min_instances > settings.max_instances:
             raise ConfigError(
@@ -614,7 +608,7 @@ def _deployer(reader: _Reader) -> str | None:
 
 
 def _score_prefix(reader: _Reader) -> str:
-    prefix = reader.string("scorePrefix", layout.DEFAULT_SCORE_PREFIX)
+    prefix = reader.string("scorePrefix", contract.DEFAULT_SCORE_PREFIX)
     key = reader.full("scorePrefix")
     if not _PREFIX.match(prefix):
         raise ConfigError(
@@ -622,13 +616,13 @@ def _score_prefix(reader: _Reader) -> str:
             f"'{prefix}' is not an object-name prefix ending with '/'",
             "use letters, digits, '.', '_' or '-' in each part, e.g. 'score/'",
         )
-    for fixed in layout.FIXED_PREFIXES:
+    for fixed in contract.FIXED_PREFIXES:
         if prefix.startswith(fixed) or fixed.startswith(prefix):
             raise ConfigError(
                 key,
                 f"'{prefix}' overlaps the pipeline's own prefix '{fixed}' (uploads there "
                 "would be read as that prefix's objects too)",
-                f"use a prefix outside {', '.join(layout.FIXED_PREFIXES)}, e.g. 'score/'",
+                f"use a prefix outside {', '.join(contract.FIXED_PREFIXES)}, e.g. 'score/'",
             )
     return prefix
 
@@ -694,34 +688,30 @@ def _monitoring(reader: _Reader, project: str, predict: FunctionSettings) -> Mon
     key = reader.full("monitoring")
     _reject_unknown(raw, _MONITORING_KEYS, key)
     defaults = MonitoringSettings()
+    fields = _Reader(raw, key)
     switches = {
-        field_name: as_bool(f"{key}.{name}", raw.get(name, getattr(defaults, field_name)))
+        field_name: fields.boolean(name, getattr(defaults, field_name))
         for name, field_name in _MONITORING_SWITCHES.items()
     }
     settings = MonitoringSettings(
         **switches,
-        notification_emails=_emails(f"{key}.notificationEmails", raw.get("notificationEmails", [])),
-        notification_channels=_channels(
-            f"{key}.notificationChannels", raw.get("notificationChannels", []), project
+        notification_emails=fields.parsed("notificationEmails", [], _emails),
+        notification_channels=fields.parsed(
+            "notificationChannels", [], partial(_channels, project=project)
         ),
-        predict_5xx_ratio=_open_fraction(
-            f"{key}.predict5xxRatio", raw.get("predict5xxRatio", defaults.predict_5xx_ratio)
+        predict_5xx_ratio=fields.parsed(
+            "predict5xxRatio", defaults.predict_5xx_ratio, _open_fraction
         ),
-        predict_latency_p95_ms=as_int(
-            f"{key}.predictLatencyP95Ms",
-            raw.get("predictLatencyP95Ms", defaults.predict_latency_p95_ms),
-            low=1,
-            high=3_600_000,
+        predict_latency_p95_ms=fields.integer(
+            "predictLatencyP95Ms", defaults.predict_latency_p95_ms, low=1, high=3_600_000
         ),
-        alert_duration_seconds=_whole_minutes(
-            f"{key}.alertDurationSeconds",
-            raw.get("alertDurationSeconds", defaults.alert_duration_seconds),
-            low=0,
+        alert_duration_seconds=fields.parsed(
+            "alertDurationSeconds", defaults.alert_duration_seconds, partial(_whole_minutes, low=0)
         ),
-        error_log_notify_every_seconds=_whole_minutes(
-            f"{key}.errorLogNotifyEverySeconds",
-            raw.get("errorLogNotifyEverySeconds", defaults.error_log_notify_every_seconds),
-            low=300,
+        error_log_notify_every_seconds=fields.parsed(
+            "errorLogNotifyEverySeconds",
+            defaults.error_log_notify_every_seconds,
+            partial(_whole_minutes, low=300),
         ),
     )
     timeout_ms = predict.timeout_seconds * 1000
@@ -819,7 +809,7 @@ def load_public_predict() -> bool:
     import pulumi
 
     value = pulumi.Config(PROJECT_NAMESPACE).get("publicPredict")
-    return as_bool(_Reader.full("publicPredict"), False if value is None else value)
+    return as_bool(_full_key("publicPredict"), False if value is None else value)
 
 
 def load_stack_file(path: Path) -> StackConfig:

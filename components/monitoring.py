@@ -178,39 +178,36 @@ class PipelineMonitoring(pulumi.ComponentResource):
                 ),
             )
         if settings.predict_5xx_alert:
-            self._threshold_policy(
-                "predict-5xx",
-                f"predict 5xx ratio above {settings.predict_5xx_ratio:g}",
-                filter=_run_filter(
-                    predict, REQUEST_COUNT, 'metric.labels.response_code_class="5xx"'
-                ),
-                denominator_filter=_run_filter(predict, REQUEST_COUNT),
-                aggregation=Aggregation("ALIGN_RATE", "REDUCE_SUM", BY_SERVICE),
-                threshold=settings.predict_5xx_ratio,
-                duration_seconds=settings.alert_duration_seconds,
-                severity="CRITICAL",
-                documentation=(
-                    "predict answers 5xx to too many requests: its log shows why (a champion "
-                    "that cannot load answers 503; see GET /health)."
-                ),
-            )
+            self._predict_request_policy(PREDICT_5XX_RATIO, predict, settings.predict_5xx_ratio)
         if settings.predict_latency_alert:
-            self._threshold_policy(
-                "predict-latency",
-                f"predict p95 latency above {settings.predict_latency_p95_ms} ms",
-                filter=_run_filter(predict, REQUEST_LATENCIES),
-                aggregation=Aggregation("ALIGN_PERCENTILE_95", "REDUCE_MAX", BY_SERVICE),
-                threshold=settings.predict_latency_p95_ms,
-                duration_seconds=settings.alert_duration_seconds,
-                severity="WARNING",
-                documentation=(
-                    "predict is slow: check its instance count (maxInstances), cold starts "
-                    "(minInstances) and batch sizes."
-                ),
+            self._predict_request_policy(
+                PREDICT_P95_LATENCY, predict, settings.predict_latency_p95_ms
             )
         if settings.error_log_alerts:
             for key, service in args.service_names.items():
                 self._error_log_policy(key, service)
+
+    def _predict_request_policy(
+        self, alert: RequestAlert, predict: pulumi.Input[str], threshold: float
+    ) -> None:
+        """``alert`` on predict's requests, per service, once it holds past ``threshold``
+        for the configured alert duration."""
+        requests = _run_filter(predict, alert.metric)
+        if alert.of_requests is None:
+            signal, denominator = requests, None
+        else:
+            signal, denominator = _run_filter(predict, alert.metric, alert.of_requests), requests
+        self._threshold_policy(
+            alert.key,
+            alert.title.format(threshold=threshold),
+            filter=signal,
+            denominator_filter=denominator,
+            aggregation=Aggregation(alert.aligner, alert.reducer, BY_SERVICE),
+            threshold=threshold,
+            duration_seconds=self._args.settings.alert_duration_seconds,
+            severity=alert.severity,
+            documentation=alert.documentation,
+        )
 
     def _any_occurrence_policy(
         self,
@@ -596,6 +593,48 @@ def _chart(
             ]
         },
     }
+
+
+@dataclass(frozen=True)
+class RequestAlert:
+    """An alert policy on a statistic of predict's Cloud Run request metrics."""
+
+    key: str
+    title: str  # formatted with the threshold
+    metric: str
+    aligner: str
+    reducer: str
+    severity: str
+    documentation: str
+    # A ratio: the requests that match this filter, of all requests.
+    of_requests: str | None = None
+
+
+PREDICT_5XX_RATIO = RequestAlert(
+    key="predict-5xx",
+    title="predict 5xx ratio above {threshold:g}",
+    metric=REQUEST_COUNT,
+    aligner="ALIGN_RATE",
+    reducer="REDUCE_SUM",
+    severity="CRITICAL",
+    documentation=(
+        "predict answers 5xx to too many requests: its log shows why (a champion "
+        "that cannot load answers 503; see GET /health)."
+    ),
+    of_requests='metric.labels.response_code_class="5xx"',
+)
+PREDICT_P95_LATENCY = RequestAlert(
+    key="predict-latency",
+    title="predict p95 latency above {threshold} ms",
+    metric=REQUEST_LATENCIES,
+    aligner="ALIGN_PERCENTILE_95",
+    reducer="REDUCE_MAX",
+    severity="WARNING",
+    documentation=(
+        "predict is slow: check its instance count (maxInstances), cold starts "
+        "(minInstances) and batch sizes."
+    ),
+)
 
 
 @dataclass(frozen=True)

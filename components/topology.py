@@ -24,37 +24,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal, TypeVar
 
-from components import layout
 from components.config import Orchestration, StackConfig
+from pipeline_core import contract
 
 Signature = Literal["http", "cloudevent"]
 Mechanism = Literal["eventarc", "push"]
 
-# Object layout in the data bucket (the handlers use the same prefixes).
-RAW_PREFIX = layout.RAW_PREFIX
-PROCESSED_PREFIX = layout.PROCESSED_PREFIX
-REJECTED_PREFIX = layout.REJECTED_PREFIX
-MODELS_PREFIX = layout.MODELS_PREFIX
-RUNS_PREFIX = layout.RUNS_PREFIX
-PREDICTIONS_PREFIX = layout.PREDICTIONS_PREFIX
-DEFAULT_SCORE_PREFIX = layout.DEFAULT_SCORE_PREFIX
+# The bucket layout, environment names and log events are the functions' contract
+# (function_src/pipeline_core/contract.py), named here for the components that wire them.
+RAW_PREFIX = contract.RAW_PREFIX
+PROCESSED_PREFIX = contract.PROCESSED_PREFIX
+REJECTED_PREFIX = contract.REJECTED_PREFIX
+MODELS_PREFIX = contract.MODELS_PREFIX
+RUNS_PREFIX = contract.RUNS_PREFIX
+PREDICTIONS_PREFIX = contract.PREDICTIONS_PREFIX
+DEFAULT_SCORE_PREFIX = contract.DEFAULT_SCORE_PREFIX
+Env = contract.Env
+LogEvent = contract.LogEvent
 
 # Run summaries: the topic every run's outcome is published to, and the pull
 # subscription that keeps them for people to read (components/messaging.py).
 SUMMARY_TOPIC = "model_events"
 SUMMARY_SUBSCRIPTION_SUFFIX = "run-summaries"
-
-
-class LogEvent:
-    """``jsonPayload.event`` values of the structured log lines that log-based metrics
-    count (components/monitoring.py). A promotion line also carries ``model_version``,
-    ``metric_name`` and a numeric ``metric_value``; a rejection line carries ``reason``."""
-
-    MODEL_PROMOTED = "model_promoted"
-    UPLOAD_REJECTED = "upload_rejected"
 
 
 # The stage (FunctionSpec.settings_key) whose functions write each event: in either
@@ -63,36 +57,6 @@ LOG_EVENT_STAGES: Mapping[str, str] = {
     LogEvent.MODEL_PROMOTED: "train_model",
     LogEvent.UPLOAD_REJECTED: "process_data",
 }
-
-
-class Env:
-    """Environment variable names the functions read (function_src/pipeline_core/settings.py)."""
-
-    PROJECT = "GOOGLE_CLOUD_PROJECT"
-    DATA_BUCKET = "DATA_BUCKET"
-    TARGET_COLUMN = "TARGET_COLUMN"
-    FEATURE_COLUMNS = "FEATURE_COLUMNS"  # JSON list; [] means every column but the target
-    MIN_ROWS = "MIN_ROWS"
-    MODEL_TYPE = "MODEL_TYPE"
-    MODEL_HYPERPARAMETERS = "MODEL_HYPERPARAMETERS"  # JSON object
-    PROMOTION_METRIC = "PROMOTION_METRIC"
-    PROMOTION_MINIMUM = "PROMOTION_MINIMUM"
-    PROMOTION_TOLERANCE = "PROMOTION_TOLERANCE"
-    PREDICT_MAX_BATCH = "PREDICT_MAX_BATCH"
-    MODEL_REFRESH_SECONDS = "MODEL_REFRESH_SECONDS"
-    PREDICT_RUNTIME = "PREDICT_RUNTIME"  # onnx (the compiled artifact when verified) or joblib
-    MAX_TRAINING_ROWS = "MAX_TRAINING_ROWS"
-    SCORE_PREFIX = "SCORE_PREFIX"
-    ID_COLUMN = "ID_COLUMN"  # empty: no id column is passed through
-    MODEL_EVENTS_TOPIC = "MODEL_EVENTS_TOPIC"
-    MODEL_TRAINING_TOPIC = "MODEL_TRAINING_TOPIC"
-    MODEL_SERVING_TOPIC = "MODEL_SERVING_TOPIC"
-    WORKFLOW_NAME = "WORKFLOW_NAME"
-    WORKFLOW_LOCATION = "WORKFLOW_LOCATION"
-    # The function's own timeout: how long its claim on a run (a lease) may live.
-    FUNCTION_TIMEOUT_SECONDS = "FUNCTION_TIMEOUT_SECONDS"
-    # Set only by the local stack: where the Executions API is served.
-    WORKFLOWS_API_ENDPOINT = "WORKFLOWS_API_ENDPOINT"
 
 
 class WorkflowEnv:
@@ -113,13 +77,24 @@ class TopicSpec:
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    key: str  # resource key and local service name
-    entry_point: str  # attribute of function_src/main.py
+    key: str  # resource key, local service name and its entry point in function_src/main.py
+    _: KW_ONLY
     signature: Signature
     workload: str  # key of the runtime service account (see WORKLOADS)
-    settings_key: str  # key of its FunctionSettings in StackConfig.functions
     env: tuple[str, ...]  # Env names it receives
     publishes_to: tuple[str, ...] = ()  # topic keys it publishes to
+    # The stage it runs, whose FunctionSettings it takes (StackConfig.functions): its own
+    # key but for the events mode's variants (process_data_event runs process_data).
+    settings_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.settings_key:
+            object.__setattr__(self, "settings_key", self.key)
+
+    @property
+    def entry_point(self) -> str:
+        """The attribute of function_src/main.py the function runs."""
+        return self.key
 
 
 @dataclass(frozen=True)
@@ -229,18 +204,16 @@ _PREDICT_ENV = (
     Env.PREDICT_RUNTIME,
 )
 
-_PREDICT = FunctionSpec("predict", "predict", "http", "prediction", "predict", _PREDICT_ENV)
+_PREDICT = FunctionSpec("predict", signature="http", workload="prediction", env=_PREDICT_ENV)
 
 # Scoring is one stage in both modes: its own notification, topic and push delivery
 # (with a dead-letter queue) straight to score_data, which publishes its summary.
 _SCORE_TOPIC = TopicSpec("score_uploaded", "score-uploaded", "Notifications of scoring uploads")
 _SCORE_DATA = FunctionSpec(
     "score_data",
-    "score_data",
-    "cloudevent",
-    "scoring",
-    "score_data",
-    (
+    signature="cloudevent",
+    workload="scoring",
+    env=(
         *_BASE_ENV,
         Env.FUNCTION_TIMEOUT_SECONDS,
         Env.SCORE_PREFIX,
@@ -276,29 +249,17 @@ def build_topology(
             ),
             functions=(
                 FunctionSpec(
-                    "process_data",
-                    "process_data",
-                    "http",
-                    "processing",
-                    "process_data",
-                    _PROCESSING_ENV,
+                    "process_data", signature="http", workload="processing", env=_PROCESSING_ENV
                 ),
                 FunctionSpec(
-                    "train_model",
-                    "train_model",
-                    "http",
-                    "training",
-                    "train_model",
-                    _TRAINING_ENV,
+                    "train_model", signature="http", workload="training", env=_TRAINING_ENV
                 ),
                 _PREDICT,
                 FunctionSpec(
                     "trigger_workflow",
-                    "trigger_workflow",
-                    "cloudevent",
-                    "workflow_trigger",
-                    "trigger_workflow",
-                    (
+                    signature="cloudevent",
+                    workload="workflow_trigger",
+                    env=(
                         *_BASE_ENV,
                         Env.FUNCTION_TIMEOUT_SECONDS,
                         Env.WORKFLOW_NAME,
@@ -352,22 +313,20 @@ def build_topology(
         functions=(
             FunctionSpec(
                 "process_data_event",
-                "process_data_event",
-                "cloudevent",
-                "processing",
-                "process_data",
-                (*_PROCESSING_ENV, Env.MODEL_TRAINING_TOPIC, Env.MODEL_EVENTS_TOPIC),
+                signature="cloudevent",
+                workload="processing",
+                settings_key="process_data",
+                env=(*_PROCESSING_ENV, Env.MODEL_TRAINING_TOPIC, Env.MODEL_EVENTS_TOPIC),
                 publishes_to=("model_training_trigger", "model_events"),
             ),
             FunctionSpec(
                 "train_model_event",
-                "train_model_event",
-                "cloudevent",
-                "training",
-                "train_model",
+                signature="cloudevent",
+                workload="training",
+                settings_key="train_model",
                 # PREDICT_RUNTIME: the candidate's smoke prediction runs in process,
                 # with the runtime predict would serve it with.
-                (
+                env=(
                     *_TRAINING_ENV,
                     Env.PREDICT_RUNTIME,
                     Env.MODEL_SERVING_TOPIC,

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from components.config import (
     ORCHESTRATIONS,
-    PROMOTION_METRICS,
     ConfigError,
     StackConfig,
     load_stack_file,
@@ -33,11 +32,11 @@ from devstack.console import (
 from devstack.errors import DevstackError, RunFailedError, ServiceDiedError
 from devstack.plan import REPO_ROOT
 from devstack.processes import log_tail
+from pipeline_core import contract
 
 DEFAULT_STACK_FILE = REPO_ROOT / "Pulumi.dev.yaml"
 RUN_TIMEOUT_SECONDS = 300.0
 STATE_DIR_ENV = "DEVSTACK_STATE_DIR"
-DEFAULT_REPORT_METRIC = "f1_macro"  # the default promotion.metric
 
 Number = TypeVar("Number", int, float)
 
@@ -82,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m devstack",
         description="The ML pipeline on one machine: Pub/Sub emulator, fake-gcs-server, "
-        "every function as a functions-framework process, the local Workflows engine.",
+        "every function as a functions-framework process, the Workflows emulator.",
     )
     parser.add_argument(
         "--state-dir",
@@ -109,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="override the stack's ml-pipeline:orchestration",
         )
 
+    def upload_options(command: argparse.ArgumentParser, under: str) -> None:
+        """The file, its object name ``under`` a prefix, and following the run it starts."""
+        command.add_argument("file", type=Path)
+        command.add_argument("--name", help=f"object name under {under} (default: the file name)")
+        command.add_argument("--wait", action="store_true", help="follow the run to its summary")
+        command.add_argument(
+            "--timeout",
+            type=positive(float),
+            default=RUN_TIMEOUT_SECONDS,
+            help="seconds --wait follows the run (default %(default).0f)",
+        )
+
     up = commands.add_parser("up", help="start everything (foreground until Ctrl-C)")
     stack_options(up)
     up.add_argument("--detach", action="store_true", help="return once every service is healthy")
@@ -117,28 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     restart.add_argument("service")
     commands.add_parser("endpoints", help="print the stack's addresses as JSON")
     upload = commands.add_parser("upload", help="upload a file under raw/ (starts a run)")
-    upload.add_argument("file", type=Path)
-    upload.add_argument("--name", help="object name under raw/ (default: the file name)")
+    upload_options(upload, "raw/")
     upload.add_argument("--bucket", help="upload to this real GCS bucket instead")
-    upload.add_argument("--wait", action="store_true", help="follow the run to its summary")
-    upload.add_argument(
-        "--timeout",
-        type=positive(float),
-        default=RUN_TIMEOUT_SECONDS,
-        help="seconds --wait follows the run (default %(default).0f)",
-    )
     score = commands.add_parser(
         "score", help="upload a file under the scoring prefix (starts a scoring run)"
     )
-    score.add_argument("file", type=Path)
-    score.add_argument("--name", help="object name under the prefix (default: the file name)")
-    score.add_argument("--wait", action="store_true", help="follow the run to its summary")
-    score.add_argument(
-        "--timeout",
-        type=positive(float),
-        default=RUN_TIMEOUT_SECONDS,
-        help="seconds --wait follows the run (default %(default).0f)",
-    )
+    upload_options(score, "the prefix")
     score.add_argument("--out", type=Path, help="with --wait: save the predictions CSV here")
     status_command = commands.add_parser(
         "status", help="services (pid, port, health), the champion and the latest runs"
@@ -170,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--metric",
-        choices=PROMOTION_METRICS,
+        choices=contract.PROMOTION_METRICS,
         help="the metric charted (default: the local stack's promotion.metric, else f1_macro)",
     )
     predict = commands.add_parser("predict", help="call the prediction endpoint")
@@ -267,7 +262,7 @@ def _report_command(args: argparse.Namespace, state_dir: Path) -> int:
     out: Path = args.out or state_dir / report.REPORT_NAME
     if args.bucket:
         storage = report.cloud_storage(args.bucket)
-        metric = args.metric or DEFAULT_REPORT_METRIC
+        metric = args.metric or contract.DEFAULT_PROMOTION_METRIC
     else:
         state = stack.load_state(state_dir)
         storage = report.local_storage(state)

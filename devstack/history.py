@@ -1,29 +1,21 @@
 """A model history read from the registry in the data bucket (local or real).
 
-Every name comes from the modules that write the objects (``pipeline_core.registry``
-for versions, manifests, the champion pointer and each upload's recorded outcome;
-``pipeline_core.processing`` for statistics and rejection records), so the report
-cannot drift from the layout.
+Every name comes from the contract the functions write by (``pipeline_core.contract``:
+statistics, rejection records, each upload's recorded outcome) and the registry's own
+code (versions, manifests, the champion pointer), so the report cannot drift from the
+layout.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from components.topology import PROCESSED_PREFIX, REJECTED_PREFIX
-from devstack.plan import FUNCTION_SOURCE
-
-# The registry's own code reads the registry; it lives beside the functions' entry point.
-if str(FUNCTION_SOURCE.parent) not in sys.path:
-    sys.path.append(str(FUNCTION_SOURCE.parent))
-
+from pipeline_core.contract import PROCESSED_PREFIX, REJECTED_PREFIX, STATS_NAME, lineage_object
 from pipeline_core.errors import ObjectNotFoundError, PipelineError
 from pipeline_core.events import ObjectRef
-from pipeline_core.processing import STATS_NAME
-from pipeline_core.registry import ModelRegistry, lineage_object
+from pipeline_core.registry import ModelRegistry
 from pipeline_core.storage import GcsStorage, Storage, read_json
 
 __all__ = ["GcsStorage", "History", "PipelineError", "Run", "Storage", "Version", "load_history"]

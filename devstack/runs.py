@@ -24,8 +24,8 @@ from components.topology import RAW_PREFIX
 from devstack.errors import DevstackError, RunFailedError, RunTimeoutError
 from devstack.pubsub import PubSubEmulator
 from devstack.stack import StackState
+from pipeline_core import contract
 
-CHAMPION_OBJECT = "models/champion.json"
 _POLL_SECONDS = 0.5
 # After a failed execution the workflow still publishes its summary; wait this long for it.
 _SUMMARY_GRACE_SECONDS = 15.0
@@ -49,23 +49,26 @@ class RunKey:
     object: str
     generation: str
 
+    # What the stages record of this upload, named by the contract they write by.
+    @property
+    def name(self) -> str:
+        return self.object
+
     @property
     def processed_stats(self) -> str:
-        return f"processed/{self.object}/{self.generation}/stats.json"
+        return contract.stats_object(self)
 
     @property
     def training_outcome(self) -> str:
-        # Written by train_model per source generation (pipeline_core.registry).
-        return f"models/by-source/{self.object}/{self.generation}.json"
+        return contract.lineage_object(self)
 
     @property
     def rejection(self) -> str:
-        return f"rejected/{self.object}/{self.generation}.json"
+        return contract.rejection_object(self)
 
     @property
     def scoring_summary(self) -> str:
-        # Written by score_data per upload generation (pipeline_core.scoring).
-        return f"predictions/{self.object}/{self.generation}/summary.json"
+        return contract.scoring_summary_object(self)
 
     def matches(self, attributes: dict[str, str]) -> bool:
         return (
@@ -358,7 +361,7 @@ class _StageObserver:
         return document
 
     def _champion_version(self) -> str | None:
-        pointer = self._read_json(CHAMPION_OBJECT)
+        pointer = self._read_json(contract.CHAMPION_OBJECT)
         return None if pointer is None else str(pointer.get("model_version"))
 
 
@@ -497,7 +500,7 @@ def list_runs(state: StackState) -> list[RunRow]:
 
 def read_champion(state: StackState) -> dict[str, Any] | None:
     """The champion pointer (models/champion.json), or None before the first promotion."""
-    blob = state.storage_client().bucket(state.bucket).get_blob(CHAMPION_OBJECT)
+    blob = state.storage_client().bucket(state.bucket).get_blob(contract.CHAMPION_OBJECT)
     if blob is None:
         return None
     pointer: dict[str, Any] = json.loads(blob.download_as_bytes())

@@ -18,6 +18,7 @@ from devstack import runs
 from devstack.console import format_table
 from devstack.processes import RunningService, answers, group_usage
 from devstack.stack import StackState
+from pipeline_core import contract
 
 LATEST_RUNS = 5
 RUN_COLUMNS = ("object", "generation", "uploaded_at", "state", "detail")
@@ -96,7 +97,9 @@ def render(status: dict[str, Any]) -> str:
     if not status["storage_readable"]:
         lines.append("runs: unknown while the storage emulator is not healthy")
     elif not latest:
-        lines.append(f"runs: none yet (upload a CSV to gs://{status['bucket']}/raw/)")
+        lines.append(
+            f"runs: none yet (upload a CSV to gs://{status['bucket']}/{contract.RAW_PREFIX})"
+        )
     else:
         lines.append(f"latest runs ({len(latest)} of {status['runs_total']}, newest first):")
         lines.append(runs_table(latest))

@@ -28,13 +28,12 @@ import orjson
 from cloudevents.http import CloudEvent
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from pipeline_core import choreography
 from pipeline_core import logging as log
-from pipeline_core import summaries
 from pipeline_core.errors import (
     BadRequestError,
-    DataRejectedError,
+    NoChampionError,
     PayloadTooLargeError,
-    PermanentError,
     PipelineError,
 )
 from pipeline_core.events import (
@@ -56,7 +55,6 @@ from pipeline_core.settings import (
     ServingSettings,
     TrainingSettings,
     TriggerSettings,
-    topic_path,
 )
 from pipeline_core.storage import GcsStorage, Storage
 from pipeline_core.workflow_trigger import ExecutionStarter, WorkflowsExecutionStarter, trigger
@@ -77,26 +75,36 @@ STAGE_CORES = {
 }
 
 
+def _cloud_storage(project: str, bucket: str) -> Storage:
+    return GcsStorage(bucket, project)
+
+
 @dataclass
 class Runtime:
     """Clients shared by the requests of one instance, created on first use.
 
-    Tests replace ``storage``, ``publisher``, ``starter`` and ``clock`` with fakes.
+    Tests replace ``open_bucket`` (project, bucket -> its storage), ``publisher``,
+    ``starter`` and ``clock`` with fakes.
     """
 
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
-    storage: Storage | None = None
+    open_bucket: Callable[[str, str], Storage] = _cloud_storage
     publisher: Publisher | None = None
     starter: ExecutionStarter | None = None
     model_service: ModelService | None = None
     serving: ServingSettings | None = None
     clock: Callable[[], datetime] = utc_now
+    _buckets: dict[tuple[str, str], Storage] = field(default_factory=dict, repr=False)
     _creating: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def bucket(self, project: str, bucket: str) -> Storage:
-        if self.storage is None:
-            self.storage = GcsStorage(bucket, project)
-        return self.storage
+        """One storage client per (project, bucket), opened on first use."""
+        key = (project, bucket)
+        storage = self._buckets.get(key)
+        if storage is None:
+            # setdefault: of two first calls racing, both get the one that is kept.
+            storage = self._buckets.setdefault(key, self.open_bucket(project, bucket))
+        return storage
 
     def pubsub(self) -> Publisher:
         if self.publisher is None:
@@ -389,61 +397,44 @@ def _reload(request: flask.Request) -> flask.Response:
             log.info("reload pushed", message_id=pubsub_message(body).message_id)
     model = runtime.models().refresh()
     if model is None:
-        return _respond(
-            {"error": {"code": "no_champion", "message": "no champion has been promoted yet"}},
-            503,
-        )
+        raise NoChampionError("no champion has been promoted yet")
     return _respond({"status": "serving", "model_version": model.version})
 
 
+def _on_notification(
+    handle: Callable[[StorageNotification], None],
+) -> Callable[[CloudEvent], None]:
+    """A CloudEvent function around a handler of storage notifications: the event's ids
+    in every log line; a malformed notification is acknowledged with an ERROR log."""
+
+    def handler(event: CloudEvent) -> None:
+        with _event_log_context(event):
+            notification = _notification(event)
+            if notification is not None:
+                handle(notification)
+
+    handler.__name__ = handle.__name__
+    handler.__doc__ = handle.__doc__
+    return handler
+
+
 @functions_framework.cloud_event
-def trigger_workflow(event: CloudEvent) -> None:
+@_on_notification
+def trigger_workflow(notification: StorageNotification) -> None:
     """Upload notification -> one Workflows execution per object generation."""
-    with _event_log_context(event):
-        notification = _notification(event)
-        if notification is None:
-            return
-        settings = TriggerSettings.from_env(runtime.environ)
-        storage = runtime.bucket(settings.project, settings.data_bucket)
-        trigger(notification, storage, runtime.executions(settings), settings, runtime.clock)
+    settings = TriggerSettings.from_env(runtime.environ)
+    storage = runtime.bucket(settings.project, settings.data_bucket)
+    trigger(notification, storage, runtime.executions(settings), settings, runtime.clock)
 
 
 @functions_framework.cloud_event
-def process_data_event(event: CloudEvent) -> None:
+@_on_notification
+def process_data_event(notification: StorageNotification) -> None:
     """Events mode: notification -> process -> message on model-training-trigger."""
-    with _event_log_context(event):
-        notification = _notification(event)
-        if notification is None:
-            return
-        skip = notification.skip_reason()
-        if skip is not None:
-            log.info(f"skipping notification: {skip}")
-            return
-        settings = ProcessingSettings.from_env(runtime.environ)
-        ref = notification.ref
-        try:
-            result = _process(settings, ref)
-        except DataRejectedError as rejection:
-            _publish_summary(
-                settings.project,
-                settings.model_events_topic,
-                summaries.rejected(ref, "process_data", rejection),
-            )
-            return
-        except PermanentError as error:
-            log.error(f"processing failed permanently: {error.message}", object=ref.name)
-            _publish_summary(
-                settings.project,
-                settings.model_events_topic,
-                summaries.failed(ref, "process_data", error.message),
-            )
-            return
-        request = TrainingRequest(ref, result.to_json()["processed_object"])
-        runtime.pubsub().publish(
-            topic_path(settings.project, settings.model_training_topic),
-            request.to_json(),
-            {"object": ref.name, "generation": str(ref.generation)},
-        )
+    settings = ProcessingSettings.from_env(runtime.environ)
+    choreography.process_upload(
+        notification, settings, lambda ref: _process(settings, ref), runtime.pubsub()
+    )
 
 
 @functions_framework.cloud_event
@@ -459,63 +450,33 @@ def train_model_event(event: CloudEvent) -> None:
 
         settings = TrainingSettings.from_env(runtime.environ)
         storage = runtime.bucket(settings.project, settings.data_bucket)
-        try:
-            outcome = train_smoke_and_promote(storage, request, settings, runtime.clock)
-        except PermanentError as error:
-            log.error(f"training failed permanently: {error.message}")
-            _publish_summary(
-                settings.project,
-                settings.model_events_topic,
-                summaries.failed(request.source, "train_model", error.message),
-            )
-            return
-        if outcome["promoted"]:
-            runtime.pubsub().publish(
-                topic_path(settings.project, settings.model_serving_topic),
-                {"model_version": outcome["model_version"]},
-                {"model_version": outcome["model_version"]},
-            )
-        _publish_summary(
-            settings.project,
-            settings.model_events_topic,
-            summaries.succeeded(request.source, outcome),
+        choreography.train_and_announce(
+            request,
+            settings,
+            lambda training: train_smoke_and_promote(storage, training, settings, runtime.clock),
+            runtime.pubsub(),
         )
 
 
 @functions_framework.cloud_event
-def score_data(event: CloudEvent) -> None:
+@_on_notification
+def score_data(notification: StorageNotification) -> None:
     """Scoring upload notification -> predictions/ of the champion + summary message."""
-    with _event_log_context(event):
-        notification = _notification(event)
-        if notification is None:
-            return
-        settings = ScoringSettings.from_env(runtime.environ)
-        skip = notification.skip_reason(settings.score_prefix)
-        if skip is not None:
-            log.info(f"skipping notification: {skip}")
-            return
-        from pipeline_core.scoring import ScoringSpec, score
+    from pipeline_core.scoring import ScoringSpec, score
 
-        ref = notification.ref
-        spec = ScoringSpec(
-            settings.score_prefix, settings.id_column, settings.target_column, settings.runtime
-        )
-        try:
-            outcome = score(
-                runtime.bucket(settings.project, settings.data_bucket),
-                ref,
-                spec,
-                lease_seconds=settings.timeout_seconds,
-                clock=runtime.clock,
-            )
-        except DataRejectedError as rejection:
-            summary = summaries.rejected(ref, "score_data", rejection)
-        except PermanentError as error:
-            log.error(f"scoring failed permanently: {error.message}", object=ref.name)
-            summary = summaries.failed(ref, "score_data", error.message)
-        else:
-            summary = summaries.scored(ref, outcome)
-        _publish_summary(settings.project, settings.model_events_topic, summary)
+    settings = ScoringSettings.from_env(runtime.environ)
+    storage = runtime.bucket(settings.project, settings.data_bucket)
+    spec = ScoringSpec(
+        settings.score_prefix, settings.id_column, settings.target_column, settings.runtime
+    )
+    choreography.score_upload(
+        notification,
+        settings,
+        lambda ref: score(
+            storage, ref, spec, lease_seconds=settings.timeout_seconds, clock=runtime.clock
+        ),
+        runtime.pubsub(),
+    )
 
 
 def _event_log_context(event: CloudEvent) -> contextlib.AbstractContextManager[None]:
@@ -530,10 +491,6 @@ def _notification(event: CloudEvent) -> StorageNotification | None:
     except BadRequestError as error:
         log.error(f"acknowledging a malformed notification: {error.message}")
         return None
-
-
-def _publish_summary(project: str, topic: str, summary: dict[str, Any]) -> None:
-    runtime.pubsub().publish(topic_path(project, topic), summary, summaries.attributes(summary))
 
 
 def _process(settings: ProcessingSettings, ref: ObjectRef) -> ProcessingResult:

@@ -171,8 +171,9 @@ def feature_cells(columns: pa.Table, features: int) -> FeatureCells:
 
 def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
     """The row rules over one block; ``columns`` holds the layout's features, then its
-    target, every cell a string. A row is rejected for the first rule it breaks: target
-    first, then each feature in order (missing, not a number, not finite)."""
+    target, every cell a string (or a feature column of finite float64 values). A row
+    is rejected for the first rule it breaks: target first, then each feature in order
+    (missing, not a number, not finite)."""
     target = pc.utf8_trim(columns.column(len(layout.features)), characters=WHITESPACE)
     encoded = pc.dictionary_encode(_combined(target))
     spellings = encoded.dictionary.to_pylist()
@@ -201,7 +202,12 @@ def _parse_numbers(
 ) -> np.ndarray[Any, np.dtype[np.int8]] | None:
     """Writes each cell's number into ``out``; the per-cell codes, or None if all are
     finite numbers. Arrow's cast takes a superset of NUMBER ("nan(1)") that only ever
-    yields NaN, so a cast to finite values alone proves every cell a number."""
+    yields NaN, so a cast to finite values alone proves every cell a number. A float64
+    column is one the CSV reader already converted, which it does only when every cell
+    is a finite number (``csv_source.parse``)."""
+    if cells.type == pa.float64():
+        out[:] = _numpy(cells)
+        return None
     try:
         numbers = _numpy(pc.cast(cells, pa.float64()))
     except pa.ArrowInvalid:

@@ -81,7 +81,7 @@ class CleaningRun:
         progress = Progress(ref, self.progress_seconds)
         with ParquetOutput(sink, arrow_schema, self.row_group_rows) as output:
             for block, parsed in csv_source.parsed_ahead(
-                blocks, len(columns.names), columns.positions
+                blocks, len(columns.names), columns.positions, len(self.features)
             ):
                 cleaned = clean(parsed.columns, columns)
                 self._count(block, parsed, cleaned, columns)

@@ -32,6 +32,9 @@ RANGE_BITS = 4
 SPILL_RANGES = 1 << RANGE_BITS  # ranges of the first lane, by its top bits
 # Object-store round trips overlap: a spill is 16 small writes, a range 1 read a window.
 SPILL_THREADS = 8
+# Writes of one spill queued or in flight at a time: each holds its range's records and
+# the client's copies of them (a multipart request body), so 16 at once held tens of MB.
+SPILL_WRITES_IN_FLIGHT = 4
 SPILL_CONTENT_TYPE = "application/octet-stream"
 # One spilled digest: both lanes and the row's number within its window.
 SPILLED = np.dtype([("key", "<u8"), ("check", "<u8"), ("row", "<u4")])
@@ -99,10 +102,12 @@ class Deduplicator:
         sizes = []
         for part in range(SPILL_RANGES):
             # One range at a time: memory holds the window and one range's records, plus
-            # the bytes of the writes still in flight.
+            # the bytes of at most SPILL_WRITES_IN_FLIGHT writes.
             rows = np.flatnonzero(parts == part)
             records = np.empty(len(rows), dtype=SPILLED)
             records["key"], records["check"], records["row"] = keys[rows], checks[rows], rows
+            if len(self._writes) >= SPILL_WRITES_IN_FLIGHT:
+                self._writes.pop(0).result()
             self._writes.append(
                 self._io.submit(
                     self._storage.write,

@@ -51,17 +51,28 @@ class PayloadTooLargeError(PermanentError):
 
 
 class DataRejectedError(PermanentError):
-    """A whole raw file was rejected; ``reason`` is recorded under ``rejected/``."""
+    """A whole raw file was rejected, recorded in ``rejection_object``: ``reason_code``
+    names the rule it broke (``too_few_rows``), ``detail`` says what was wrong in words."""
 
     http_status = 422
     code = "rejected"
 
-    def __init__(self, reason: str, *, rejection_object: str, detail: str) -> None:
-        super().__init__(detail, reason=detail, rejection_code=reason)
-        self.reason_code = reason
+    def __init__(self, reason_code: str, *, rejection_object: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason_code = reason_code
         self.detail = detail
         self.rejection_object = rejection_object
-        self.details["rejection_object"] = rejection_object
+
+    def to_json(self) -> dict[str, Any]:
+        # On the wire (docs/FUNCTIONS.md) the words are the "reason", the rule's name
+        # the "rejection_code".
+        body = super().to_json()
+        body["error"].update(
+            reason=self.detail,
+            rejection_code=self.reason_code,
+            rejection_object=self.rejection_object,
+        )
+        return body
 
 
 class TrainingFailedError(PermanentError):

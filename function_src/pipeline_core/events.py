@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline_core.contract import PROCESSED_PREFIX, RAW_PREFIX
 from pipeline_core.errors import BadRequestError
 
-RAW_PREFIX = "raw/"
 FINALIZE = "OBJECT_FINALIZE"
 PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
@@ -50,9 +50,10 @@ class TrainingRequest:
     def from_json(cls, payload: Any) -> TrainingRequest:
         source = ObjectRef.from_request(payload)
         processed = payload.get("processed_object")
-        if not isinstance(processed, str) or not processed.startswith("processed/"):
+        if not isinstance(processed, str) or not processed.startswith(PROCESSED_PREFIX):
             raise BadRequestError(
-                f"'processed_object' must name an object under processed/, got {processed!r}"
+                f"'processed_object' must name an object under {PROCESSED_PREFIX}, "
+                f"got {processed!r}"
             )
         return cls(source, processed)
 

@@ -23,6 +23,19 @@ import pyarrow.parquet as pq
 from pipeline_core import logging as log
 from pipeline_core.cleaning import FileRejectedError
 from pipeline_core.cleaning_run import PROGRESS_SECONDS, CleaningRun
+from pipeline_core.contract import (
+    DEFAULT_MIN_ROWS,
+    DEFAULT_TARGET_COLUMN,
+    DEFAULT_TIMEOUT_SECONDS,
+    RAW_PREFIX,
+    LogEvent,
+    deduplicated_object,
+    digest_spill_prefix,
+    processed_object,
+    processing_lease_object,
+    rejection_object,
+    stats_object,
+)
 from pipeline_core.csv_source import DEFAULT_BLOCK_BYTES
 from pipeline_core.deduplication import Deduplicator
 from pipeline_core.digest_set import DEFAULT_CAPACITY
@@ -30,46 +43,14 @@ from pipeline_core.errors import BadRequestError, DataRejectedError, Preconditio
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import Clock, acquire, utc_now
 from pipeline_core.parquet_output import PARQUET_CONTENT_TYPE
-from pipeline_core.settings import DEFAULT_TIMEOUT_SECONDS
 from pipeline_core.storage import Storage, read_json, write_json
-
-UPLOAD_REJECTED_EVENT = "upload_rejected"
 
 
 @dataclass(frozen=True)
 class DatasetSchema:
-    target_column: str = "target"
+    target_column: str = DEFAULT_TARGET_COLUMN
     feature_columns: tuple[str, ...] = ()  # empty: every column but the target
-    min_rows: int = 20
-
-
-def processed_object(ref: ObjectRef) -> str:
-    return f"processed/{ref.name}/{ref.generation}/data.parquet"
-
-
-STATS_NAME = "stats.json"
-
-
-def deduplicated_object(ref: ObjectRef) -> str:
-    """The cleaned rows when ``processed_object`` still held far-apart repeats."""
-    return f"processed/{ref.name}/{ref.generation}/deduplicated.parquet"
-
-
-def spill_prefix(ref: ObjectRef) -> str:
-    """Where duplicate detection spills row digests while the upload is processed."""
-    return f"processed/{ref.name}/{ref.generation}/digests/"
-
-
-def stats_object(ref: ObjectRef) -> str:
-    return f"processed/{ref.name}/{ref.generation}/{STATS_NAME}"
-
-
-def rejection_object(ref: ObjectRef) -> str:
-    return f"rejected/{ref.name}/{ref.generation}.json"
-
-
-def lease_object(ref: ObjectRef) -> str:
-    return f"processed/{ref.name}/{ref.generation}/lease.json"
+    min_rows: int = DEFAULT_MIN_ROWS
 
 
 @dataclass(frozen=True)
@@ -111,12 +92,14 @@ def process(
     """
     if ref.bucket != storage.bucket:
         raise BadRequestError(f"bucket {ref.bucket!r} is not this pipeline's data bucket")
-    if not ref.name.startswith("raw/"):
-        raise BadRequestError(f"object {ref.name!r} is outside raw/; only uploads are processed")
+    if not ref.name.startswith(RAW_PREFIX):
+        raise BadRequestError(
+            f"object {ref.name!r} is outside {RAW_PREFIX}; only uploads are processed"
+        )
     previous = _previous_outcome(storage, ref)
     if previous is not None:
         return previous
-    lease = acquire(storage, lease_object(ref), seconds=lease_seconds, clock=clock)
+    lease = acquire(storage, processing_lease_object(ref), seconds=lease_seconds, clock=clock)
     try:
         # The attempt that held the lease before us may have finished since our check.
         return _previous_outcome(storage, ref) or _clean(
@@ -130,7 +113,7 @@ def process(
                 block_bytes,
                 progress_seconds,
             ),
-            Deduplicator(storage, spill_prefix(ref), window_rows),
+            Deduplicator(storage, digest_spill_prefix(ref), window_rows),
         )
     finally:
         lease.release()
@@ -238,7 +221,7 @@ def _record_rejection(
     # event and reason are a contract: the log-based metric of rejections counts them.
     log.warning(
         "rejected upload",
-        event=UPLOAD_REJECTED_EVENT,
+        event=LogEvent.UPLOAD_REJECTED,
         reason=rejection.reason,
         object=ref.name,
         generation=ref.generation,

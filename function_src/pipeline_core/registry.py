@@ -18,44 +18,28 @@ from datetime import datetime
 from typing import Any
 
 from pipeline_core import logging as log
+from pipeline_core.contract import (
+    CHAMPION_OBJECT,
+    MANIFEST_NAME,
+    MODELS_PREFIX,
+    LogEvent,
+    PromotionPolicy,
+    artifact_object,
+    manifest_object,
+    onnx_artifact_object,
+)
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
-from pipeline_core.events import ObjectRef
-from pipeline_core.settings import PromotionPolicy
 from pipeline_core.storage import Storage, read_json, write_json
 
-CHAMPION_OBJECT = "models/champion.json"
-MODELS_PREFIX = "models/"
-MANIFEST_NAME = "manifest.json"
 # What new_version makes; anything else in a request is refused before it names an object.
 VERSION_PATTERN = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{6}", re.ASCII)
 ARTIFACT_CONTENT_TYPE = "application/octet-stream"
 PROMOTION_ATTEMPTS = 5
-MODEL_PROMOTED_EVENT = "model_promoted"
 
 
 def new_version(now: datetime) -> str:
     """Sortable by time (UTC, microseconds) and unique (random suffix)."""
     return f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(3)}"
-
-
-def artifact_object(version: str) -> str:
-    return f"models/{version}/model.joblib"
-
-
-def onnx_artifact_object(version: str) -> str:
-    return f"models/{version}/model.onnx"
-
-
-def manifest_object(version: str) -> str:
-    return f"models/{version}/{MANIFEST_NAME}"
-
-
-def lineage_object(ref: ObjectRef) -> str:
-    return f"models/by-source/{ref.name}/{ref.generation}.json"
-
-
-def training_lease_object(ref: ObjectRef) -> str:
-    return f"models/by-source/{ref.name}/{ref.generation}.lease.json"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -202,7 +186,7 @@ class ModelRegistry:
             # These fields are a contract: the log-based metrics of promotions read them.
             log.info(
                 "promoted a new champion",
-                event=MODEL_PROMOTED_EVENT,
+                event=LogEvent.MODEL_PROMOTED,
                 model_version=version,
                 metric_name=policy.metric,
                 metric_value=float(manifest["metrics"][policy.metric]),

@@ -1,8 +1,8 @@
 """Typed settings read from the environment the Pulumi components (and devstack) set.
 
-The variable names are the contract in ``components/topology.py`` (class ``Env``); this
-package is deployed alone, so it repeats them rather than importing them. A missing or
-invalid variable raises ``ConfigurationError`` naming it and the expected value.
+The variable names, defaults and bounds are the contract (``pipeline_core.contract``),
+which the Pulumi components and devstack read too. A missing or invalid variable raises
+``ConfigurationError`` naming it and the expected value.
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline_core import contract
+from pipeline_core.contract import Env, PromotionPolicy
 from pipeline_core.errors import ConfigurationError
-
-# The default function timeout in the stack config; a lease lives as long as its holder.
-DEFAULT_TIMEOUT_SECONDS = 540
-MODEL_TYPES = ("random_forest", "logistic_regression", "gradient_boosting")
-PROMOTION_METRICS = ("accuracy", "f1_macro")
-PREDICT_RUNTIMES = ("onnx", "joblib")
-DEFAULT_MAX_TRAINING_ROWS = 20_000
 
 
 class _Environment:
@@ -51,6 +46,9 @@ class _Environment:
             )
         return value
 
+    def within(self, name: str, default: int, bounds: contract.Bounds) -> int:
+        return self.integer(name, default, low=bounds.low, high=bounds.high)
+
     def fraction(self, name: str, default: float) -> float:
         raw = self.optional(name, repr(default))
         try:
@@ -64,8 +62,26 @@ class _Environment:
         return value
 
     def timeout_seconds(self) -> int:
-        # 3600 s is the longest timeout Cloud Functions (2nd gen) allows.
-        return self.integer("FUNCTION_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, low=1, high=3600)
+        return self.integer(
+            Env.FUNCTION_TIMEOUT_SECONDS,
+            contract.DEFAULT_TIMEOUT_SECONDS,
+            low=1,
+            high=contract.MAX_TIMEOUT_SECONDS,
+        )
+
+    def project(self) -> str:
+        return self.required(Env.PROJECT)
+
+    def data_bucket(self) -> str:
+        return self.required(Env.DATA_BUCKET)
+
+    def target_column(self) -> str:
+        return self.optional(Env.TARGET_COLUMN, contract.DEFAULT_TARGET_COLUMN)
+
+    def predict_runtime(self) -> str:
+        return self.choice(
+            Env.PREDICT_RUNTIME, contract.PREDICT_RUNTIMES, contract.DEFAULT_PREDICT_RUNTIME
+        )
 
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
         value = self.optional(name, default)
@@ -89,89 +105,92 @@ class _Environment:
 class ProcessingSettings:
     project: str
     data_bucket: str
-    target_column: str = "target"
+    target_column: str = contract.DEFAULT_TARGET_COLUMN
     feature_columns: tuple[str, ...] = ()  # empty: every column but the target
-    min_rows: int = 20
+    min_rows: int = contract.DEFAULT_MIN_ROWS
     chunk_rows: int = 50_000
-    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    timeout_seconds: int = contract.DEFAULT_TIMEOUT_SECONDS
     model_training_topic: str = ""  # events mode only
     model_events_topic: str = ""  # events mode only
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ProcessingSettings:
         env = _Environment(environ)
-        features = env.json_value("FEATURE_COLUMNS", "[]")
+        features = env.json_value(Env.FEATURE_COLUMNS, "[]")
         if not isinstance(features, list) or not all(
             isinstance(name, str) and name for name in features
         ):
             raise ConfigurationError(
-                "environment variable FEATURE_COLUMNS must be a JSON list of column names"
+                f"environment variable {Env.FEATURE_COLUMNS} must be a JSON list of column names"
             )
-        target = env.optional("TARGET_COLUMN", "target")
+        target = env.target_column()
         if target in features:
             raise ConfigurationError(
-                f"environment variable FEATURE_COLUMNS lists the target column {target!r}"
+                f"environment variable {Env.FEATURE_COLUMNS} lists the target column {target!r}"
             )
         return cls(
-            project=env.required("GOOGLE_CLOUD_PROJECT"),
-            data_bucket=env.required("DATA_BUCKET"),
+            project=env.project(),
+            data_bucket=env.data_bucket(),
             target_column=target,
             feature_columns=tuple(features),
-            min_rows=env.integer("MIN_ROWS", 20, low=2, high=10_000_000),
+            min_rows=env.within(Env.MIN_ROWS, contract.DEFAULT_MIN_ROWS, contract.MIN_ROWS_BOUNDS),
             timeout_seconds=env.timeout_seconds(),
-            model_training_topic=env.optional("MODEL_TRAINING_TOPIC", ""),
-            model_events_topic=env.optional("MODEL_EVENTS_TOPIC", ""),
+            model_training_topic=env.optional(Env.MODEL_TRAINING_TOPIC, ""),
+            model_events_topic=env.optional(Env.MODEL_EVENTS_TOPIC, ""),
         )
-
-
-@dataclass(frozen=True)
-class PromotionPolicy:
-    metric: str = "f1_macro"
-    minimum: float = 0.7
-    tolerance: float = 0.0
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
     project: str
     data_bucket: str
-    target_column: str = "target"
-    model_type: str = "random_forest"
+    target_column: str = contract.DEFAULT_TARGET_COLUMN
+    model_type: str = contract.DEFAULT_MODEL_TYPE
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     promotion: PromotionPolicy = field(default_factory=PromotionPolicy)
-    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
-    max_training_rows: int = DEFAULT_MAX_TRAINING_ROWS
+    timeout_seconds: int = contract.DEFAULT_TIMEOUT_SECONDS
+    max_training_rows: int = contract.DEFAULT_MAX_TRAINING_ROWS
     model_serving_topic: str = ""  # events mode only
     model_events_topic: str = ""  # events mode only
     # Events mode smokes the candidate in process, with the runtime predict serves it with.
-    serving_runtime: str = "onnx"
+    serving_runtime: str = contract.DEFAULT_PREDICT_RUNTIME
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TrainingSettings:
         env = _Environment(environ)
-        hyperparameters = env.json_value("MODEL_HYPERPARAMETERS", "{}")
+        hyperparameters = env.json_value(Env.MODEL_HYPERPARAMETERS, "{}")
         if not isinstance(hyperparameters, dict):
             raise ConfigurationError(
-                "environment variable MODEL_HYPERPARAMETERS must be a JSON object"
+                f"environment variable {Env.MODEL_HYPERPARAMETERS} must be a JSON object"
             )
         return cls(
-            project=env.required("GOOGLE_CLOUD_PROJECT"),
-            data_bucket=env.required("DATA_BUCKET"),
-            target_column=env.optional("TARGET_COLUMN", "target"),
-            model_type=env.choice("MODEL_TYPE", MODEL_TYPES, "random_forest"),
+            project=env.project(),
+            data_bucket=env.data_bucket(),
+            target_column=env.target_column(),
+            model_type=env.choice(
+                Env.MODEL_TYPE, contract.MODEL_TYPES, contract.DEFAULT_MODEL_TYPE
+            ),
             hyperparameters=hyperparameters,
             promotion=PromotionPolicy(
-                metric=env.choice("PROMOTION_METRIC", PROMOTION_METRICS, "f1_macro"),
-                minimum=env.fraction("PROMOTION_MINIMUM", 0.7),
-                tolerance=env.fraction("PROMOTION_TOLERANCE", 0.0),
+                metric=env.choice(
+                    Env.PROMOTION_METRIC,
+                    contract.PROMOTION_METRICS,
+                    contract.DEFAULT_PROMOTION_METRIC,
+                ),
+                minimum=env.fraction(Env.PROMOTION_MINIMUM, contract.DEFAULT_PROMOTION_MINIMUM),
+                tolerance=env.fraction(
+                    Env.PROMOTION_TOLERANCE, contract.DEFAULT_PROMOTION_TOLERANCE
+                ),
             ),
             timeout_seconds=env.timeout_seconds(),
-            max_training_rows=env.integer(
-                "MAX_TRAINING_ROWS", DEFAULT_MAX_TRAINING_ROWS, low=100, high=100_000_000
+            max_training_rows=env.within(
+                Env.MAX_TRAINING_ROWS,
+                contract.DEFAULT_MAX_TRAINING_ROWS,
+                contract.MAX_TRAINING_ROWS_BOUNDS,
             ),
-            model_serving_topic=env.optional("MODEL_SERVING_TOPIC", ""),
-            model_events_topic=env.optional("MODEL_EVENTS_TOPIC", ""),
-            serving_runtime=env.choice("PREDICT_RUNTIME", PREDICT_RUNTIMES, "onnx"),
+            model_serving_topic=env.optional(Env.MODEL_SERVING_TOPIC, ""),
+            model_events_topic=env.optional(Env.MODEL_EVENTS_TOPIC, ""),
+            serving_runtime=env.predict_runtime(),
         )
 
 
@@ -179,19 +198,28 @@ class TrainingSettings:
 class ServingSettings:
     project: str
     data_bucket: str
-    max_batch: int = 1000
-    refresh_seconds: int = 30
-    runtime: str = "onnx"  # the compiled artifact when its manifest verifies it, or joblib
+    max_batch: int = contract.DEFAULT_PREDICT_MAX_BATCH
+    refresh_seconds: int = contract.DEFAULT_MODEL_REFRESH_SECONDS
+    runtime: str = contract.DEFAULT_PREDICT_RUNTIME
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServingSettings:
         env = _Environment(environ)
         return cls(
-            project=env.required("GOOGLE_CLOUD_PROJECT"),
-            data_bucket=env.required("DATA_BUCKET"),
-            max_batch=env.integer("PREDICT_MAX_BATCH", 1000, low=1, high=100_000),
-            refresh_seconds=env.integer("MODEL_REFRESH_SECONDS", 30, low=0, high=3600),
-            runtime=env.choice("PREDICT_RUNTIME", PREDICT_RUNTIMES, "onnx"),
+            project=env.project(),
+            data_bucket=env.data_bucket(),
+            max_batch=env.integer(
+                Env.PREDICT_MAX_BATCH,
+                contract.DEFAULT_PREDICT_MAX_BATCH,
+                low=1,
+                high=contract.PREDICT_MAX_BATCH_LIMIT,
+            ),
+            refresh_seconds=env.within(
+                Env.MODEL_REFRESH_SECONDS,
+                contract.DEFAULT_MODEL_REFRESH_SECONDS,
+                contract.MODEL_REFRESH_SECONDS_BOUNDS,
+            ),
+            runtime=env.predict_runtime(),
         )
 
 
@@ -199,30 +227,30 @@ class ServingSettings:
 class ScoringSettings:
     project: str
     data_bucket: str
-    score_prefix: str = "score/"
+    score_prefix: str = contract.DEFAULT_SCORE_PREFIX
     id_column: str = ""  # empty: no column is passed through
-    target_column: str = "target"  # a scoring file may carry it; it is ignored
-    runtime: str = "onnx"
-    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    target_column: str = contract.DEFAULT_TARGET_COLUMN  # a scoring file may carry it; ignored
+    runtime: str = contract.DEFAULT_PREDICT_RUNTIME
+    timeout_seconds: int = contract.DEFAULT_TIMEOUT_SECONDS
     model_events_topic: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ScoringSettings:
         env = _Environment(environ)
-        prefix = env.optional("SCORE_PREFIX", "score/")
+        prefix = env.optional(Env.SCORE_PREFIX, contract.DEFAULT_SCORE_PREFIX)
         if not prefix.endswith("/"):
             raise ConfigurationError(
-                f"environment variable SCORE_PREFIX={prefix!r} must end with '/'"
+                f"environment variable {Env.SCORE_PREFIX}={prefix!r} must end with '/'"
             )
         return cls(
-            project=env.required("GOOGLE_CLOUD_PROJECT"),
-            data_bucket=env.required("DATA_BUCKET"),
+            project=env.project(),
+            data_bucket=env.data_bucket(),
             score_prefix=prefix,
-            id_column=env.optional("ID_COLUMN", ""),
-            target_column=env.optional("TARGET_COLUMN", "target"),
-            runtime=env.choice("PREDICT_RUNTIME", PREDICT_RUNTIMES, "onnx"),
+            id_column=env.optional(Env.ID_COLUMN, ""),
+            target_column=env.target_column(),
+            runtime=env.predict_runtime(),
             timeout_seconds=env.timeout_seconds(),
-            model_events_topic=env.required("MODEL_EVENTS_TOPIC"),
+            model_events_topic=env.required(Env.MODEL_EVENTS_TOPIC),
         )
 
 
@@ -233,17 +261,17 @@ class TriggerSettings:
     workflow_name: str
     workflow_location: str
     workflows_api_endpoint: str = ""  # local stack only
-    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    timeout_seconds: int = contract.DEFAULT_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TriggerSettings:
         env = _Environment(environ)
         return cls(
-            project=env.required("GOOGLE_CLOUD_PROJECT"),
-            data_bucket=env.required("DATA_BUCKET"),
-            workflow_name=env.required("WORKFLOW_NAME"),
-            workflow_location=env.required("WORKFLOW_LOCATION"),
-            workflows_api_endpoint=_grpc_target(env.optional("WORKFLOWS_API_ENDPOINT", "")),
+            project=env.project(),
+            data_bucket=env.data_bucket(),
+            workflow_name=env.required(Env.WORKFLOW_NAME),
+            workflow_location=env.required(Env.WORKFLOW_LOCATION),
+            workflows_api_endpoint=_grpc_target(env.optional(Env.WORKFLOWS_API_ENDPOINT, "")),
             timeout_seconds=env.timeout_seconds(),
         )
 
@@ -261,13 +289,13 @@ def _grpc_target(endpoint: str) -> str:
         return endpoint
     if "://" in endpoint:
         raise ConfigurationError(
-            f"environment variable WORKFLOWS_API_ENDPOINT={endpoint!r} has a scheme; "
+            f"environment variable {Env.WORKFLOWS_API_ENDPOINT}={endpoint!r} has a scheme; "
             "pass the gRPC target of the Executions API as host:port, e.g. 127.0.0.1:8081"
         )
     host, _, port = endpoint.rpartition(":")
     if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigurationError(
-            f"environment variable WORKFLOWS_API_ENDPOINT={endpoint!r} is not host:port "
+            f"environment variable {Env.WORKFLOWS_API_ENDPOINT}={endpoint!r} is not host:port "
             "(the gRPC target of the Executions API, e.g. 127.0.0.1:8081)"
         )
     return endpoint

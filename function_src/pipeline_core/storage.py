@@ -16,6 +16,12 @@ from typing import IO, Any, Protocol
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 
 READ_CHUNK_BYTES = 8 * 1024 * 1024
+# A resumable upload's request size (a multiple of 256 KiB). Twice 8 MiB halves the
+# round trips of a large Parquet upload. fake-gcs-server's work per request grows with
+# the object so far (its CPU time at 8 MiB: 0.4 s for 30 MB, 3 s for 120 MB), so there
+# 16 MiB cut the server's CPU time for 10M rows from 13 to 8.6 s, for about 20 MB more
+# peak RSS (the client buffers a chunk and copies it).
+WRITE_CHUNK_BYTES = 16 * 1024 * 1024
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -155,13 +161,13 @@ class GcsStorage:
 
     @contextmanager
     def open_write(self, name: str, *, content_type: str) -> Iterator[IO[bytes]]:
-        # A resumable upload: memory holds one chunk, and an error inside the block
+        # A resumable upload: memory holds about two chunks, and an error inside the block
         # cancels the upload, so a half-written object never appears.
         with (
             _translated(self.bucket, name),
             self._bucket()
             .blob(name)
-            .open("wb", chunk_size=READ_CHUNK_BYTES, content_type=content_type) as writer,
+            .open("wb", chunk_size=WRITE_CHUNK_BYTES, content_type=content_type) as writer,
         ):
             yield writer
 

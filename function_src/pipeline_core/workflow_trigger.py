@@ -27,8 +27,9 @@ from typing import Any, Protocol
 
 from pipeline_core import leases
 from pipeline_core import logging as log
+from pipeline_core.contract import run_lease_object, run_marker_object
 from pipeline_core.errors import PipelineError, TransientError
-from pipeline_core.events import ObjectRef, StorageNotification
+from pipeline_core.events import StorageNotification
 from pipeline_core.settings import TriggerSettings
 from pipeline_core.storage import Storage, read_json, write_json
 
@@ -94,14 +95,6 @@ class WorkflowsExecutionStarter:
         return str(execution.name)
 
 
-def marker_object(ref: ObjectRef) -> str:
-    return f"runs/{ref.name}/{ref.generation}.json"
-
-
-def lease_object(ref: ObjectRef) -> str:
-    return f"runs/{ref.name}/{ref.generation}.lease.json"
-
-
 @dataclass(frozen=True)
 class TriggerOutcome:
     status: str  # "started" or "skipped"
@@ -123,12 +116,12 @@ def trigger(
     if skip is not None:
         log.info(f"skipping notification: {skip}", object=ref.name, generation=ref.generation)
         return TriggerOutcome("skipped", skip)
-    marker = marker_object(ref)
+    marker = run_marker_object(ref)
     earlier = _already_started(storage, marker)
     if earlier is not None:
         return earlier
     lease = leases.acquire(
-        storage, lease_object(ref), seconds=settings.timeout_seconds, clock=clock
+        storage, run_lease_object(ref), seconds=settings.timeout_seconds, clock=clock
     )
     try:
         earlier = _already_started(storage, marker)

@@ -18,6 +18,7 @@ from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from pipeline_core import logging as log
 from pipeline_core.events import ObjectRef, TrainingRequest
 from pipeline_core.processing import DatasetSchema, process
+from pipeline_core.storage import Storage
 from tests.functions.fakes import InMemoryPublisher, InMemoryStorage, RecordingStarter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,10 +145,24 @@ class Function:
         self.module = sys.modules["main"]
         self.client = self.app.test_client()
 
-    def use(self, **fakes: Any) -> Function:
+    def use(self, *, storage: Storage | None = None, **fakes: Any) -> Function:
+        """Fakes in the entry point's runtime; ``storage`` is the one bucket it may open."""
+        if storage is not None:
+            fakes["open_bucket"] = only_bucket(storage)
         for name, value in fakes.items():
             setattr(self.module.runtime, name, value)
         return self
+
+
+def only_bucket(storage: Storage) -> Callable[[str, str], Storage]:
+    """A runtime's ``open_bucket`` that opens ``storage`` in the test's project and
+    refuses any other bucket, so a handler cannot reach one it was not configured with."""
+
+    def open_bucket(project: str, bucket: str) -> Storage:
+        assert (project, bucket) == (PROJECT, storage.bucket), f"no bucket {project}/{bucket}"
+        return storage
+
+    return open_bucket
 
 
 @pytest.fixture

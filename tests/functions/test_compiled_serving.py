@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from pipeline_core import compiling
+from pipeline_core.contract import CHAMPION_OBJECT
 from pipeline_core.errors import ModelRefusedError, ModelVersionNotFoundError, NoChampionError
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry, sha256_hex
+from pipeline_core.registry import ModelRegistry, sha256_hex
 from pipeline_core.serving import PINNED_CACHE_SIZE, JoblibModel, ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import StoredObject

@@ -12,25 +12,22 @@ from typing import Any
 
 import pytest
 
+from pipeline_core.contract import (
+    CHAMPION_OBJECT,
+    PromotionPolicy,
+    lineage_object,
+    processed_object,
+    processing_lease_object,
+    stats_object,
+    training_lease_object,
+)
 from pipeline_core.errors import TrainingFailedError, TransientError
 from pipeline_core.events import ObjectRef, PromotionRequest
 from pipeline_core.leases import LeaseHeldError, acquire
-from pipeline_core.processing import (
-    DatasetSchema,
-    ProcessingResult,
-    lease_object,
-    process,
-    processed_object,
-    stats_object,
-)
-from pipeline_core.registry import (
-    CHAMPION_OBJECT,
-    ModelRegistry,
-    lineage_object,
-    training_lease_object,
-)
+from pipeline_core.processing import DatasetSchema, ProcessingResult, process
+from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import ModelService
-from pipeline_core.settings import PromotionPolicy, TrainingSettings
+from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import read_json
 from pipeline_core.training import (
     TrainingRequest,
@@ -171,7 +168,7 @@ def test_processing_a_generation_twice_at_once_processes_it_once(
     storage.before("read", ref.name, duplicate)
     first = process(storage, ref, DatasetSchema())
 
-    assert storage.stat(lease_object(ref)) is None
+    assert storage.stat(processing_lease_object(ref)) is None
     assert process(storage, ref, DatasetSchema()) == first
 
 
@@ -187,7 +184,7 @@ def test_a_processing_duplicate_claiming_after_the_first_finished_writes_nothing
         results.append(process(storage, ref, DatasetSchema()))
         generations.extend(generation_of(storage, name) for name in outputs)
 
-    storage.before("write", lease_object(ref), first_attempt)
+    storage.before("write", processing_lease_object(ref), first_attempt)
     duplicate = process(storage, ref, DatasetSchema())
 
     assert duplicate == results[0]

@@ -12,15 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline_core.contract import deduplicated_object, processed_object, stats_object
 from pipeline_core.deduplication import SPILL_RANGES, Deduplicator
 from pipeline_core.errors import DataRejectedError
-from pipeline_core.processing import (
-    DatasetSchema,
-    deduplicated_object,
-    process,
-    processed_object,
-    stats_object,
-)
+from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import BUCKET, upload
 from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_digest_set import digest, digests

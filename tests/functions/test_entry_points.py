@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from pipeline_core.contract import training_lease_object
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import acquire
-from pipeline_core.registry import training_lease_object
 from tests.functions.conftest import (
     IRIS,
     IRIS_CLASSES,

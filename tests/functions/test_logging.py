@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 
 from pipeline_core import logging as log
 from pipeline_core.cleaning import TOO_FEW_ROWS
+from pipeline_core.contract import PromotionPolicy
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import ModelRegistry
-from pipeline_core.settings import PromotionPolicy, TrainingSettings
+from pipeline_core.settings import TrainingSettings
 from pipeline_core.training import train_smoke_and_promote
 from tests.functions.conftest import (
     IRIS,

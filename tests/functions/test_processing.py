@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline_core.contract import rejection_object, stats_object
 from pipeline_core.errors import BadRequestError, DataRejectedError, ObjectNotFoundError
 from pipeline_core.events import ObjectRef
-from pipeline_core.processing import DatasetSchema, process, rejection_object, stats_object
+from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import IRIS, upload
 from tests.functions.fakes import InMemoryStorage
 

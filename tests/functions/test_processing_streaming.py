@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline_core.contract import stats_object
 from pipeline_core.errors import DataRejectedError
-from pipeline_core.processing import DatasetSchema, process, stats_object
+from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import BUCKET, IRIS, log_lines, upload
 from tests.functions.fakes import InMemoryStorage
 

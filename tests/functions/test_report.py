@@ -15,11 +15,12 @@ import pytest
 from devstack.errors import DevstackError
 from devstack.history import load_history
 from devstack.report import render, write_report
+from pipeline_core.contract import PromotionPolicy, lineage_object, stats_object
 from pipeline_core.errors import DataRejectedError, TransientError
 from pipeline_core.events import ObjectRef
-from pipeline_core.processing import DatasetSchema, process, stats_object
-from pipeline_core.registry import ModelRegistry, lineage_object
-from pipeline_core.settings import PromotionPolicy, TrainingSettings
+from pipeline_core.processing import DatasetSchema, process
+from pipeline_core.registry import ModelRegistry
+from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import read_json
 from pipeline_core.training import train, train_smoke_and_promote
 from tests.functions.conftest import IRIS, WINE, processed_request, upload

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline_core.contract import CHAMPION_OBJECT
 from pipeline_core.errors import (
     BadRequestError,
     InvalidInputError,
@@ -20,7 +21,7 @@ from pipeline_core.errors import (
 )
 from pipeline_core.http_body import parse_json
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.registry import CHAMPION_OBJECT, ModelRegistry, sha256_hex
+from pipeline_core.registry import ModelRegistry, sha256_hex
 from pipeline_core.serving import LoadedModel, ModelService, parse_instances
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.training import TrainingRequest, train_smoke_and_promote

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline_core.contract import CHAMPION_OBJECT, PromotionPolicy
 from pipeline_core.errors import (
     BadRequestError,
     PreconditionFailedError,
@@ -22,15 +23,9 @@ from pipeline_core.errors import (
 )
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process
-from pipeline_core.registry import (
-    CHAMPION_OBJECT,
-    Champion,
-    ModelRegistry,
-    decide,
-    new_version,
-)
+from pipeline_core.registry import Champion, ModelRegistry, decide, new_version
 from pipeline_core.serving import ModelService
-from pipeline_core.settings import PromotionPolicy, TrainingSettings
+from pipeline_core.settings import TrainingSettings
 from pipeline_core.training import (
     TrainingRequest,
     stratified_sample,

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipeline_core import leases
+from pipeline_core.contract import run_lease_object, run_marker_object
 from pipeline_core.errors import TransientError
 from pipeline_core.events import ObjectRef, StorageNotification
 from pipeline_core.settings import TriggerSettings
-from pipeline_core.workflow_trigger import lease_object, marker_object, trigger
+from pipeline_core.workflow_trigger import trigger
 from tests.functions.fakes import InMemoryStorage, InterleavedStorage, RecordingStarter
 
 TIMEOUT_SECONDS = 60
@@ -35,10 +36,10 @@ def test_starts_one_execution_with_the_object_generation(storage: InMemoryStorag
     assert starter.started == [
         (WORKFLOW, {"bucket": "test-bucket", "object": "raw/iris.csv", "generation": "17"})
     ]
-    marker = json.loads(storage.read(marker_object(REF)).data)
+    marker = json.loads(storage.read(run_marker_object(REF)).data)
     assert marker["execution"] == outcome.execution
     assert marker["event_id"] == "event-1"
-    assert storage.stat(lease_object(REF)) is None
+    assert storage.stat(run_lease_object(REF)) is None
 
 
 def test_duplicate_deliveries_start_nothing_more(storage: InMemoryStorage) -> None:
@@ -80,14 +81,14 @@ def test_api_failure_releases_the_marker_and_raises_for_a_retry(storage: InMemor
     starter = RecordingStarter(failures=1)
     with pytest.raises(TransientError, match="unavailable"):
         trigger(UPLOAD, storage, starter, SETTINGS, lambda: START)
-    assert storage.stat(marker_object(REF)) is None
-    assert storage.stat(lease_object(REF)) is None
+    assert storage.stat(run_marker_object(REF)) is None
+    assert storage.stat(run_lease_object(REF)) is None
     assert trigger(UPLOAD, storage, starter, SETTINGS, lambda: START).status == "started"
     assert len(starter.started) == 1
 
 
 def test_a_delivery_that_holds_the_run_makes_others_retry(storage: InMemoryStorage) -> None:
-    leases.acquire(storage, lease_object(REF), seconds=TIMEOUT_SECONDS, clock=lambda: START)
+    leases.acquire(storage, run_lease_object(REF), seconds=TIMEOUT_SECONDS, clock=lambda: START)
     starter = RecordingStarter()
     with pytest.raises(TransientError, match="retry later"):
         trigger(UPLOAD, storage, starter, SETTINGS, lambda: START + timedelta(seconds=5))
@@ -97,13 +98,13 @@ def test_a_delivery_that_holds_the_run_makes_others_retry(storage: InMemoryStora
 def test_the_run_of_a_crashed_delivery_is_taken_over_after_its_timeout(
     storage: InMemoryStorage,
 ) -> None:
-    leases.acquire(storage, lease_object(REF), seconds=TIMEOUT_SECONDS, clock=lambda: START)
+    leases.acquire(storage, run_lease_object(REF), seconds=TIMEOUT_SECONDS, clock=lambda: START)
     starter = RecordingStarter()
     later = START + timedelta(seconds=TIMEOUT_SECONDS + 1)
     outcome = trigger(UPLOAD, storage, starter, SETTINGS, lambda: later)
     assert outcome.status == "started"
     assert len(starter.started) == 1
-    assert storage.stat(lease_object(REF)) is None
+    assert storage.stat(run_lease_object(REF)) is None
 
 
 def test_a_rival_that_finishes_while_we_take_the_lease_is_not_repeated() -> None:
@@ -112,10 +113,10 @@ def test_a_rival_that_finishes_while_we_take_the_lease_is_not_repeated() -> None
     rival = StorageNotification(REF, "OBJECT_FINALIZE", 100, "event-rival")
     storage.before(
         "write",
-        lease_object(REF),
+        run_lease_object(REF),
         lambda: trigger(rival, storage, starter, SETTINGS, lambda: START),
     )
     outcome = trigger(UPLOAD, storage, starter, SETTINGS, lambda: START)
     assert outcome.status == "skipped"
     assert len(starter.started) == 1
-    assert json.loads(storage.read(marker_object(REF)).data)["event_id"] == "event-rival"
+    assert json.loads(storage.read(run_marker_object(REF)).data)["event_id"] == "event-rival"

@@ -8,13 +8,13 @@ import pytest
 
 from components.config import (
     FIXED_HYPERPARAMETERS,
-    MODEL_TYPES,
     ConfigError,
     StackConfig,
     did_you_mean,
     hyperparameter_names,
     load_stack_config,
 )
+from pipeline_core import contract
 from tests.infra.harness import GcpMocks, config_values
 
 
@@ -314,7 +314,7 @@ def test_hyperparameter_names_are_those_training_accepts() -> None:
     from pipeline_core.errors import TrainingFailedError
     from pipeline_core.training import build_estimator
 
-    for model_type in MODEL_TYPES:
+    for model_type in contract.MODEL_TYPES:
         names = hyperparameter_names(model_type)
         config = build(modelType=model_type, hyperparameters=dict.fromkeys(names))
         assert set(config.hyperparameters) == names

@@ -46,14 +46,25 @@ def test_the_program_requirements_list_every_library_the_program_imports() -> No
     every third-party import there (lazy ones and the estimators config.py loads by name
     included) must come from a distribution it pins."""
     sources = [ROOT / "__main__.py", *sorted((ROOT / "components").glob("*.py"))]
-    modules = {module.split(".")[0] for module, _ in ESTIMATORS.values()}
+    imported = {module for module, _ in ESTIMATORS.values()}
     for source in sources:
-        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                modules |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules.add(node.module.split(".")[0])
-    third_party = modules - set(sys.stdlib_module_names) - {"components", "__future__"}
+        imported |= imported_modules(source)
+    # From the deployed package the program takes its contract only, which needs nothing
+    # but the standard library (test_the_contract_module_imports_only_the_standard_library).
+    from_functions = {name for name in imported if name.split(".")[0] == "pipeline_core"}
+    assert "pipeline_core.contract" in from_functions
+    for name in from_functions - {"pipeline_core"}:
+        assert name.startswith("pipeline_core.contract"), f"the program imports {name}"
+    modules = {module.split(".")[0] for module in imported}
+    third_party = (
+        modules
+        - set(sys.stdlib_module_names)
+        - {
+            "components",
+            "pipeline_core",
+            "__future__",
+        }
+    )
     distributions = metadata.packages_distributions()
     program = set(pins(ROOT / "requirements.txt"))
     for module in sorted(third_party):
@@ -61,6 +72,26 @@ def test_the_program_requirements_list_every_library_the_program_imports() -> No
         assert provided_by & program, f"requirements.txt lacks the distribution of {module}"
     # The development environment installs the program's requirements, not a copy of them.
     assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text(encoding="utf-8")
+
+
+def imported_modules(source: Path) -> set[str]:
+    """The absolute imports of a source file; ``from a import b`` counts as a and a.b."""
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module)
+            modules |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return modules
+
+
+def test_the_contract_module_imports_only_the_standard_library() -> None:
+    """The components and devstack import it, so it may not pull the functions' own
+    dependencies (or anything else) into the Pulumi program."""
+    contract = ROOT / "function_src" / "pipeline_core" / "contract.py"
+    roots = {module.split(".")[0] for module in imported_modules(contract)}
+    assert roots - {"__future__"} <= set(sys.stdlib_module_names), roots
 
 
 def test_the_serving_and_compiling_libraries_are_deployed() -> None:

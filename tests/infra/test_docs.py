@@ -28,11 +28,16 @@ from devstack.plan import service_names
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ("README.md", "docs/DEPLOY.md")
+EMULATOR_README = "workflows_emulator/README.md"
 # Transcripts (`$ command` lines) whose command lines must parse too.
 TRANSCRIPTS = ("docs/LOCAL_STACK.md",)
 # References whose shell blocks show command lines that must parse too.
-REFERENCES = ("docs/WORKFLOWS_API.md",)
-DOCS = ("README.md", *(str(path.relative_to(ROOT)) for path in sorted(ROOT.glob("docs/*.md"))))
+REFERENCES = (EMULATOR_README, "docs/WORKFLOWS_API.md")
+DOCS = (
+    "README.md",
+    EMULATOR_README,
+    *(str(path.relative_to(ROOT)) for path in sorted(ROOT.glob("docs/*.md"))),
+)
 FILE_SUFFIXES = frozenset({".csv", ".json", ".yaml", ".yml", ".txt", ".py", ".md", ".toml", ".zip"})
 OPERATORS = frozenset({"&&", "||", ";", "|"})
 PYTHONS = frozenset({"python", "python3", "python3.11", ".venv/bin/python"})

@@ -375,9 +375,10 @@ def test_the_component_refuses_inconsistent_arguments() -> None:
 
 
 def test_the_log_events_the_metrics_count_are_the_ones_the_functions_write() -> None:
-    # The deployed package cannot import components/, so the names live twice; this is
-    # the contract between the log-based metrics and the code that logs the events.
-    from pipeline_core import processing, registry
+    # The names are written once, in the deployed package's contract, which the
+    # functions log with and the log-based metrics count; no copy may stand in for it.
+    from pipeline_core import contract
 
-    assert registry.MODEL_PROMOTED_EVENT == topology.LogEvent.MODEL_PROMOTED
-    assert processing.UPLOAD_REJECTED_EVENT == topology.LogEvent.UPLOAD_REJECTED
+    assert topology.LogEvent is contract.LogEvent
+    assert contract.LogEvent.MODEL_PROMOTED == topology.LogEvent.MODEL_PROMOTED
+    assert contract.LogEvent.UPLOAD_REJECTED == topology.LogEvent.UPLOAD_REJECTED

@@ -267,31 +267,31 @@ def test_each_workload_has_its_own_account_and_only_its_roles(workflow_stack: De
 
 
 def test_objects_the_handlers_write_lie_under_their_workload_write_prefixes() -> None:
-    from pipeline_core import processing, registry, scoring, workflow_trigger
+    from pipeline_core import contract
     from pipeline_core.events import ObjectRef
 
     upload = ObjectRef(DATA_BUCKET, "raw/iris.csv", 17)
     scoring_upload = ObjectRef(DATA_BUCKET, "score/new.csv", 18)
     written = {
         "processing": [
-            processing.processed_object(upload),
-            processing.stats_object(upload),
-            processing.rejection_object(upload),
-            processing.lease_object(upload),
+            contract.processed_object(upload),
+            contract.stats_object(upload),
+            contract.rejection_object(upload),
+            contract.processing_lease_object(upload),
         ],
         "training": [
-            registry.artifact_object("v1"),
-            registry.manifest_object("v1"),
-            registry.lineage_object(upload),
-            registry.training_lease_object(upload),
-            registry.CHAMPION_OBJECT,
+            contract.artifact_object("v1"),
+            contract.manifest_object("v1"),
+            contract.lineage_object(upload),
+            contract.training_lease_object(upload),
+            contract.CHAMPION_OBJECT,
         ],
-        "workflow_trigger": [workflow_trigger.marker_object(upload)],
+        "workflow_trigger": [contract.run_marker_object(upload)],
         "scoring": [
-            scoring.predictions_object(scoring_upload),
-            scoring.predictions_csv_object(scoring_upload),
-            scoring.summary_object(scoring_upload),
-            scoring.lease_object(scoring_upload),
+            contract.predictions_object(scoring_upload),
+            contract.predictions_csv_object(scoring_upload),
+            contract.scoring_summary_object(scoring_upload),
+            contract.scoring_lease_object(scoring_upload),
         ],
     }
     for workload, objects in written.items():
@@ -310,7 +310,7 @@ def test_objects_the_handlers_write_lie_under_their_workload_write_prefixes() ->
     assert not any(upload.name.startswith(p) for p in readable["prediction"])
     assert any(scoring_upload.name.startswith(p) for p in readable["scoring"])
     assert not any(upload.name.startswith(p) for p in readable["scoring"])
-    assert registry.CHAMPION_OBJECT.startswith(tuple(readable["scoring"]))
+    assert contract.CHAMPION_OBJECT.startswith(tuple(readable["scoring"]))
 
 
 def test_events_mode_accounts_publish_only_to_their_topics(events_stack: Deployment) -> None:

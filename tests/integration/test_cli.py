@@ -1,4 +1,4 @@
-"""The command lines of devstack and of its Workflows engine.
+"""The command line of devstack (the Workflows emulator's is in tests/workflows).
 
 Without a stack: usage errors exit 2 with one line naming the argument, before anything
 starts; the pure parts (tables, payloads, the status layout, following a log). With a

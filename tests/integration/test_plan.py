@@ -17,6 +17,7 @@ from devstack.plan import (
     service_names,
     subscription_name,
 )
+from workflows_emulator.cli import build_parser as emulator_parser
 
 
 @pytest.mark.parametrize("mode", ["workflow", "events"])
@@ -96,3 +97,26 @@ def test_plan_refuses_a_missing_port(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="no port for service"):
         plan_stack(config, ports, data_dir=tmp_path)
+
+
+def test_workflow_mode_runs_the_emulator_by_its_own_command_line(tmp_path: Path) -> None:
+    """devstack reaches the Workflows emulator only as a process: what it runs is a
+    command line the emulator's parser accepts, serving the workflow under its cloud name."""
+    config = replace(load_stack_file(REPO_ROOT / "Pulumi.dev.yaml"), orchestration="workflow")
+    ports = {name: 20000 + index for index, name in enumerate(port_names(config))}
+
+    workflows = plan_stack(config, ports, data_dir=tmp_path).service(WORKFLOWS)
+
+    assert workflows.argv[1:3] == ("-m", "workflows_emulator")
+    assert workflows.env["PYTHONPATH"] == str(REPO_ROOT)
+    arguments = emulator_parser().parse_args(workflows.argv[3:])
+    assert arguments.command == "serve"
+    assert (arguments.host, arguments.port, arguments.grpc_port) == (
+        "127.0.0.1",
+        workflows.port,
+        workflows.grpc_port,
+    )
+    assert (arguments.project, arguments.location) == (config.project, config.region)
+    assert arguments.workflow == [
+        (topology.workflow_name(config), str(REPO_ROOT / "workflow_defs" / "ml_pipeline.yaml"))
+    ]
