@@ -25,7 +25,6 @@ from components.push_subscription import PushSubscription, PushSubscriptionArgs
 from components.services import ProjectServices, ProjectServicesArgs
 from components.workflow import PipelineWorkflow, PipelineWorkflowArgs
 
-DEAD_LETTER_TOPIC = "dead_letter"
 PREDICT_FUNCTION = "predict"
 FUNCTION_SOURCE_DIR = "function_src"
 REQUIRED_SOURCE_FILES = ("main.py", "requirements.txt")
@@ -171,10 +170,11 @@ class MlPipeline(pulumi.ComponentResource):
                 project=config.project,
                 name_prefix=config.name_prefix,
                 topics=plan.topics,
-                dead_letter_topic=DEAD_LETTER_TOPIC,
+                dead_letter_topic=topology.DEAD_LETTER_TOPIC,
                 notifications=plan.notifications,
                 summary_topic=topology.SUMMARY_TOPIC,
                 summary_subscription_name=topology.summary_subscription_name(config),
+                dead_letter_subscription_name=topology.dead_letter_subscription_name(config),
                 storage_agent=services.storage_agent,
                 pubsub_agent=services.pubsub_agent,
                 push_identity=identities.account("event_trigger").name,
@@ -193,7 +193,7 @@ class MlPipeline(pulumi.ComponentResource):
         return DataBucket(
             f"{base.name}-data",
             DataBucketArgs(
-                name=_bucket_name(config, "data"),
+                name=topology.data_bucket_name(config),
                 project=config.project,
                 location=config.bucket_location,
                 labels=base.labels,
@@ -218,7 +218,7 @@ class MlPipeline(pulumi.ComponentResource):
         return DataBucket(
             f"{base.name}-source",
             DataBucketArgs(
-                name=_bucket_name(base.config, "src"),
+                name=topology.bucket_name(base.config, "src"),
                 project=base.config.project,
                 location=base.config.region,
                 labels=base.labels,
@@ -272,16 +272,14 @@ class MlPipeline(pulumi.ComponentResource):
             f"{base.name}-{delivery.key.replace('_', '-')}",
             PushSubscriptionArgs(
                 project=config.project,
-                subscription_name=topology.resource_name(
-                    config, f"{delivery.key.replace('_', '-')}-push"
-                ),
+                subscription_name=topology.push_subscription_name(config, delivery),
                 topic=topic.id,
                 push_endpoint=pulumi.Output.all(target.url, topic.name).apply(
                     lambda parts: parts[0] + delivery.push_path(config.project, parts[1])
                 ),
                 audience=target.url,
                 push_identity_email=identities.email("event_trigger"),
-                dead_letter_topic=messaging.topic(DEAD_LETTER_TOPIC).id,
+                dead_letter_topic=messaging.topic(topology.DEAD_LETTER_TOPIC).id,
                 max_delivery_attempts=config.dead_letter_max_attempts,
                 pubsub_agent=base.services.pubsub_agent,
                 # The subscription waits at most as long as the function may run.
@@ -447,11 +445,6 @@ def _data_grants(
         if workload in identities.accounts
         for role, prefix in access
     )
-
-
-def _bucket_name(config: StackConfig, purpose: str) -> str:
-    # Bucket names are global: the project id keeps two projects' stacks apart.
-    return f"{config.name_prefix}-{purpose}-{config.project}"
 
 
 def _label_value(value: str) -> str:

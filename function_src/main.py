@@ -30,6 +30,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from pipeline_core import choreography
 from pipeline_core import logging as log
+from pipeline_core.contract import Env
 from pipeline_core.errors import (
     BadRequestError,
     NoChampionError,
@@ -134,11 +135,9 @@ class Runtime:
 
 
 runtime = Runtime()
-log.install(
-    function=os.environ.get("FUNCTION_TARGET"), project=os.environ.get("GOOGLE_CLOUD_PROJECT")
-)
-if os.environ.get("FUNCTION_TARGET") in STAGE_CORES:
-    importlib.import_module(STAGE_CORES[os.environ["FUNCTION_TARGET"]])
+log.install(function=os.environ.get(Env.FUNCTION_TARGET), project=os.environ.get(Env.PROJECT))
+if os.environ.get(Env.FUNCTION_TARGET) in STAGE_CORES:
+    importlib.import_module(STAGE_CORES[os.environ[Env.FUNCTION_TARGET]])
 
 
 def _respond(body: Mapping[str, Any], status: int = 200) -> flask.Response:
