@@ -117,17 +117,34 @@ class LoadedModel:
         self, rows: np.ndarray[Any, Any]
     ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.intp]]]:
         """(rows, classes) probabilities in the manifest's class order, and the index of
-        each row's most probable class; predict and batch scoring answer alike."""
+        each row's most probable class; a row without finite probabilities is a 422."""
+        probabilities, best, computable = self.computed_probabilities(rows)
+        if not computable.all():
+            _refuse_not_computable(computable)
+        return probabilities, best
+
+    def computed_probabilities(
+        self, rows: np.ndarray[Any, Any]
+    ) -> tuple[
+        np.ndarray[Any, np.dtype[np.float64]],
+        np.ndarray[Any, np.dtype[np.intp]],
+        np.ndarray[Any, np.dtype[np.bool_]],
+    ]:
+        """``class_probabilities`` and which rows have finite ones (the others' are
+        meaningless): predict refuses the request, batch scoring those rows alone; the
+        two answer alike."""
         probabilities = self.predictor.probabilities(rows).astype(np.float64)
         # Array methods, not np.all & co.: on one row numpy's Python-level wrappers cost
         # more than the model (docs/FUNCTIONS.md, "Runtime").
-        if not np.isfinite(probabilities).all():
-            _refuse_not_computable(probabilities)
+        computable = np.isfinite(probabilities).all(axis=1)
         best = probabilities.argmax(axis=1)
         # A float32 sum over 100 trees misses 1 by a few 1e-7; rescaled rows and six
         # decimals make both runtimes print a certain class as 1.0, and keep JSON short.
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        return probabilities.round(6, out=probabilities), best
+        # Rows of infinities are left as they are (refused by the caller), without the
+        # warning of dividing them.
+        totals = probabilities.sum(axis=1, keepdims=True)
+        np.divide(probabilities, totals, out=probabilities, where=computable[:, np.newaxis])
+        return probabilities.round(6, out=probabilities), best, computable
 
     @property
     def classes(self) -> np.ndarray[Any, np.dtype[np.object_]]:
@@ -152,10 +169,9 @@ class LoadedModel:
         return {"model_version": self.version, "predictions": predictions}
 
 
-def _refuse_not_computable(probabilities: np.ndarray[Any, Any]) -> NoReturn:
+def _refuse_not_computable(computable: np.ndarray[Any, np.dtype[np.bool_]]) -> NoReturn:
     """Values within float32 can still overflow inside a model (a scaled linear model
     meets infinity): such rows get a 422, never a NaN answer."""
-    failed = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
     raise invalid_input(
         [
             InputProblem(
@@ -164,7 +180,7 @@ def _refuse_not_computable(probabilities: np.ndarray[Any, Any]) -> NoReturn:
                 f"instance {row}: the model computes no finite probabilities for these "
                 "values (they overflow inside it); send values of the training data's scale",
             )
-            for row in failed
+            for row in np.flatnonzero(~computable)
         ]
     )
 
