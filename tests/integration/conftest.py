@@ -8,7 +8,7 @@ import pytest
 
 from components.config import Orchestration, StackConfig, load_stack_file
 from devstack.stack import StackState, load_state
-from tests.integration.harness import devstack, write_test_stack_file
+from tests.integration.harness import devstack, up_detached, write_test_stack_file
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,9 +41,7 @@ def local_stack(
     """The real stack, started once per orchestration mode through the CLI."""
     mode: Orchestration = request.param
     state_dir = tmp_path_factory.mktemp(f"devstack-{mode}")
-    started = devstack(
-        state_dir, "up", "--detach", "--stack-file", str(stack_file), "--orchestration", mode
-    )
+    started = up_detached(state_dir, "--stack-file", str(stack_file), "--orchestration", mode)
     assert started.returncode == 0, f"up failed:\n{started.stderr}"
     config = replace(load_stack_file(stack_file), orchestration=mode)
     try:

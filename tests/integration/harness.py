@@ -46,6 +46,20 @@ def devstack(
     )
 
 
+# What 'up' says when a port it chose was taken before its service bound it.
+PORT_TAKEN_ADVICE = "run the command again to pick"
+
+
+def up_detached(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``up --detach``, once more when a port it chose was taken meanwhile: the test
+    workers (and anyone else on the machine) pick free ports at the same moments, and
+    the CLI's advice for that race is to run it again."""
+    started = devstack(state_dir, "up", "--detach", *args)
+    if started.returncode != 0 and PORT_TAKEN_ADVICE in started.stderr:
+        started = devstack(state_dir, "up", "--detach", *args)
+    return started
+
+
 def write_test_stack_file(directory: Path, *, stage_timeout_seconds: int | None = None) -> Path:
     """Pulumi.dev.yaml with a small forest (speed) and no champion caching in predict,
     so a promotion is served at once. ``stage_timeout_seconds`` shortens process_data's

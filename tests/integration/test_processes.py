@@ -26,7 +26,7 @@ from devstack.processes import (
     wait_until_healthy,
 )
 from devstack.stack import allocate_ports
-from tests.integration.harness import wait_for
+from tests.integration.harness import PORT_TAKEN_ADVICE, wait_for
 
 
 @pytest.fixture
@@ -51,9 +51,10 @@ def python_service(code: str, port: int, *, grpc_port: int | None = None) -> Ser
 def test_a_taken_port_is_refused_before_anything_starts(
     listening_port: int, tmp_path: Path
 ) -> None:
-    with pytest.raises(PortBusyError, match=f"port {listening_port} .* 'probe'.*ss -ltnp"):
+    with pytest.raises(PortBusyError, match=f"port {listening_port} .* 'probe'.*ss -ltnp") as busy:
         start_service(python_service("pass", listening_port), tmp_path)
     assert not (tmp_path / "probe.log").exists()
+    assert PORT_TAKEN_ADVICE in str(busy.value)  # what up_detached retries on
 
 
 def test_a_taken_grpc_port_is_refused_too(listening_port: int, tmp_path: Path) -> None:
