@@ -58,7 +58,7 @@ unit: $(STAMP)
 
 # Two workers: most of the integration tier waits on emulators and processes, so two
 # run side by side on two cores. tests/conftest.py says which tests share a worker.
-PARALLEL := -n 2 --dist loadfile
+PARALLEL := -n 2
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest $(PARALLEL) tests/integration

@@ -1,5 +1,6 @@
 """The tiers as one run: a tier that collects nothing fails it, and pytest-xdist shares
-the tiers out among its workers (``make test`` runs with ``-n 2 --dist loadfile``).
+the tiers out among its workers (``make test`` runs with ``-n 2``; pyproject.toml
+sets ``--dist loadfile``).
 
 Whole files go to one worker, so module-scoped fixtures are built once and tests that
 rely on file order keep it. An integration file is split further by the orchestration

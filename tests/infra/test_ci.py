@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def test_the_tests_run_on_every_pull_request_and_push() -> None:
 
 def test_make_test_spreads_the_tiers_over_two_workers_integration_first() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert re.search(r"^PARALLEL := -n 2 --dist loadfile$", makefile, re.M)
+    assert re.search(r"^PARALLEL := -n 2$", makefile, re.M)
+    pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "--dist loadfile" in pytest_options["tool"]["pytest"]["ini_options"]["addopts"]
     recipe = re.search(r"^test:.*\n\t(.+)$", makefile, re.M)
     assert recipe is not None
     assert recipe.group(1).split()[-5:] == [
