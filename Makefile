@@ -56,12 +56,17 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/infra tests/functions tests/workflows
 
+# Two workers: most of the integration tier waits on emulators and processes, so two
+# run side by side on two cores. tests/conftest.py says which tests share a worker.
+PARALLEL := -n 2 --dist loadfile
+
 integration: $(STAMP)
-	$(BIN)/python -m pytest tests/integration
+	$(BIN)/python -m pytest $(PARALLEL) tests/integration
 
 # Every tier; pytest exits non-zero (5) when it collects no test, which fails the target.
+# The integration tier first: its stacks run longest, the short files fill in behind.
 test: lint typecheck $(STAMP)
-	$(BIN)/python -m pytest tests/infra tests/functions tests/workflows tests/integration
+	$(BIN)/python -m pytest $(PARALLEL) tests/integration tests/infra tests/functions tests/workflows
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline_latency

@@ -38,6 +38,7 @@ class MessagingArgs:
     notifications: tuple[Notification, ...]  # the bucket notifications, by topic
     summary_topic: str  # topic key of the run summaries, kept by a pull subscription
     summary_subscription_name: str
+    dead_letter_subscription_name: str  # the pull subscription that holds the dead letters
     storage_agent: pulumi.Input[str]
     pubsub_agent: pulumi.Input[str]
     push_identity: pulumi.Input[str]  # account id (projects/.../serviceAccounts/...) of OIDC push
@@ -83,7 +84,7 @@ class Messaging(pulumi.ComponentResource):
         self.dead_letter_subscription = gcp.pubsub.Subscription(
             f"{name}-dead-letter-hold",
             project=args.project,
-            name=f"{args.name_prefix}-dead-letter-hold",
+            name=args.dead_letter_subscription_name,
             topic=dead_letter.id,
             message_retention_duration=DEAD_LETTER_RETENTION,
             retain_acked_messages=True,

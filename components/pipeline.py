@@ -25,7 +25,6 @@ from components.push_subscription import PushSubscription, PushSubscriptionArgs
 from components.services import ProjectServices, ProjectServicesArgs
 from components.workflow import PipelineWorkflow, PipelineWorkflowArgs
 
-DEAD_LETTER_TOPIC = "dead_letter"
 PREDICT_FUNCTION = "predict"
 FUNCTION_SOURCE_DIR = "function_src"
 REQUIRED_SOURCE_FILES = ("main.py", "requirements.txt")
@@ -81,16 +80,78 @@ def workloads_of(plan: topology.Topology) -> tuple[str, ...]:
     return tuple(workload for workload in topology.WORKLOADS if workload in used)
 
 
+@dataclass(frozen=True)
+class _Foundation:
+    """What every part of the stack is built from or attached to."""
+
+    name: str
+    config: StackConfig
+    plan: topology.Topology
+    child: pulumi.ResourceOptions  # parents a resource on the pipeline
+    labels: Mapping[str, str]
+    services: ProjectServices
+    identities: WorkloadIdentities
+    messaging: Messaging
+
+    @property
+    def topic_names(self) -> dict[str, pulumi.Output[str]]:
+        return {key: topic.name for key, topic in self.messaging.topics.items()}
+
+
 class MlPipeline(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: MlPipelineArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("ml-pipeline:gcp:MlPipeline", name, None, opts)
+        base = self._foundation(name, args)
+        data = self._data_bucket(base)
+        source = self._source_bucket(base)
+        archive = package_source(
+            args.repository_root / FUNCTION_SOURCE_DIR, required=REQUIRED_SOURCE_FILES
+        )
+        self.source_object = gcp.storage.BucketObject(
+            f"{name}-function-source",
+            bucket=source.name,
+            name=archive.object_name(),
+            source=pulumi.FileAsset(str(archive.write_to(args.build_dir))),
+            content_type="application/zip",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[base.services.api("storage")]),
+        )
+        self.functions = self._cloud_functions(base, data, source)
+        for delivery in base.plan.deliveries:
+            if delivery.mechanism == "push":
+                self._push(base, delivery)
+        self.workflow = self._workflow(base, args.repository_root)
+        self.monitoring = self._monitoring(base)
+
+        self.data_bucket = data.name
+        self.summary_subscription = base.messaging.summary_subscription.name
+        self.source_bucket = source.name
+        self.topic_names = base.topic_names
+        self.account_emails = {
+            workload: account.email for workload, account in base.identities.accounts.items()
+        }
+        self.predict_url = self.functions[PREDICT_FUNCTION].url
+        self.function_urls = {key: function.url for key, function in self.functions.items()}
+        self.source_sha256 = archive.sha256
+        self.register_outputs(
+            {
+                "data_bucket": self.data_bucket,
+                "function_urls": self.function_urls,
+                "topics": self.topic_names,
+                "service_accounts": self.account_emails,
+                "source_sha256": self.source_sha256,
+                "workflow": self.workflow.name if self.workflow is not None else None,
+                "summary_subscription": self.summary_subscription,
+            }
+        )
+
+    def _foundation(self, name: str, args: MlPipelineArgs) -> _Foundation:
+        """The project's APIs, the workloads' service accounts and the topics."""
         config = args.config
         plan = topology.topology_for(config)
         child = pulumi.ResourceOptions(parent=self)
         labels = {"app": "ml-pipeline", "stack": _label_value(config.stack), **config.labels}
-
         services = ProjectServices(f"{name}-apis", ProjectServicesArgs(config.project), child)
         identities = WorkloadIdentities(
             f"{name}-sa",
@@ -109,10 +170,11 @@ class MlPipeline(pulumi.ComponentResource):
                 project=config.project,
                 name_prefix=config.name_prefix,
                 topics=plan.topics,
-                dead_letter_topic=DEAD_LETTER_TOPIC,
+                dead_letter_topic=topology.DEAD_LETTER_TOPIC,
                 notifications=plan.notifications,
                 summary_topic=topology.SUMMARY_TOPIC,
                 summary_subscription_name=topology.summary_subscription_name(config),
+                dead_letter_subscription_name=topology.dead_letter_subscription_name(config),
                 storage_agent=services.storage_agent,
                 pubsub_agent=services.pubsub_agent,
                 push_identity=identities.account("event_trigger").name,
@@ -122,17 +184,21 @@ class MlPipeline(pulumi.ComponentResource):
             ),
             child,
         )
-        topic_names = {key: topic.name for key, topic in messaging.topics.items()}
+        return _Foundation(name, config, plan, child, labels, services, identities, messaging)
 
-        data = DataBucket(
-            f"{name}-data",
+    def _data_bucket(self, base: _Foundation) -> DataBucket:
+        """The bucket of uploads, processed data, models and runs, with its notifications
+        and the workloads' prefix-scoped grants."""
+        config, messaging = base.config, base.messaging
+        return DataBucket(
+            f"{base.name}-data",
             DataBucketArgs(
-                name=_bucket_name(config, "data"),
+                name=topology.data_bucket_name(config),
                 project=config.project,
                 location=config.bucket_location,
-                labels=labels,
+                labels=base.labels,
                 force_destroy=config.force_destroy,
-                grants=_data_grants(identities, data_bucket_access(config)),
+                grants=_data_grants(base.identities, data_bucket_access(config)),
                 notifications=[
                     UploadNotification(
                         key=notification.key,
@@ -140,187 +206,147 @@ class MlPipeline(pulumi.ComponentResource):
                         object_prefix=notification.prefix,
                         publisher_grant=messaging.notification_grants[notification.key],
                     )
-                    for notification in plan.notifications
+                    for notification in base.plan.notifications
                 ],
-                apis=services.apis_for("storage", "pubsub"),
+                apis=base.services.apis_for("storage", "pubsub"),
             ),
-            child,
-        )
-        source = DataBucket(
-            f"{name}-source",
-            DataBucketArgs(
-                name=_bucket_name(config, "src"),
-                project=config.project,
-                location=config.region,
-                labels=labels,
-                # Old archives are only build inputs; deleting them with the stack is safe.
-                force_destroy=True,
-                grants=(BucketGrant("build-read", _READ, identities.member("build")),),
-                apis=services.apis_for("storage"),
-            ),
-            child,
-        )
-        archive = package_source(
-            args.repository_root / FUNCTION_SOURCE_DIR, required=REQUIRED_SOURCE_FILES
-        )
-        self.source_object = gcp.storage.BucketObject(
-            f"{name}-function-source",
-            bucket=source.name,
-            name=archive.object_name(),
-            source=pulumi.FileAsset(str(archive.write_to(args.build_dir))),
-            content_type="application/zip",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[services.api("storage")]),
+            base.child,
         )
 
-        self.functions: dict[str, CloudFunction] = {}
-        for spec in plan.functions:
-            self.functions[spec.key] = CloudFunction(
-                f"{name}-{spec.key.replace('_', '-')}",
+    def _source_bucket(self, base: _Foundation) -> DataBucket:
+        """The bucket of function source archives, read by the build account only."""
+        return DataBucket(
+            f"{base.name}-source",
+            DataBucketArgs(
+                name=topology.bucket_name(base.config, "src"),
+                project=base.config.project,
+                location=base.config.region,
+                labels=base.labels,
+                # Old archives are only build inputs; deleting them with the stack is safe.
+                force_destroy=True,
+                grants=(BucketGrant("build-read", _READ, base.identities.member("build")),),
+                apis=base.services.apis_for("storage"),
+            ),
+            base.child,
+        )
+
+    def _cloud_functions(
+        self, base: _Foundation, data: DataBucket, source: DataBucket
+    ) -> dict[str, CloudFunction]:
+        """One function per topology entry, all running the one source archive."""
+        topic_names = base.topic_names
+        apis = base.services.apis_for(
+            "cloudfunctions", "run", "cloudbuild", "artifactregistry", "eventarc"
+        )
+        return {
+            spec.key: CloudFunction(
+                f"{base.name}-{spec.key.replace('_', '-')}",
                 _function_args(
-                    config,
-                    plan,
+                    base.config,
+                    base.plan,
                     spec,
-                    identities=identities,
-                    messaging=messaging,
-                    labels=labels,
+                    identities=base.identities,
+                    messaging=base.messaging,
+                    labels=base.labels,
                     data_bucket=data.name,
                     source_bucket=source.name,
                     source_object=self.source_object.output_name,
                     topic_names=topic_names,
-                    apis=services.apis_for(
-                        "cloudfunctions", "run", "cloudbuild", "artifactregistry", "eventarc"
-                    ),
+                    apis=apis,
                     # The runtime and build accounts, their roles and the deployer's actAs
                     # must exist before the first deploy uses them.
-                    grants=(identities, data, source),
+                    grants=(base.identities, data, source),
                 ),
-                child,
+                base.child,
             )
-
-        for delivery in plan.deliveries:
-            if delivery.mechanism == "push":
-                self._push(
-                    f"{name}-{delivery.key.replace('_', '-')}",
-                    config,
-                    delivery=delivery,
-                    settings_key=plan.function(delivery.function).settings_key,
-                    messaging=messaging,
-                    identities=identities,
-                    services=services,
-                    labels=labels,
-                )
-
-        self.workflow: PipelineWorkflow | None = None
-        if plan.workflow is not None:
-            self.workflow = PipelineWorkflow(
-                f"{name}-workflow",
-                PipelineWorkflowArgs(
-                    workflow_name=topology.workflow_name(config),
-                    project=config.project,
-                    region=config.region,
-                    source_path=args.repository_root / plan.workflow.source,
-                    service_account_email=identities.email("workflow"),
-                    user_env_vars=topology.workflow_environment(
-                        function_urls={key: self.functions[key].url for key in plan.workflow.calls},
-                        topic_names=topic_names,
-                    ),
-                    call_log_level=config.workflow_call_log_level,
-                    deletion_protection=config.workflow_deletion_protection,
-                    labels=labels,
-                    apis=services.apis_for("workflows", "logging"),
-                    grants=(identities,),
-                ),
-                child,
-            )
-
-        self.monitoring: PipelineMonitoring | None = None
-        if config.monitoring.enabled:
-            self.monitoring = PipelineMonitoring(
-                f"{name}-monitoring",
-                PipelineMonitoringArgs(
-                    project=config.project,
-                    region=config.region,
-                    name_prefix=config.name_prefix,
-                    settings=config.monitoring,
-                    service_names={
-                        key: function.service_name for key, function in self.functions.items()
-                    },
-                    predict=PREDICT_FUNCTION,
-                    promoting=plan.functions_logging(topology.LogEvent.MODEL_PROMOTED),
-                    rejecting=plan.functions_logging(topology.LogEvent.UPLOAD_REJECTED),
-                    dead_letter_subscription=messaging.dead_letter_subscription.name,
-                    workflow_name=self.workflow.name if self.workflow is not None else None,
-                    labels=labels,
-                    monitoring_apis=services.apis_for("monitoring"),
-                    logging_apis=services.apis_for("logging"),
-                ),
-                child,
-            )
-
-        self.data_bucket = data.name
-        self.summary_subscription = messaging.summary_subscription.name
-        self.source_bucket = source.name
-        self.topic_names = topic_names
-        self.account_emails = {
-            workload: account.email for workload, account in identities.accounts.items()
+            for spec in base.plan.functions
         }
-        self.predict_url = self.functions[PREDICT_FUNCTION].url
-        self.function_urls = {key: function.url for key, function in self.functions.items()}
-        self.source_sha256 = archive.sha256
-        self.register_outputs(
-            {
-                "data_bucket": self.data_bucket,
-                "function_urls": self.function_urls,
-                "topics": self.topic_names,
-                "service_accounts": self.account_emails,
-                "source_sha256": self.source_sha256,
-                "workflow": self.workflow.name if self.workflow is not None else None,
-                "summary_subscription": self.summary_subscription,
-            }
-        )
 
-    def _push(
-        self,
-        name: str,
-        config: StackConfig,
-        *,
-        delivery: topology.Delivery,
-        settings_key: str,
-        messaging: Messaging,
-        identities: WorkloadIdentities,
-        services: ProjectServices,
-        labels: Mapping[str, str],
-    ) -> None:
+    def _push(self, base: _Foundation, delivery: topology.Delivery) -> None:
+        """A push subscription, with a dead-letter queue, from a topic to a function."""
+        config, messaging, identities = base.config, base.messaging, base.identities
         target = self.functions[delivery.function]
         topic = messaging.topic(delivery.topic)
-        settings = config.function(settings_key)
+        settings = config.function(base.plan.function(delivery.function).settings_key)
         PushSubscription(
-            name,
+            f"{base.name}-{delivery.key.replace('_', '-')}",
             PushSubscriptionArgs(
                 project=config.project,
-                subscription_name=topology.resource_name(
-                    config, f"{delivery.key.replace('_', '-')}-push"
-                ),
+                subscription_name=topology.push_subscription_name(config, delivery),
                 topic=topic.id,
                 push_endpoint=pulumi.Output.all(target.url, topic.name).apply(
                     lambda parts: parts[0] + delivery.push_path(config.project, parts[1])
                 ),
                 audience=target.url,
                 push_identity_email=identities.email("event_trigger"),
-                dead_letter_topic=messaging.topic(DEAD_LETTER_TOPIC).id,
+                dead_letter_topic=messaging.topic(topology.DEAD_LETTER_TOPIC).id,
                 max_delivery_attempts=config.dead_letter_max_attempts,
-                pubsub_agent=services.pubsub_agent,
+                pubsub_agent=base.services.pubsub_agent,
                 # The subscription waits at most as long as the function may run.
                 ack_deadline_seconds=max(10, min(600, settings.timeout_seconds)),
-                labels=labels,
+                labels=base.labels,
                 grants=(
                     messaging.token_creator_grant,
                     messaging.dead_letter_grant,
                     identities,
                 ),
-                apis=services.apis_for("pubsub"),
+                apis=base.services.apis_for("pubsub"),
             ),
-            pulumi.ResourceOptions(parent=self),
+            base.child,
+        )
+
+    def _workflow(self, base: _Foundation, repository_root: Path) -> PipelineWorkflow | None:
+        """Workflow mode's orchestration over the stage functions' URLs."""
+        workflow = base.plan.workflow
+        if workflow is None:
+            return None
+        config = base.config
+        return PipelineWorkflow(
+            f"{base.name}-workflow",
+            PipelineWorkflowArgs(
+                workflow_name=topology.workflow_name(config),
+                project=config.project,
+                region=config.region,
+                source_path=repository_root / workflow.source,
+                service_account_email=base.identities.email("workflow"),
+                user_env_vars=topology.workflow_environment(
+                    function_urls={key: self.functions[key].url for key in workflow.calls},
+                    topic_names=base.topic_names,
+                ),
+                call_log_level=config.workflow_call_log_level,
+                deletion_protection=config.workflow_deletion_protection,
+                labels=base.labels,
+                apis=base.services.apis_for("workflows", "logging"),
+                grants=(base.identities,),
+            ),
+            base.child,
+        )
+
+    def _monitoring(self, base: _Foundation) -> PipelineMonitoring | None:
+        """Alerts, log-based metrics and the dashboard, unless monitoring is disabled."""
+        config, plan = base.config, base.plan
+        if not config.monitoring.enabled:
+            return None
+        return PipelineMonitoring(
+            f"{base.name}-monitoring",
+            PipelineMonitoringArgs(
+                project=config.project,
+                region=config.region,
+                name_prefix=config.name_prefix,
+                settings=config.monitoring,
+                service_names={
+                    key: function.service_name for key, function in self.functions.items()
+                },
+                predict=PREDICT_FUNCTION,
+                promoting=plan.functions_logging(topology.LogEvent.MODEL_PROMOTED),
+                rejecting=plan.functions_logging(topology.LogEvent.UPLOAD_REJECTED),
+                dead_letter_subscription=base.messaging.dead_letter_subscription.name,
+                workflow_name=self.workflow.name if self.workflow is not None else None,
+                labels=base.labels,
+                monitoring_apis=base.services.apis_for("monitoring"),
+                logging_apis=base.services.apis_for("logging"),
+            ),
+            base.child,
         )
 
 
@@ -419,11 +445,6 @@ def _data_grants(
         if workload in identities.accounts
         for role, prefix in access
     )
-
-
-def _bucket_name(config: StackConfig, purpose: str) -> str:
-    # Bucket names are global: the project id keeps two projects' stacks apart.
-    return f"{config.name_prefix}-{purpose}-{config.project}"
 
 
 def _label_value(value: str) -> str:

@@ -49,6 +49,9 @@ LogEvent = contract.LogEvent
 # subscription that keeps them for people to read (components/messaging.py).
 SUMMARY_TOPIC = "model_events"
 SUMMARY_SUBSCRIPTION_SUFFIX = "run-summaries"
+# Messages that kept failing: the dead-letter topic and the subscription that keeps them.
+DEAD_LETTER_TOPIC = "dead_letter"
+DEAD_LETTER_SUBSCRIPTION_SUFFIX = "dead-letter-hold"
 
 
 # The stage (FunctionSpec.settings_key) whose functions write each event: in either
@@ -111,6 +114,16 @@ class Delivery:
 
     def push_path(self, project: str, topic_name: str) -> str:
         return self.path.format(project=project, topic=topic_name)
+
+    def emulator_push_path(self, signature: Signature, project: str, topic_name: str) -> str:
+        """The path of the emulator push that stands in for this delivery locally.
+
+        Eventarc sends a CloudEvent itself; a plain push reaches functions-framework as
+        a raw Pub/Sub envelope, which it converts only when the path names the topic.
+        """
+        if self.mechanism == "eventarc" and signature == "cloudevent":
+            return CLOUDEVENT_PUSH_PATH.format(project=project, topic=topic_name)
+        return self.push_path(project, topic_name)
 
 
 @dataclass(frozen=True)
@@ -176,7 +189,8 @@ WORKLOADS: Mapping[str, str] = {
     "build": "Builds function source into containers (Cloud Build)",
 }
 
-_PUSH_TO_CLOUDEVENT = "/projects/{project}/topics/{topic}"
+# The push path functions-framework turns into a messagePublished CloudEvent.
+CLOUDEVENT_PUSH_PATH = "/projects/{project}/topics/{topic}"
 
 _BASE_ENV = (Env.PROJECT, Env.DATA_BUCKET)
 _PROCESSING_ENV = (
@@ -225,7 +239,7 @@ _SCORE_DATA = FunctionSpec(
     publishes_to=("model_events",),
 )
 _SCORE_DELIVERY = Delivery(
-    "score_to_scoring", "score_uploaded", "score_data", "push", _PUSH_TO_CLOUDEVENT
+    "score_to_scoring", "score_uploaded", "score_data", "push", CLOUDEVENT_PUSH_PATH
 )
 
 
@@ -276,7 +290,7 @@ def build_topology(
                     "data_uploaded",
                     "trigger_workflow",
                     "push",
-                    _PUSH_TO_CLOUDEVENT,
+                    CLOUDEVENT_PUSH_PATH,
                 ),
                 _SCORE_DELIVERY,
             ),
@@ -361,6 +375,27 @@ def resource_name(config: StackConfig, suffix: str) -> str:
 def function_name(config: StackConfig, function_key: str) -> str:
     """The Cloud Functions name, which is also its Cloud Run service's name."""
     return resource_name(config, function_key.replace("_", "-"))
+
+
+def bucket_name(config: StackConfig, purpose: str) -> str:
+    """Bucket names are global: the project id keeps two projects' stacks apart."""
+    return f"{config.name_prefix}-{purpose}-{config.project}"
+
+
+def data_bucket_name(config: StackConfig) -> str:
+    """The bucket of uploads, processed data, models and predictions (cloud and local)."""
+    return bucket_name(config, "data")
+
+
+def push_subscription_name(config: StackConfig, delivery: Delivery) -> str:
+    """The push subscription of a delivery: declared for ``push`` ones in the cloud, and
+    what every delivery becomes locally."""
+    return resource_name(config, f"{delivery.key.replace('_', '-')}-push")
+
+
+def dead_letter_subscription_name(config: StackConfig) -> str:
+    """The pull subscription that holds what kept failing (local stack and cloud alike)."""
+    return resource_name(config, DEAD_LETTER_SUBSCRIPTION_SUFFIX)
 
 
 def summary_subscription_name(config: StackConfig) -> str:

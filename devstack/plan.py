@@ -28,9 +28,6 @@ WORKFLOWS = "workflows"
 WORKFLOWS_GRPC = "workflows_grpc"
 NON_FUNCTION_SERVICES = frozenset({PUBSUB, STORAGE, NOTIFICATIONS, WORKFLOWS})
 
-# Eventarc delivers CloudEvents itself; a plain emulator push reaches functions-framework
-# as a raw Pub/Sub envelope, which it converts only when the path names the topic.
-_CLOUDEVENT_PUSH_PATH = "/projects/{project}/topics/{topic}"
 # Redeliver quickly so retries and dead-lettering take seconds locally (the emulator's
 # observed spacing is about 3 s per attempt with these bounds).
 RETRY_BACKOFF_SECONDS = (0, 1)
@@ -107,10 +104,6 @@ def port_names(config: StackConfig) -> tuple[str, ...]:
     return (*names, WORKFLOWS_GRPC) if WORKFLOWS in names else names
 
 
-def bucket_name(config: StackConfig) -> str:
-    return topology.resource_name(config, "data")
-
-
 def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path) -> StackPlan:
     """Everything to start for ``config``, on the given port per service name."""
     missing = sorted(set(port_names(config)) - set(ports))
@@ -118,7 +111,7 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
         raise ValueError(f"no port for service(s) {', '.join(missing)}")
     wiring = topology.topology_for(config)
     topics = {spec.key: topology.resource_name(config, spec.suffix) for spec in wiring.topics}
-    bucket = bucket_name(config)
+    bucket = topology.data_bucket_name(config)
     pubsub_host = f"{LOOPBACK}:{ports[PUBSUB]}"
     storage_url = f"http://{LOOPBACK}:{ports[STORAGE]}"
     function_urls = {
@@ -167,7 +160,7 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
                 pubsub_host,
             )
         )
-    dead_letter_topic = topics["dead_letter"]
+    dead_letter_topic = topics[topology.DEAD_LETTER_TOPIC]
     subscriptions = [
         _delivery_subscription(
             config,
@@ -179,7 +172,7 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
         )
         for delivery in wiring.deliveries
     ]
-    dead_letter_subscription = topology.resource_name(config, "dead-letter-sub")
+    dead_letter_subscription = topology.dead_letter_subscription_name(config)
     subscriptions.append(
         SubscriptionPlan(dead_letter_subscription, dead_letter_topic, None, None, None, 60)
     )
@@ -210,10 +203,6 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
     )
 
 
-def subscription_name(config: StackConfig, delivery: topology.Delivery) -> str:
-    return topology.resource_name(config, delivery.key.replace("_", "-"))
-
-
 def _delivery_subscription(
     config: StackConfig,
     wiring: topology.Topology,
@@ -225,13 +214,10 @@ def _delivery_subscription(
 ) -> SubscriptionPlan:
     function = wiring.function(delivery.function)
     topic_name = topics[delivery.topic]
-    if delivery.mechanism == "eventarc" and function.signature == "cloudevent":
-        path = _CLOUDEVENT_PUSH_PATH.format(project=config.project, topic=topic_name)
-    else:
-        path = delivery.push_path(config.project, topic_name)
+    path = delivery.emulator_push_path(function.signature, config.project, topic_name)
     timeout = config.function(function.settings_key).timeout_seconds
     return SubscriptionPlan(
-        name=subscription_name(config, delivery),
+        name=topology.push_subscription_name(config, delivery),
         topic=topic_name,
         push_endpoint=function_urls[function.key] + path,
         dead_letter_topic=dead_letter_topic if delivery.dead_letter else None,
@@ -353,7 +339,7 @@ def _function_service(
         env={
             **env,
             "PYTHONPATH": str(FUNCTION_SOURCE.parent),
-            "FUNCTION_TARGET": function.entry_point,
+            topology.Env.FUNCTION_TARGET: function.entry_point,
         },
         health_path="/health" if function.key == "predict" else _FRAMEWORK_ANSWERED_PATH,
     )

@@ -30,6 +30,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from pipeline_core import choreography
 from pipeline_core import logging as log
+from pipeline_core.contract import Env
 from pipeline_core.errors import (
     BadRequestError,
     NoChampionError,
@@ -134,11 +135,9 @@ class Runtime:
 
 
 runtime = Runtime()
-log.install(
-    function=os.environ.get("FUNCTION_TARGET"), project=os.environ.get("GOOGLE_CLOUD_PROJECT")
-)
-if os.environ.get("FUNCTION_TARGET") in STAGE_CORES:
-    importlib.import_module(STAGE_CORES[os.environ["FUNCTION_TARGET"]])
+log.install(function=os.environ.get(Env.FUNCTION_TARGET), project=os.environ.get(Env.PROJECT))
+if os.environ.get(Env.FUNCTION_TARGET) in STAGE_CORES:
+    importlib.import_module(STAGE_CORES[os.environ[Env.FUNCTION_TARGET]])
 
 
 def _respond(body: Mapping[str, Any], status: int = 200) -> flask.Response:
@@ -401,29 +400,40 @@ def _reload(request: flask.Request) -> flask.Response:
     return _respond({"status": "serving", "model_version": model.version})
 
 
+def _on_notification(
+    handle: Callable[[StorageNotification], None],
+) -> Callable[[CloudEvent], None]:
+    """A CloudEvent function around a handler of storage notifications: the event's ids
+    in every log line; a malformed notification is acknowledged with an ERROR log."""
+
+    def handler(event: CloudEvent) -> None:
+        with _event_log_context(event):
+            notification = _notification(event)
+            if notification is not None:
+                handle(notification)
+
+    handler.__name__ = handle.__name__
+    handler.__doc__ = handle.__doc__
+    return handler
+
+
 @functions_framework.cloud_event
-def trigger_workflow(event: CloudEvent) -> None:
+@_on_notification
+def trigger_workflow(notification: StorageNotification) -> None:
     """Upload notification -> one Workflows execution per object generation."""
-    with _event_log_context(event):
-        notification = _notification(event)
-        if notification is None:
-            return
-        settings = TriggerSettings.from_env(runtime.environ)
-        storage = runtime.bucket(settings.project, settings.data_bucket)
-        trigger(notification, storage, runtime.executions(settings), settings, runtime.clock)
+    settings = TriggerSettings.from_env(runtime.environ)
+    storage = runtime.bucket(settings.project, settings.data_bucket)
+    trigger(notification, storage, runtime.executions(settings), settings, runtime.clock)
 
 
 @functions_framework.cloud_event
-def process_data_event(event: CloudEvent) -> None:
+@_on_notification
+def process_data_event(notification: StorageNotification) -> None:
     """Events mode: notification -> process -> message on model-training-trigger."""
-    with _event_log_context(event):
-        notification = _notification(event)
-        if notification is None:
-            return
-        settings = ProcessingSettings.from_env(runtime.environ)
-        choreography.process_upload(
-            notification, settings, lambda ref: _process(settings, ref), runtime.pubsub()
-        )
+    settings = ProcessingSettings.from_env(runtime.environ)
+    choreography.process_upload(
+        notification, settings, lambda ref: _process(settings, ref), runtime.pubsub()
+    )
 
 
 @functions_framework.cloud_event
@@ -448,27 +458,24 @@ def train_model_event(event: CloudEvent) -> None:
 
 
 @functions_framework.cloud_event
-def score_data(event: CloudEvent) -> None:
+@_on_notification
+def score_data(notification: StorageNotification) -> None:
     """Scoring upload notification -> predictions/ of the champion + summary message."""
-    with _event_log_context(event):
-        notification = _notification(event)
-        if notification is None:
-            return
-        from pipeline_core.scoring import ScoringSpec, score
+    from pipeline_core.scoring import ScoringSpec, score
 
-        settings = ScoringSettings.from_env(runtime.environ)
-        storage = runtime.bucket(settings.project, settings.data_bucket)
-        spec = ScoringSpec(
-            settings.score_prefix, settings.id_column, settings.target_column, settings.runtime
-        )
-        choreography.score_upload(
-            notification,
-            settings,
-            lambda ref: score(
-                storage, ref, spec, lease_seconds=settings.timeout_seconds, clock=runtime.clock
-            ),
-            runtime.pubsub(),
-        )
+    settings = ScoringSettings.from_env(runtime.environ)
+    storage = runtime.bucket(settings.project, settings.data_bucket)
+    spec = ScoringSpec(
+        settings.score_prefix, settings.id_column, settings.target_column, settings.runtime
+    )
+    choreography.score_upload(
+        notification,
+        settings,
+        lambda ref: score(
+            storage, ref, spec, lease_seconds=settings.timeout_seconds, clock=runtime.clock
+        ),
+        runtime.pubsub(),
+    )
 
 
 def _event_log_context(event: CloudEvent) -> contextlib.AbstractContextManager[None]:

@@ -160,6 +160,8 @@ class Env:
     FUNCTION_TIMEOUT_SECONDS = "FUNCTION_TIMEOUT_SECONDS"
     # Set only by the local stack: where the Executions API is served.
     WORKFLOWS_API_ENDPOINT = "WORKFLOWS_API_ENDPOINT"
+    # Set by Cloud Run functions (and the local stack alike): the entry point served.
+    FUNCTION_TARGET = "FUNCTION_TARGET"
 
 
 # -- Structured log events ---------------------------------------------------------------

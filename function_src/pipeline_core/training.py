@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pipeline_core.errors import (
 )
 from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
 from pipeline_core.leases import Clock, acquire, utc_now
+from pipeline_core.machine import available_cpus
 from pipeline_core.onnx_model import RUNTIME_VERSION
 from pipeline_core.registry import ModelRegistry, new_version
 from pipeline_core.settings import TrainingSettings
@@ -62,15 +62,6 @@ __all__ = [
     "train",
     "train_smoke_and_promote",
 ]
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on: a Cloud Function gets 1 vCPU up to 2 GiB and
-    2 at 4 GiB or more; ``os.cpu_count()`` would report the host's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def build_estimator(model_type: str, hyperparameters: Mapping[str, Any]) -> Any:
@@ -241,18 +232,19 @@ def _train_and_record(
         "reason": CANDIDATE_REASON,
         "smoke_instances": manifest["smoke_instances"],
     }
-    write_json(storage, lineage_object(request.source), outcome)
-    log.info(
+    return _record_outcome(
+        storage,
+        request.source,
+        outcome,
         "trained a candidate",
+        start,
         model_version=version,
         serving_runtime=manifest["serving_runtime"],
         rows_used=len(data.labels),
         rows_available=data.rows_available,
         model_type=settings.model_type,
         metrics={key: metrics[key] for key in ("accuracy", "f1_macro")},
-        duration_ms=log.elapsed_ms(start),
     )
-    return outcome
 
 
 def promote_candidate(
@@ -283,15 +275,16 @@ def promote_candidate(
         "champion_version": decision.champion_version,
         "reason": decision.reason,
     }
-    write_json(storage, lineage_object(request.source), outcome)
-    log.info(
+    return _record_outcome(
+        storage,
+        request.source,
+        outcome,
         "promotion decided",
+        start,
         model_version=request.model_version,
         promoted=decision.promoted,
         reason=decision.reason,
-        duration_ms=log.elapsed_ms(start),
     )
-    return outcome
 
 
 def train_smoke_and_promote(
@@ -313,6 +306,21 @@ def train_smoke_and_promote(
     smoke = smoke_test(service, version, candidate["smoke_instances"])
     outcome = promote_candidate(storage, PromotionRequest(request.source, version), settings, clock)
     return {**outcome, "smoke_prediction": smoke}
+
+
+def _record_outcome(
+    storage: Storage,
+    source: ObjectRef,
+    outcome: dict[str, Any],
+    event: str,
+    start: float,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Record a step's ``outcome`` for the upload (a retry returns it), log ``event``
+    with how long the step took, and return it."""
+    write_json(storage, lineage_object(source), outcome)
+    log.info(event, **fields, duration_ms=log.elapsed_ms(start))
+    return outcome
 
 
 def _check_bucket(source: ObjectRef, storage: Storage) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -14,19 +15,20 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline_core import scoring
 from pipeline_core.contract import (
     predictions_csv_object,
     predictions_object,
     scoring_lease_object,
     scoring_summary_object,
 )
-from pipeline_core.errors import DataRejectedError, ScoringFailedError
+from pipeline_core.errors import DataRejectedError, ScoringFailedError, TransientError
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import LeaseHeldError, acquire, utc_now
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.scoring import ScoringSpec, score
-from pipeline_core.serving import ModelService
+from pipeline_core.serving import LoadedModel, ModelService
 from tests.functions.conftest import IRIS, WINE, upload
 from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_serving import trained
@@ -198,6 +200,77 @@ class _AfterFirstRead(io.RawIOBase):
         data = self._stream.read(min(len(buffer), 4096))
         buffer[: len(data)] = data
         return len(data)
+
+
+def test_the_answers_do_not_depend_on_how_the_cpus_share_a_block_out(
+    storage: InMemoryStorage, champion: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = unlabelled() * 20
+    rows[100], rows[1500], rows[2999] = "x,1,1,1", "1,2", ",1,1,1"  # refusals among the slices
+    data = csv_of(rows)
+    alone, shared = (
+        upload(storage, "score/alone.csv", data),
+        upload(storage, "score/shared.csv", data),
+    )
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 1)
+    one_cpu = score(storage, alone, SPEC, block_bytes=4096)
+    calls: list[tuple[str, int]] = []
+    answer = LoadedModel.class_probabilities
+
+    def recorded(model: LoadedModel, rows: np.ndarray[Any, Any]) -> Any:
+        calls.append((threading.current_thread().name, len(rows)))
+        return answer(model, rows)
+
+    monkeypatch.setattr(LoadedModel, "class_probabilities", recorded)
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 3)
+    monkeypatch.setattr(scoring, "MIN_ROWS_PER_PART", 10)
+
+    three_cpus = score(storage, shared, SPEC, block_bytes=4096)
+
+    assert {name.split("_")[0] for name, _ in calls} == {"MainThread", "score"}
+    assert max(size for _, size in calls) < 150  # a block of ~270 rows in three slices
+    assert sum(size for _, size in calls) == three_cpus["rows_scored"] == len(rows) - 3
+    counted = ("rows_in", "rows_scored", "refusals", "refusal_examples", "model_version")
+    assert [three_cpus[key] for key in counted] == [one_cpu[key] for key in counted]
+    assert read_predictions(storage, shared) == read_predictions(storage, alone)
+
+
+def test_an_output_upload_that_fails_midway_leaves_nothing_and_a_retry_scores_the_file(
+    storage: InMemoryStorage, champion: str
+) -> None:
+    ref = upload(storage, "score/long.csv", csv_of(unlabelled() * 20))
+
+    class FailingCsvUpload(InMemoryStorage):
+        """The bucket, whose upload of the predictions CSV fails after its first block."""
+
+        def __init__(self) -> None:
+            super().__init__(storage.bucket)
+            self.__dict__.update(storage.__dict__)
+
+        @contextmanager
+        def open_write(self, name: str, *, content_type: str) -> Iterator[IO[bytes]]:
+            if name == predictions_csv_object(ref):
+                yield _FailsAfterFirstWrite()
+                return
+            with super().open_write(name, content_type=content_type) as sink:
+                yield sink
+
+    with pytest.raises(TransientError, match="connection reset"):
+        score(FailingCsvUpload(), ref, SPEC, block_bytes=4096)
+
+    assert storage.names("predictions/") == []  # no output, no summary, the lease released
+    summary = score(storage, ref, SPEC, block_bytes=4096)
+    assert len(read_predictions(storage, ref)) == summary["rows_scored"] == 3000
+
+
+class _FailsAfterFirstWrite(io.BytesIO):
+    writes = 0
+
+    def write(self, data: Any) -> int:
+        self.writes += 1
+        if self.writes > 1:
+            raise TransientError("Cloud Storage upload failed: connection reset")
+        return super().write(data)
 
 
 def test_columns_that_do_not_match_the_champion_are_a_recorded_rejection(

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from tests.conftest import work_unit
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 # pulumi/actions' current major (v7.0.0, May 2026: the node 24 runtime).
@@ -54,3 +56,32 @@ def test_the_tests_run_on_every_pull_request_and_push() -> None:
     test = jobs()["test"]
     assert "if" not in test
     assert test["steps"][-1]["run"] == ".ci/run"
+
+
+def test_make_test_spreads_the_tiers_over_two_workers_integration_first() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^PARALLEL := -n 2 --dist loadfile$", makefile, re.M)
+    recipe = re.search(r"^test:.*\n\t(.+)$", makefile, re.M)
+    assert recipe is not None
+    assert recipe.group(1).split()[-5:] == [
+        "$(PARALLEL)",
+        "tests/integration",
+        "tests/infra",
+        "tests/functions",
+        "tests/workflows",
+    ]
+
+
+def test_a_worker_gets_a_whole_file_and_an_integration_file_one_mode_at_a_time() -> None:
+    pipeline = "tests/integration/test_pipeline.py"
+    assert work_unit(f"{pipeline}::test_upload[workflow]") == f"{pipeline}[workflow]"
+    assert work_unit(f"{pipeline}::test_upload[events]") == f"{pipeline}[events]"
+    # A test with more params than the stack's, and one with no stack at all.
+    assert work_unit(f"{pipeline}::test_retry[events-503]") == f"{pipeline}[events]"
+    assert work_unit("tests/integration/test_cli.py::test_lines[0]") == (
+        "tests/integration/test_cli.py"
+    )
+    # Outside the integration tier an id that names a mode splits nothing.
+    assert work_unit("tests/infra/test_program.py::test_x[events]") == (
+        "tests/infra/test_program.py"
+    )

@@ -24,7 +24,7 @@ def test_score_data_runs_as_its_own_account_with_its_settings(stack: Deployment)
     function = function_named(stack, "mlp-dev-score-data")
     account = account_member(stack, "score").removeprefix("serviceAccount:")
     assert function.get("serviceConfig.serviceAccountEmail") == account
-    assert function.get("serviceConfig.availableMemory") == "1Gi"
+    assert function.get("serviceConfig.availableMemory") == "4Gi"  # 2 vCPUs
     assert function.get("serviceConfig.timeoutSeconds") == 540
     environment = function.get("serviceConfig.environmentVariables")
     assert environment["SCORE_PREFIX"] == "score/"

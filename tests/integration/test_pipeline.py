@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from components.topology import build_topology, workflow_name
+from components.topology import build_topology, push_subscription_name, workflow_name
 from devstack import runs
 from devstack.demo import write_iris_csv
 from devstack.errors import RunFailedError
-from devstack.plan import subscription_name
 from devstack.processes import group_alive, stop_group
 from devstack.stack import load_state
 from tests.integration.conftest import LocalStack
@@ -273,7 +272,7 @@ def test_a_message_that_keeps_failing_lands_on_the_dead_letter_topic(
     (delivery,) = [
         item for item in wiring.deliveries if item.dead_letter and item.function != "score_data"
     ]
-    source_subscription = subscription_name(config, delivery)
+    source_subscription = push_subscription_name(config, delivery)
     broken = local_stack.state.service(PERMANENT_BREAK[config.orchestration])
     stop_group(broken)
     name = f"dead-{uuid.uuid4().hex[:6]}.csv"

@@ -15,7 +15,6 @@ from devstack.plan import (
     plan_stack,
     port_names,
     service_names,
-    subscription_name,
 )
 from workflows_emulator.cli import build_parser as emulator_parser
 
@@ -37,7 +36,7 @@ def test_plan_follows_the_topology_and_config(mode: Orchestration, tmp_path: Pat
     }
     by_name = {subscription.name: subscription for subscription in plan.subscriptions}
     for delivery in wiring.deliveries:
-        subscription = by_name[subscription_name(config, delivery)]
+        subscription = by_name[topology.push_subscription_name(config, delivery)]
         function = wiring.function(delivery.function)
         assert subscription.topic == plan.topics[delivery.topic]
         assert subscription.push_endpoint is not None
