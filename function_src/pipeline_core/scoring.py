@@ -77,6 +77,9 @@ CHAMPION_REFUSED = "champion_refused"
 # A row whose numbers exceed float32, the precision both runtimes compute in (predict
 # refuses such a value too).
 ROW_FEATURE_OUT_OF_RANGE = "feature_out_of_range"
+# A row the model computes no finite probabilities for (a scaled linear model overflows
+# on values near the float32 limit); predict answers such a request with a 422.
+ROW_NOT_COMPUTABLE = "not_computable"
 
 # 1 MiB of CSV text per block (about 60,000 rows of four features), a quarter of
 # processing's: the model costs far more per row than the parsing, and the stages of a
@@ -298,10 +301,31 @@ def _columns(names: tuple[str, ...], model: LoadedModel, spec: ScoringSpec) -> _
 REFUSAL_REASONS: tuple[str, ...] = (
     *CELL_REASONS,
     ROW_FEATURE_OUT_OF_RANGE,
+    ROW_NOT_COMPUTABLE,
     ROW_WRONG_FIELD_COUNT,
 )
 _OUT_OF_RANGE_CODE = np.int8(REFUSAL_REASONS.index(ROW_FEATURE_OUT_OF_RANGE) + 1)
+_NOT_COMPUTABLE_CODE = np.int8(REFUSAL_REASONS.index(ROW_NOT_COMPUTABLE) + 1)
 _WRONG_FIELD_COUNT_CODE = np.int8(REFUSAL_REASONS.index(ROW_WRONG_FIELD_COUNT) + 1)
+
+
+_OWN_REFUSAL_DETAILS = {
+    ROW_FEATURE_OUT_OF_RANGE: (
+        f"a feature is beyond the float32 range (+-{FLOAT32_MAX:.4g}) the model computes in"
+    ),
+    ROW_NOT_COMPUTABLE: (
+        "the model computes no finite probabilities for these values (they overflow inside "
+        "it); send values of the training data's scale"
+    ),
+}
+
+# Probabilities (rows, classes), the most probable class of each row, and which rows
+# have finite probabilities (``LoadedModel.computed_probabilities``).
+_Computed = tuple[
+    np.ndarray[Any, np.dtype[np.float64]],
+    np.ndarray[Any, np.dtype[np.intp]],
+    np.ndarray[Any, np.dtype[np.bool_]],
+]
 
 
 @dataclass
@@ -394,14 +418,22 @@ class _Scorer:
         codes[out_of_range] = _OUT_OF_RANGE_CODE
         scorable = codes == 0
         matrix = cells.values if scorable.all() else cells.values[:, scorable]
-        probabilities, best = self._predict(matrix, side_by_side)
+        probabilities, best, computable = self._predict(matrix, side_by_side)
+        not_computable = np.zeros_like(scorable)
+        if not computable.all():
+            not_computable[np.flatnonzero(scorable)[~computable]] = True
+            codes[not_computable] = _NOT_COMPUTABLE_CODE
+            probabilities, best = probabilities[computable], best[computable]
         placed = _Placement.of(block, parsed, columns.count)
         first_row = self.rows_in + 1
         self._note_refusals(
             parsed,
             cells,
             codes=codes,
-            out_of_range=out_of_range,
+            own_refusals={
+                ROW_FEATURE_OUT_OF_RANGE: out_of_range,
+                ROW_NOT_COMPUTABLE: not_computable,
+            },
             placed=placed,
             first_row=first_row,
         )
@@ -430,11 +462,12 @@ class _Scorer:
 
     def _predict(
         self, matrix: np.ndarray[Any, np.dtype[np.float64]], side_by_side: _SideBySide
-    ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.intp]]]:
+    ) -> _Computed:
         """The champion's probabilities of ``matrix`` (features, rows), as predict's."""
         if not matrix.shape[1]:  # neither runtime takes zero rows
-            return np.empty((0, len(self.class_names))), np.empty(0, dtype=np.intp)
-        return side_by_side.class_probabilities(self.model, matrix.T)
+            classes = len(self.class_names)
+            return np.empty((0, classes)), np.empty(0, dtype=np.intp), np.empty(0, dtype=bool)
+        return side_by_side.computed_probabilities(self.model, matrix.T)
 
     def _note_refusals(
         self,
@@ -442,11 +475,12 @@ class _Scorer:
         cells: FeatureCells,
         *,
         codes: np.ndarray[Any, np.dtype[np.int8]],
-        out_of_range: np.ndarray[Any, np.dtype[np.bool_]],
+        own_refusals: dict[str, np.ndarray[Any, np.dtype[np.bool_]]],
         placed: _Placement,
         first_row: int,
     ) -> None:
-        """Counts per reason, and the row number and detail of each reason's first row."""
+        """Counts per reason, and the row number and detail of each reason's first row;
+        ``own_refusals``: the parsed rows refused by scoring's own reasons."""
         tally = np.bincount(codes, minlength=len(REFUSAL_REASONS) + 1)
         for reason, count in zip(REFUSAL_REASONS, tally[1:], strict=True):
             if count:
@@ -460,12 +494,9 @@ class _Scorer:
         if not tally[1:].any():
             return
         first = cells.first_refused(parsed.columns, tuple(self.model.feature_names))
-        if out_of_range.any():
-            first[ROW_FEATURE_OUT_OF_RANGE] = (
-                int(np.argmax(out_of_range)),
-                f"a feature is beyond the float32 range (+-{FLOAT32_MAX:.4g}) the model "
-                "computes in",
-            )
+        for reason, refused in own_refusals.items():
+            if refused.any():
+                first[reason] = (int(np.argmax(refused)), _OWN_REFUSAL_DETAILS[reason])
         for reason, (row, detail) in first.items():
             if reason not in self.examples:
                 self.examples[reason] = f"row {first_row + placed.block_row(row)}: {detail}"
@@ -488,20 +519,18 @@ class _SideBySide:
     def __exit__(self, *exception: object) -> None:
         self._helpers.shutdown(wait=True)
 
-    def class_probabilities(
+    def computed_probabilities(
         self, model: LoadedModel, rows: np.ndarray[Any, np.dtype[np.float64]]
-    ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.intp]]]:
+    ) -> _Computed:
         parts = max(1, min(self.parts, len(rows) // MIN_ROWS_PER_PART))
         slices = np.array_split(rows, parts)
-        others = [self._helpers.submit(model.class_probabilities, part) for part in slices[1:]]
-        answers = [model.class_probabilities(slices[0])]
+        others = [self._helpers.submit(model.computed_probabilities, part) for part in slices[1:]]
+        answers = [model.computed_probabilities(slices[0])]
         answers += [other.result() for other in others]
         if len(answers) == 1:
             return answers[0]
-        return (
-            np.concatenate([probabilities for probabilities, _ in answers]),
-            np.concatenate([best for _, best in answers]),
-        )
+        probabilities, best, computable = zip(*answers, strict=True)
+        return np.concatenate(probabilities), np.concatenate(best), np.concatenate(computable)
 
 
 class _TableWriter(Protocol):

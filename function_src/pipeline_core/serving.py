@@ -117,14 +117,29 @@ class LoadedModel:
         self, rows: np.ndarray[Any, Any]
     ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.intp]]]:
         """(rows, classes) probabilities in the manifest's class order, and the index of
-        each row's most probable class; predict and batch scoring answer alike."""
+        each row's most probable class; a row without finite probabilities is a 422."""
+        probabilities, best, computable = self.computed_probabilities(rows)
+        _check_computable(computable)
+        return probabilities, best
+
+    def computed_probabilities(
+        self, rows: np.ndarray[Any, Any]
+    ) -> tuple[
+        np.ndarray[Any, np.dtype[np.float64]],
+        np.ndarray[Any, np.dtype[np.intp]],
+        np.ndarray[Any, np.dtype[np.bool_]],
+    ]:
+        """``class_probabilities`` and which rows have finite ones (the others' are
+        meaningless): predict refuses the request, batch scoring those rows alone; the
+        two answer alike."""
         probabilities = self.predictor.probabilities(rows).astype(np.float64)
-        _check_computable(probabilities)
+        computable = np.isfinite(probabilities).all(axis=1)
         best = probabilities.argmax(axis=1)
         # A float32 sum over 100 trees misses 1 by a few 1e-7; rescaled rows and six
         # decimals make both runtimes print a certain class as 1.0, and keep JSON short.
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        return probabilities.round(6), best
+        with np.errstate(invalid="ignore"):  # rows of infinities, refused by the caller
+            probabilities /= probabilities.sum(axis=1, keepdims=True)
+        return probabilities.round(6), best, computable
 
     @property
     def classes(self) -> np.ndarray[Any, np.dtype[np.object_]]:
@@ -149,10 +164,10 @@ class LoadedModel:
         return {"model_version": self.version, "predictions": predictions}
 
 
-def _check_computable(probabilities: np.ndarray[Any, Any]) -> None:
+def _check_computable(computable: np.ndarray[Any, np.dtype[np.bool_]]) -> None:
     """Values within float32 can still overflow inside a model (a scaled linear model
     meets infinity): such rows get a 422, never a NaN answer."""
-    failed = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+    failed = np.flatnonzero(~computable)
     if len(failed):
         raise invalid_input(
             [

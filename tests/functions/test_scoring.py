@@ -23,12 +23,14 @@ from pipeline_core.contract import (
     scoring_summary_object,
 )
 from pipeline_core.errors import DataRejectedError, ScoringFailedError, TransientError
-from pipeline_core.events import ObjectRef
+from pipeline_core.events import ObjectRef, TrainingRequest
 from pipeline_core.leases import LeaseHeldError, acquire, utc_now
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.scoring import ScoringSpec, score
 from pipeline_core.serving import LoadedModel, ModelService
+from pipeline_core.settings import TrainingSettings
+from pipeline_core.training import train_smoke_and_promote
 from tests.functions.conftest import IRIS, WINE, upload
 from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_serving import trained
@@ -215,13 +217,13 @@ def test_the_answers_do_not_depend_on_how_the_cpus_share_a_block_out(
     monkeypatch.setattr(scoring, "available_cpus", lambda: 1)
     one_cpu = score(storage, alone, SPEC, block_bytes=4096)
     calls: list[tuple[str, int]] = []
-    answer = LoadedModel.class_probabilities
+    answer = LoadedModel.computed_probabilities
 
     def recorded(model: LoadedModel, rows: np.ndarray[Any, Any]) -> Any:
         calls.append((threading.current_thread().name, len(rows)))
         return answer(model, rows)
 
-    monkeypatch.setattr(LoadedModel, "class_probabilities", recorded)
+    monkeypatch.setattr(LoadedModel, "computed_probabilities", recorded)
     monkeypatch.setattr(scoring, "available_cpus", lambda: 3)
     monkeypatch.setattr(scoring, "MIN_ROWS_PER_PART", 10)
 
@@ -233,6 +235,39 @@ def test_the_answers_do_not_depend_on_how_the_cpus_share_a_block_out(
     counted = ("rows_in", "rows_scored", "refusals", "refusal_examples", "model_version")
     assert [three_cpus[key] for key in counted] == [one_cpu[key] for key in counted]
     assert read_predictions(storage, shared) == read_predictions(storage, alone)
+
+
+def test_a_row_the_model_computes_no_probabilities_for_is_refused_alone(
+    storage: InMemoryStorage,
+) -> None:
+    # A scaled linear model overflows on values near the float32 limit: NaN probabilities.
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    processed = process(storage, ref, DatasetSchema()).to_json()["processed_object"]
+    linear = TrainingSettings(
+        project="p", data_bucket=storage.bucket, model_type="logistic_regression"
+    )
+    champion = train_smoke_and_promote(storage, TrainingRequest(ref, processed), linear)
+    rows = unlabelled()[:6]
+    rows[2] = "3e38,3e38,3e38,3e38"
+    scoring_ref = upload(storage, "score/extreme.csv", csv_of(rows))
+
+    summary = score(storage, scoring_ref, SPEC)
+
+    assert (summary["rows_scored"], summary["refusals"]) == (5, {"not_computable": 1})
+    assert summary["refusal_examples"]["not_computable"].startswith(
+        "row 3: the model computes no finite probabilities"
+    )
+    predictions = read_predictions(storage, scoring_ref)
+    assert [row["reason"] for row in predictions] == [
+        None,
+        None,
+        "not_computable",
+        None,
+        None,
+        None,
+    ]
+    assert predictions[2]["label"] is None and predictions[2]["probability_setosa"] is None
+    assert {row["model_version"] for row in predictions} == {champion["model_version"]}
 
 
 def test_an_output_upload_that_fails_midway_leaves_nothing_and_a_retry_scores_the_file(
