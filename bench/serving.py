@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -123,6 +124,9 @@ class Measurement:
     errors: int  # wrong status or body, or a socket error
     p50_ms: float
     p99_ms: float
+    # CPU (user + system) the server's processes spent per request: less sensitive to
+    # other work on shared cores than req/s; None where /proc is not there to read it.
+    server_cpu_us_per_request: float | None = None
 
     @property
     def req_per_s(self) -> float:
@@ -135,7 +139,31 @@ class Measurement:
             "p99_ms": round(self.p99_ms, 3),
             "requests": self.requests,
             "errors": self.errors,
+            "server_cpu_us_per_request": _rounded(self.server_cpu_us_per_request, 1),
         }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def group_cpu_seconds(process_group: int) -> float | None:
+    """User + system CPU seconds of the live processes of ``process_group`` (the
+    functions-framework server and its gunicorn worker), from /proc; None without it."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    ticks = 0
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while being listed
+            continue
+        # Fields after the parenthesised command: state ppid pgrp ... utime(12) stime(13).
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == process_group:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # (target, concurrency, whole seconds, scratch folder) -> the measurement
@@ -595,14 +623,19 @@ def measure_load(
         measured: dict[str, dict[str, list[Measurement]]] = {
             scenario: {name: [] for name in targets} for scenario, targets in scenarios.items()
         }
+        by_port = {server.port: server.pid for server in started.values()}
         for repetition in range(repetitions):
             for scenario, targets in scenarios.items():
                 for name, target in targets.items():
-                    result = client(target, _concurrency(scenario), duration, setup.scratch)
+                    result = _with_server_cpu(
+                        by_port[target.port],
+                        partial(client, target, _concurrency(scenario), duration, setup.scratch),
+                    )
                     _progress(
                         f"{repetition + 1}/{repetitions} {scenario} {name}: "
                         f"{result.req_per_s:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                        f"{result.errors} errors"
+                        f"{result.errors} errors, "
+                        f"server CPU {result.server_cpu_us_per_request or 0:.0f} us/request"
                     )
                     measured[scenario][name].append(result)
     summary = {
@@ -612,11 +645,26 @@ def measure_load(
     return summary, served
 
 
+def _with_server_cpu(process_group: int, load: Callable[[], Measurement]) -> Measurement:
+    """``load``'s measurement with the CPU the server spent on it, per request."""
+    before = group_cpu_seconds(process_group)
+    measured = load()
+    after = group_cpu_seconds(process_group)
+    if before is None or after is None or not measured.requests:
+        return measured
+    per_request = (after - before) / measured.requests * 1e6
+    return replace(measured, server_cpu_us_per_request=per_request)
+
+
 def summarize(runs: Sequence[Measurement]) -> dict[str, Any]:
+    cpu = [run.server_cpu_us_per_request for run in runs if run.server_cpu_us_per_request]
     return {
         "req_per_s": round(statistics.median(run.req_per_s for run in runs), 1),
         "p50_ms": round(statistics.median(run.p50_ms for run in runs), 3),
         "p99_ms": round(statistics.median(run.p99_ms for run in runs), 3),
+        "server_cpu_us_per_request": (
+            round(statistics.median(cpu), 1) if len(cpu) == len(runs) else None
+        ),
         "errors": sum(run.errors for run in runs),
         "requests": sum(run.requests for run in runs),
         "runs": [run.to_json() for run in runs],
@@ -631,10 +679,18 @@ def _ratios(load: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
     ratios = {}
     for scenario in (f"c{concurrency}" for concurrency in CONCURRENCIES):
         rates = {name: figures["req_per_s"] for name, figures in load[scenario].items()}
+        cpu = {
+            name: figures["server_cpu_us_per_request"] for name, figures in load[scenario].items()
+        }
         ratios[scenario] = {
             "onnx_to_joblib": _ratio(rates["onnx"], rates["joblib"]),
             "onnx_to_floor": _ratio(rates["onnx"], rates[FLOOR]),
             "joblib_to_floor": _ratio(rates["joblib"], rates[FLOOR]),
+            # The same comparison in server CPU per request (floor over ONNX, so that
+            # higher is better as for req/s): what the cores allow on a quiet machine.
+            "onnx_to_floor_by_server_cpu": (
+                _ratio(cpu[FLOOR], cpu["onnx"]) if cpu[FLOOR] and cpu["onnx"] else None
+            ),
         }
     return ratios
 

@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     restart = commands.add_parser("restart", help="restart one service (e.g. after it died)")
     restart.add_argument("service")
     commands.add_parser("endpoints", help="print the stack's addresses as JSON")
-    upload = commands.add_parser("upload", help="upload a file under raw/ (starts a run)")
-    upload_options(upload, "raw/")
+    upload = commands.add_parser("upload", help=f"upload a file under {RAW_PREFIX} (starts a run)")
+    upload_options(upload, RAW_PREFIX)
     upload.add_argument("--bucket", help="upload to this real GCS bucket instead")
     score = commands.add_parser(
         "score", help="upload a file under the scoring prefix (starts a scoring run)"
@@ -375,7 +375,7 @@ def _print_runs(state: stack.StackState, *, as_json: bool) -> None:
         emit([dataclasses.asdict(row) for row in rows])
         return
     if not rows:
-        progress(f"no uploads yet in gs://{state.bucket}/raw/ or /{state.score_prefix}")
+        progress(f"no uploads yet in gs://{state.bucket}/{RAW_PREFIX} or /{state.score_prefix}")
         return
     print(status.runs_table(dataclasses.asdict(row) for row in rows))
 

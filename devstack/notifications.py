@@ -11,8 +11,6 @@ with, data and attributes unchanged: what GCS's own filter does in the cloud.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import json
 import sys
 from collections.abc import Sequence
@@ -22,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from devstack.errors import DevstackError
 from devstack.pubsub import PubSubEmulator
+from pipeline_core.errors import BadRequestError
+from pipeline_core.events import pubsub_message
 
 HEALTH_PATH = "/healthz"
 
@@ -31,12 +31,13 @@ class Route:
     prefix: str
     topic: str
 
-    @classmethod
-    def parse(cls, text: str) -> Route:
-        prefix, separator, topic = text.partition("=")
-        if not separator or not prefix or not topic:
-            raise argparse.ArgumentTypeError(f"expected PREFIX=TOPIC, got {text!r}")
-        return cls(prefix, topic)
+
+def parse_route(text: str) -> Route:
+    """``--route PREFIX=TOPIC``: one notification of the bucket."""
+    prefix, separator, topic = text.partition("=")
+    if not separator or not prefix or not topic:
+        raise argparse.ArgumentTypeError(f"expected PREFIX=TOPIC, got {text!r}")
+    return Route(prefix, topic)
 
 
 def topics_for(routes: Sequence[Route], object_name: str) -> list[str]:
@@ -51,17 +52,16 @@ def serve(host: str, port: int, pubsub: PubSubEmulator, routes: Sequence[Route])
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             try:
-                message = json.loads(body)["message"]
-                attributes = dict(message.get("attributes") or {})
-                data = base64.b64decode(message.get("data") or "", validate=True)
-            except (ValueError, KeyError, TypeError, binascii.Error):
+                # The functions' own parser of push envelopes (pipeline_core.events).
+                message = pubsub_message(json.loads(body))
+            except (ValueError, BadRequestError):
                 # Not an event fake-gcs-server sent; redelivering it cannot help.
                 print(f"notifications: dropping a malformed push: {body[:200]!r}", flush=True)
                 self._answer(HTTPStatus.NO_CONTENT)
                 return
             try:
-                for topic in topics_for(routes, attributes.get("objectId", "")):
-                    pubsub.publish(topic, data, attributes)
+                for topic in topics_for(routes, message.attributes.get("objectId", "")):
+                    pubsub.publish(topic, message.data, message.attributes)
             except DevstackError as error:
                 print(f"notifications: {error}", flush=True)
                 self._answer(HTTPStatus.SERVICE_UNAVAILABLE)  # redelivered
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pubsub-host", required=True)
     parser.add_argument("--project", required=True)
-    parser.add_argument("--route", type=Route.parse, action="append", default=[])
+    parser.add_argument("--route", type=parse_route, action="append", default=[])
     args = parser.parse_args(argv)
     try:
         serve(args.host, args.port, PubSubEmulator(args.pubsub_host, args.project), args.route)

@@ -5,6 +5,7 @@ so the local wiring cannot drift from the cloud's.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -308,7 +309,8 @@ def _notifications_service(
         name=NOTIFICATIONS,
         port=port,
         argv=tuple(argv),
-        env={"PYTHONPATH": str(REPO_ROOT)},
+        # It parses push envelopes with the functions' own parser (pipeline_core.events).
+        env={"PYTHONPATH": os.pathsep.join((str(REPO_ROOT), str(FUNCTION_SOURCE.parent)))},
         health_path="/healthz",
     )
 

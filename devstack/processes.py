@@ -185,21 +185,35 @@ def group_usage(pgid: int) -> GroupUsage:
 
 def stop_group(service: RunningService, *, grace_seconds: float = 10.0) -> None:
     """Stop the service's whole process group: SIGTERM, then SIGKILL after the grace."""
+    stop_groups([service], grace_seconds=grace_seconds)
+
+
+def stop_groups(services: Sequence[RunningService], *, grace_seconds: float = 10.0) -> None:
+    """Stop several process groups side by side, so they take the longest one's
+    shutdown rather than the sum: SIGTERM to all, SIGKILL to those left after the grace."""
+    pending = list(services)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(service.pid, sig)
+        for service in pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pid, sig)
         deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline:
-            # When this process started the service, reap it so it does not linger as a
-            # zombie; otherwise it is not our child and init reaps it.
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(service.pid, os.WNOHANG)
-            if not group_alive(service.pid):
-                return
-            time.sleep(_POLL_SECONDS / 2)
-    if group_alive(service.pid):
-        raise ServiceDiedError(
-            service.name,
-            f"survived SIGKILL (process group {service.pid})",
-            log_tail(service.log),
-        )
+        while pending and time.monotonic() < deadline:
+            for service in pending:
+                # When this process started the service, reap it so it does not linger
+                # as a zombie; otherwise it is not our child and init reaps it.
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(service.pid, os.WNOHANG)
+            pending = [service for service in pending if group_alive(service.pid)]
+            if pending:
+                time.sleep(_POLL_SECONDS / 2)
+        if not pending:
+            return
+    survivors = [service for service in pending if group_alive(service.pid)]
+    if not survivors:
+        return
+    survivor = survivors[0]
+    raise ServiceDiedError(
+        survivor.name,
+        f"survived SIGKILL (process group {survivor.pid})",
+        log_tail(survivor.log),
+    )

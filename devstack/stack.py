@@ -32,6 +32,7 @@ from devstack.processes import (
     group_alive,
     start_service,
     stop_group,
+    stop_groups,
     wait_until_healthy,
 )
 from devstack.pubsub import PubSubEmulator
@@ -306,9 +307,16 @@ def _write_state(state_dir: Path, state: StackState) -> None:
 
 
 def _stop_services(state: StackState, progress: Progress) -> None:
-    for service in reversed(state.services):
-        if group_alive(service.pid):
-            stop_group(service)
+    """The functions and the engines that call them first, then the two emulators they
+    all write to; each batch side by side."""
+    emulators = {stack_plan.PUBSUB, stack_plan.STORAGE}
+    running = [service for service in reversed(state.services) if group_alive(service.pid)]
+    for batch in (
+        [service for service in running if service.name not in emulators],
+        [service for service in running if service.name in emulators],
+    ):
+        stop_groups(batch)
+        for service in batch:
             progress(f"stopped {service.name} (process group {service.pid})")
 
 

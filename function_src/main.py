@@ -205,10 +205,9 @@ def _http_handler(
                 return _framework_error(error)
             except Exception as error:
                 log.exception(f"unexpected error: {error}", error)
-                return _respond(
-                    {"error": {"code": "internal", "message": "internal error; see the logs"}},
-                    500,
-                )
+                # The base error's answer: 500 "internal", with no detail of the cause.
+                internal = PipelineError("internal error; see the logs")
+                return _respond(internal.to_json(), internal.http_status)
 
     wrapper.__name__ = handle.__name__
     wrapper.__doc__ = handle.__doc__

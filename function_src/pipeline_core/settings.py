@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from pipeline_core import contract
 from pipeline_core.contract import Env, PromotionPolicy
@@ -102,20 +102,36 @@ class _Environment:
 
 
 @dataclass(frozen=True)
-class ProcessingSettings:
+class FunctionSettings:
+    """What every function reads: its project and the data bucket. Each function's
+    settings add their own fields and read them in ``_fields``."""
+
     project: str
     data_bucket: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Self:
+        env = _Environment(environ)
+        return cls(project=env.project(), data_bucket=env.data_bucket(), **cls._fields(env))
+
+    @classmethod
+    def _fields(cls, env: _Environment) -> dict[str, Any]:
+        """This function's own settings, by field name."""
+        return {}
+
+
+@dataclass(frozen=True)
+class ProcessingSettings(FunctionSettings):
     target_column: str = contract.DEFAULT_TARGET_COLUMN
     feature_columns: tuple[str, ...] = ()  # empty: every column but the target
     min_rows: int = contract.DEFAULT_MIN_ROWS
-    chunk_rows: int = 50_000
+    chunk_rows: int = contract.DEFAULT_CHUNK_ROWS
     timeout_seconds: int = contract.DEFAULT_TIMEOUT_SECONDS
     model_training_topic: str = ""  # events mode only
     model_events_topic: str = ""  # events mode only
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> ProcessingSettings:
-        env = _Environment(environ)
+    def _fields(cls, env: _Environment) -> dict[str, Any]:
         features = env.json_value(Env.FEATURE_COLUMNS, "[]")
         if not isinstance(features, list) or not all(
             isinstance(name, str) and name for name in features
@@ -128,9 +144,7 @@ class ProcessingSettings:
             raise ConfigurationError(
                 f"environment variable {Env.FEATURE_COLUMNS} lists the target column {target!r}"
             )
-        return cls(
-            project=env.project(),
-            data_bucket=env.data_bucket(),
+        return dict(
             target_column=target,
             feature_columns=tuple(features),
             min_rows=env.within(Env.MIN_ROWS, contract.DEFAULT_MIN_ROWS, contract.MIN_ROWS_BOUNDS),
@@ -141,9 +155,7 @@ class ProcessingSettings:
 
 
 @dataclass(frozen=True)
-class TrainingSettings:
-    project: str
-    data_bucket: str
+class TrainingSettings(FunctionSettings):
     target_column: str = contract.DEFAULT_TARGET_COLUMN
     model_type: str = contract.DEFAULT_MODEL_TYPE
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
@@ -156,16 +168,13 @@ class TrainingSettings:
     serving_runtime: str = contract.DEFAULT_PREDICT_RUNTIME
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> TrainingSettings:
-        env = _Environment(environ)
+    def _fields(cls, env: _Environment) -> dict[str, Any]:
         hyperparameters = env.json_value(Env.MODEL_HYPERPARAMETERS, "{}")
         if not isinstance(hyperparameters, dict):
             raise ConfigurationError(
                 f"environment variable {Env.MODEL_HYPERPARAMETERS} must be a JSON object"
             )
-        return cls(
-            project=env.project(),
-            data_bucket=env.data_bucket(),
+        return dict(
             target_column=env.target_column(),
             model_type=env.choice(
                 Env.MODEL_TYPE, contract.MODEL_TYPES, contract.DEFAULT_MODEL_TYPE
@@ -195,19 +204,14 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
-class ServingSettings:
-    project: str
-    data_bucket: str
+class ServingSettings(FunctionSettings):
     max_batch: int = contract.DEFAULT_PREDICT_MAX_BATCH
     refresh_seconds: int = contract.DEFAULT_MODEL_REFRESH_SECONDS
     runtime: str = contract.DEFAULT_PREDICT_RUNTIME
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> ServingSettings:
-        env = _Environment(environ)
-        return cls(
-            project=env.project(),
-            data_bucket=env.data_bucket(),
+    def _fields(cls, env: _Environment) -> dict[str, Any]:
+        return dict(
             max_batch=env.integer(
                 Env.PREDICT_MAX_BATCH,
                 contract.DEFAULT_PREDICT_MAX_BATCH,
@@ -224,9 +228,7 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
-class ScoringSettings:
-    project: str
-    data_bucket: str
+class ScoringSettings(FunctionSettings):
     score_prefix: str = contract.DEFAULT_SCORE_PREFIX
     id_column: str = ""  # empty: no column is passed through
     target_column: str = contract.DEFAULT_TARGET_COLUMN  # a scoring file may carry it; ignored
@@ -235,16 +237,13 @@ class ScoringSettings:
     model_events_topic: str = ""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> ScoringSettings:
-        env = _Environment(environ)
+    def _fields(cls, env: _Environment) -> dict[str, Any]:
         prefix = env.optional(Env.SCORE_PREFIX, contract.DEFAULT_SCORE_PREFIX)
         if not prefix.endswith("/"):
             raise ConfigurationError(
                 f"environment variable {Env.SCORE_PREFIX}={prefix!r} must end with '/'"
             )
-        return cls(
-            project=env.project(),
-            data_bucket=env.data_bucket(),
+        return dict(
             score_prefix=prefix,
             id_column=env.optional(Env.ID_COLUMN, ""),
             target_column=env.target_column(),
@@ -255,20 +254,15 @@ class ScoringSettings:
 
 
 @dataclass(frozen=True)
-class TriggerSettings:
-    project: str
-    data_bucket: str
+class TriggerSettings(FunctionSettings):
     workflow_name: str
     workflow_location: str
     workflows_api_endpoint: str = ""  # local stack only
     timeout_seconds: int = contract.DEFAULT_TIMEOUT_SECONDS
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> TriggerSettings:
-        env = _Environment(environ)
-        return cls(
-            project=env.project(),
-            data_bucket=env.data_bucket(),
+    def _fields(cls, env: _Environment) -> dict[str, Any]:
+        return dict(
             workflow_name=env.required(Env.WORKFLOW_NAME),
             workflow_location=env.required(Env.WORKFLOW_LOCATION),
             workflows_api_endpoint=_grpc_target(env.optional(Env.WORKFLOWS_API_ENDPOINT, "")),

@@ -116,6 +116,12 @@ def test_a_compiled_model_that_fails_parity_is_not_served(
     assert manifest["onnx"]["parity"]["passed"] is False
     assert manifest["serving_runtime"] == "joblib"
     assert "artifact" not in manifest["onnx"]
+    assert not [name for name in storage.names("models/") if name.endswith(".onnx")]
+    served = ModelService(ModelRegistry(storage), refresh_seconds=0).pinned(
+        outcome["model_version"]
+    )
+    assert served.runtime == "joblib"
+    assert served.describe()["onnx"]["status"] == "failed_parity"
 
 
 def test_a_swapped_compiled_model_is_refused_and_the_previous_champion_keeps_serving(

@@ -1,13 +1,18 @@
-"""The entry points' runtime: one storage client per (project, bucket)."""
+"""The entry points' runtime: one storage client per (project, bucket).
+
+``main`` is imported inside each test: importing it installs the functions' logging,
+which collecting the other tiers' tests must not do.
+"""
 
 from __future__ import annotations
 
-from main import Runtime
 from pipeline_core.storage import GcsStorage, Storage
 from tests.functions.fakes import InMemoryStorage
 
 
 def test_each_project_and_bucket_gets_its_own_client_opened_once() -> None:
+    from main import Runtime
+
     opened: list[tuple[str, str]] = []
 
     def open_bucket(project: str, bucket: str) -> Storage:
@@ -26,6 +31,8 @@ def test_each_project_and_bucket_gets_its_own_client_opened_once() -> None:
 
 
 def test_by_default_the_clients_are_cloud_storage_for_the_bucket_asked_for() -> None:
+    from main import Runtime
+
     runtime = Runtime(environ={})
     first = runtime.bucket("p", "first")
     second = runtime.bucket("p", "second")

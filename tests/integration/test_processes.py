@@ -6,6 +6,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from concurrent import futures
+from functools import partial
 from pathlib import Path
 
 import grpc  # type: ignore[import-untyped]
@@ -21,6 +22,7 @@ from devstack.processes import (
     grpc_answers,
     start_service,
     stop_group,
+    stop_groups,
     wait_until_healthy,
 )
 from devstack.stack import allocate_ports
@@ -137,3 +139,55 @@ def test_a_group_is_its_live_members_even_after_its_leader_exited(tmp_path: Path
         stop_group(service)
     assert group_members(service.pid) == []
     assert group_usage(service.pid) == GroupUsage(processes=0, rss_bytes=0, started_at=None)
+
+
+def logged(log: Path, text: str) -> bool | None:
+    return text in log.read_text(encoding="utf-8") or None
+
+
+@pytest.mark.timeout(60)
+def test_groups_are_stopped_side_by_side_and_one_that_ignores_sigterm_is_killed(
+    tmp_path: Path,
+) -> None:
+    """As 'down' stops a stack: every group gets SIGTERM before any has finished its
+    shutdown, and a group still there after the grace gets SIGKILL."""
+    slow_shutdown = (
+        "import signal, sys, time\n"
+        "def shut_down(*_):\n"
+        "    print('sigterm', time.time(), flush=True)\n"
+        "    time.sleep(1)\n"
+        "    print('exiting', time.time(), flush=True)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, shut_down)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    ports = allocate_ports(("first", "second", "deaf"))
+    services = []
+    for name, code in (("first", slow_shutdown), ("second", slow_shutdown), ("deaf", deaf)):
+        plan = python_service(code, ports[name])
+        logs = tmp_path / name
+        logs.mkdir()
+        services.append(start_service(plan, logs))
+    try:
+        for service in services[:2]:
+            wait_for(partial(logged, service.log, "ready"), timeout=30, what=service.name)
+
+        stop_groups(services, grace_seconds=3)
+
+        assert all(group_members(service.pid) == [] for service in services)
+        moments = [
+            {
+                line.split()[0]: float(line.split()[1])
+                for line in service.log.read_text().splitlines()
+                if line.startswith(("sigterm", "exiting"))
+            }
+            for service in services[:2]
+        ]
+        assert moments[1]["sigterm"] < moments[0]["exiting"]
+        assert moments[0]["sigterm"] < moments[1]["exiting"]
+    finally:
+        for service in services:
+            if group_alive(service.pid):
+                stop_group(service)
