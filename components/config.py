@@ -29,9 +29,6 @@ T = TypeVar("T")
 
 Orchestration = Literal["workflow", "events"]
 ORCHESTRATIONS: tuple[Orchestration, ...] = ("workflow", "events")
-# A candidate's smoke prediction sends up to this many held-out rows to predict
-# (pipeline_core.training.SMOKE_ROWS), so predict's batch limit may not be lower.
-SMOKE_ROWS = 5
 FUNCTION_KEYS: tuple[str, ...] = (
     "process_data",
     "train_model",
@@ -263,7 +260,7 @@ class StackConfig:
             predict_max_batch=reader.integer(
                 "predictMaxBatch",
                 contract.DEFAULT_PREDICT_MAX_BATCH,
-                low=SMOKE_ROWS,
+                low=contract.SMOKE_ROWS,
                 high=contract.PREDICT_MAX_BATCH_LIMIT,
             ),
             model_refresh_seconds=reader.within(
@@ -494,22 +491,17 @@ def did_you_mean(word: str, options: Iterable[str]) -> str | None:
     return by_folded[matches[0]] if matches else None
 
 
-# Training fixes the seed itself (function_src/pipeline_core/training.py) so that a
-# model's recorded seed always means what it says.
-FIXED_HYPERPARAMETERS = frozenset({"random_state"})
-
-
 def hyperparameter_names(model_type: str) -> frozenset[str]:
     """The parameters of the model type's scikit-learn estimator a stack may set."""
     module, name = ESTIMATORS[model_type]
     estimator = getattr(importlib.import_module(module), name)()
-    return frozenset(estimator.get_params()) - FIXED_HYPERPARAMETERS
+    return frozenset(estimator.get_params()) - contract.FIXED_HYPERPARAMETERS
 
 
 def _hyperparameters(reader: _Reader, model_type: str) -> dict[str, Any]:
     raw = reader.mapping("hyperparameters")
     key = reader.full("hyperparameters")
-    for fixed in sorted(FIXED_HYPERPARAMETERS & set(raw)):
+    for fixed in sorted(contract.FIXED_HYPERPARAMETERS & set(raw)):
         raise ConfigError(
             f"{key}.{fixed}",
             "is fixed by the pipeline (seed 42) so that training is reproducible",

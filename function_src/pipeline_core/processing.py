@@ -24,6 +24,7 @@ from pipeline_core import logging as log
 from pipeline_core.cleaning import FileRejectedError
 from pipeline_core.cleaning_run import PROGRESS_SECONDS, CleaningRun
 from pipeline_core.contract import (
+    DEFAULT_CHUNK_ROWS,
     DEFAULT_MIN_ROWS,
     DEFAULT_TARGET_COLUMN,
     DEFAULT_TIMEOUT_SECONDS,
@@ -75,7 +76,7 @@ def process(
     ref: ObjectRef,
     schema: DatasetSchema,
     *,
-    chunk_rows: int = 50_000,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
     lease_seconds: int = DEFAULT_TIMEOUT_SECONDS,
     clock: Clock = utc_now,
     block_bytes: int = DEFAULT_BLOCK_BYTES,

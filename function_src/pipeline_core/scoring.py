@@ -5,7 +5,9 @@ cell rules (``cleaning``); the champion is loaded and verified once, exactly as 
 loads it (``serving.ModelService``), and scores every block, so one file is scored by
 one model even when a new champion is promoted meanwhile. Every input row appears in
 the output under its row number: with the model's answer, or with the reason it could
-not be scored. Memory holds one block and its predictions, never the file.
+not be scored. The stages of consecutive blocks overlap: the next block is read and
+parsed, this one scored in one slice per CPU, the previous one encoded and uploaded
+(each output on a thread of its own), so memory holds a few blocks, never the file.
 
 Outcomes are recorded once per upload generation in ``summary.json`` beside the
 predictions (scored, rejected or failed), so a redelivered notification returns the

@@ -125,7 +125,7 @@ class ProcessingSettings(FunctionSettings):
     target_column: str = contract.DEFAULT_TARGET_COLUMN
     feature_columns: tuple[str, ...] = ()  # empty: every column but the target
     min_rows: int = contract.DEFAULT_MIN_ROWS
-    chunk_rows: int = 50_000
+    chunk_rows: int = contract.DEFAULT_CHUNK_ROWS
     timeout_seconds: int = contract.DEFAULT_TIMEOUT_SECONDS
     model_training_topic: str = ""  # events mode only
     model_events_topic: str = ""  # events mode only

@@ -32,7 +32,12 @@ from sklearn.preprocessing import StandardScaler
 
 from pipeline_core import logging as log
 from pipeline_core.compiling import COMPILED, compile_candidate
-from pipeline_core.contract import lineage_object, training_lease_object
+from pipeline_core.contract import (
+    FIXED_HYPERPARAMETERS,
+    SMOKE_ROWS,
+    lineage_object,
+    training_lease_object,
+)
 from pipeline_core.errors import (
     BadRequestError,
     ObjectNotFoundError,
@@ -48,11 +53,7 @@ from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import Storage, read_json, write_json
 
 SEED = 42
-# Set by the pipeline itself, so a configured value would silently change what the
-# manifest's recorded seed means.
-FIXED_HYPERPARAMETERS = frozenset({"random_state"})
 TEST_FRACTION = 0.2
-SMOKE_ROWS = 5
 
 
 __all__ = [

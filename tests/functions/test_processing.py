@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline_core import cleaning
 from pipeline_core.contract import rejection_object, stats_object
 from pipeline_core.errors import BadRequestError, DataRejectedError, ObjectNotFoundError
 from pipeline_core.events import ObjectRef
@@ -286,3 +287,10 @@ def test_decimal_and_scientific_notation_are_numbers(
     result = process(storage, ref, SCHEMA).to_json()
     assert result["rejections"] == {}
     assert read_parquet(storage, result["processed_object"]).column("a").to_pylist()[0] == value
+
+
+def test_the_trimmed_whitespace_is_exactly_what_str_strip_removes() -> None:
+    every_space = {chr(code) for code in range(0x110000) if chr(code).isspace()}
+
+    assert set(cleaning.WHITESPACE) == every_space
+    assert len(cleaning.WHITESPACE) == len(every_space)

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from components.config import (
-    FIXED_HYPERPARAMETERS,
     ConfigError,
     StackConfig,
     did_you_mean,
@@ -326,7 +325,7 @@ def test_hyperparameter_names_are_those_training_accepts() -> None:
             if model_type == "logistic_regression"
             else estimator
         )
-        assert frozenset(classifier.get_params()) == names | FIXED_HYPERPARAMETERS
+        assert frozenset(classifier.get_params()) == names | contract.FIXED_HYPERPARAMETERS
         with pytest.raises(TrainingFailedError, match="'random_state' cannot be set"):
             build_estimator(model_type, {"random_state": 1})
 
@@ -339,7 +338,8 @@ def test_the_seed_is_not_configurable() -> None:
 
 
 def test_predict_takes_every_smoke_row_a_candidate_sends() -> None:
-    from components import config
-    from pipeline_core import training
-
-    assert config.SMOKE_ROWS == training.SMOKE_ROWS
+    # Training sends up to contract.SMOKE_ROWS held-out rows to predict as its smoke test.
+    assert build(predictMaxBatch=contract.SMOKE_ROWS).predict_max_batch == contract.SMOKE_ROWS
+    with pytest.raises(ConfigError) as error:
+        build(predictMaxBatch=contract.SMOKE_ROWS - 1)
+    assert error.value.key == "ml-pipeline:predictMaxBatch"

@@ -45,6 +45,7 @@ def test_quick_run_measures_every_scenario_without_errors(quick_run: dict[str, o
             assert figures["requests"] > 0, (scenario, name)
             assert figures["errors"] == 0, (scenario, name, figures)
             assert figures["req_per_s"] > 0 and figures["p50_ms"] > 0, (scenario, name)
+            assert figures["server_cpu_us_per_request"] > 0, (scenario, name)
     ratios = quick_run["ratios"]
     assert isinstance(ratios, dict)
     assert set(ratios) == {"c1", "c8"}
