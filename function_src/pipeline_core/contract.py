@@ -196,9 +196,9 @@ PREDICT_RUNTIMES: tuple[PredictRuntime, ...] = get_args(PredictRuntime)
 
 DEFAULT_TARGET_COLUMN = "target"
 DEFAULT_MIN_ROWS = 20
+MIN_ROWS_BOUNDS = Bounds(2, 10_000_000)
 # Rows per Parquet row group of the processed data (processing's write unit).
 DEFAULT_CHUNK_ROWS = 50_000
-MIN_ROWS_BOUNDS = Bounds(2, 10_000_000)
 DEFAULT_MODEL_TYPE: ModelType = "random_forest"
 DEFAULT_PROMOTION_METRIC: PromotionMetric = "f1_macro"
 DEFAULT_PROMOTION_MINIMUM = 0.7
@@ -224,10 +224,10 @@ class PromotionPolicy:
 DEFAULT_MAX_TRAINING_ROWS = 20_000
 MAX_TRAINING_ROWS_BOUNDS = Bounds(100, 100_000_000)
 DEFAULT_PREDICT_MAX_BATCH = 1000
+PREDICT_MAX_BATCH_LIMIT = 100_000
 # A candidate's smoke prediction sends up to this many held-out rows to predict
 # (training), so predict's batch limit (predictMaxBatch) may not be lower.
 SMOKE_ROWS = 5
-PREDICT_MAX_BATCH_LIMIT = 100_000
 DEFAULT_MODEL_REFRESH_SECONDS = 30
 MODEL_REFRESH_SECONDS_BOUNDS = Bounds(0, 3600)
 DEFAULT_PREDICT_RUNTIME: PredictRuntime = "onnx"
