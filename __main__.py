@@ -9,6 +9,7 @@ from components import topology
 from components.config import load_stack_config
 from components.identities import member_for_email
 from components.pipeline import MlPipeline, MlPipelineArgs
+from pipeline_core.contract import PREDICTIONS_PREFIX, RAW_PREFIX
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent
 
@@ -30,15 +31,15 @@ pipeline = MlPipeline(
 
 pulumi.export("orchestration", config.orchestration)
 pulumi.export("data_bucket", pipeline.data_bucket)
-pulumi.export("upload_prefix", topology.RAW_PREFIX)
+pulumi.export("upload_prefix", RAW_PREFIX)
 pulumi.export(
-    "upload_uri", pipeline.data_bucket.apply(lambda bucket: f"gs://{bucket}/{topology.RAW_PREFIX}")
+    "upload_uri", pipeline.data_bucket.apply(lambda bucket: f"gs://{bucket}/{RAW_PREFIX}")
 )
 pulumi.export("scoring_prefix", config.score_prefix)
 pulumi.export(
     "scoring_uri", pipeline.data_bucket.apply(lambda bucket: f"gs://{bucket}/{config.score_prefix}")
 )
-pulumi.export("predictions_prefix", topology.PREDICTIONS_PREFIX)
+pulumi.export("predictions_prefix", PREDICTIONS_PREFIX)
 pulumi.export("predict_url", pipeline.predict_url)
 pulumi.export("function_urls", pipeline.function_urls)
 pulumi.export("workflow_name", pipeline.workflow.name if pipeline.workflow else None)

@@ -45,7 +45,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from components import topology
 from components.config import StackConfig, load_stack_file
 from devstack.cli import positive
 from devstack.demo import write_iris_csv
@@ -67,6 +66,7 @@ from devstack.stack import allocate_ports
 sys.path.insert(0, str(FUNCTION_SOURCE.parent))
 
 from pipeline_core import logging as core_log
+from pipeline_core.contract import RAW_PREFIX, Env
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import LoadedModel, ModelService, parse_instances
 from pipeline_core.settings import ServingSettings
@@ -314,7 +314,7 @@ def build_champion(plan: StackPlan, storage: GcsStorage, scratch: Path, client: 
     training = TrainingSettings.from_env(plan.service("train_model").env)
     data = scratch / "iris.csv"
     write_iris_csv(data, processing.target_column)
-    blob = client.bucket(plan.bucket).blob(f"{topology.RAW_PREFIX}iris.csv")
+    blob = client.bucket(plan.bucket).blob(f"{RAW_PREFIX}iris.csv")
     blob.upload_from_filename(str(data))
     source = ObjectRef(plan.bucket, blob.name, int(blob.generation))
     _progress(f"processing {blob.name} and training {training.model_type}")
@@ -348,7 +348,7 @@ def predict_plan(
     return replace(
         service,
         name=f"{PREDICT}-{runtime}",
-        env={**service.env, topology.Env.PREDICT_RUNTIME: runtime},
+        env={**service.env, Env.PREDICT_RUNTIME: runtime},
     )
 
 

@@ -20,7 +20,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from components.config import MonitoringSettings
-from components.topology import LogEvent
+from pipeline_core.contract import LogEvent
 
 RUN_REVISION = "cloud_run_revision"
 REQUEST_COUNT = "run.googleapis.com/request_count"

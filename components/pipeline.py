@@ -24,6 +24,15 @@ from components.packaging import package_source
 from components.push_subscription import PushSubscription, PushSubscriptionArgs
 from components.services import ProjectServices, ProjectServicesArgs
 from components.workflow import PipelineWorkflow, PipelineWorkflowArgs
+from pipeline_core.contract import (
+    MODELS_PREFIX,
+    PREDICTIONS_PREFIX,
+    PROCESSED_PREFIX,
+    RAW_PREFIX,
+    REJECTED_PREFIX,
+    RUNS_PREFIX,
+    LogEvent,
+)
 
 PREDICT_FUNCTION = "predict"
 FUNCTION_SOURCE_DIR = "function_src"
@@ -41,18 +50,18 @@ _WRITE = "roles/storage.objectUser"
 def data_bucket_access(config: StackConfig) -> Mapping[str, tuple[tuple[str, str], ...]]:
     return {
         "processing": (
-            (_READ, topology.RAW_PREFIX),
-            (_WRITE, topology.PROCESSED_PREFIX),
-            (_WRITE, topology.REJECTED_PREFIX),
+            (_READ, RAW_PREFIX),
+            (_WRITE, PROCESSED_PREFIX),
+            (_WRITE, REJECTED_PREFIX),
         ),
-        "training": ((_READ, topology.PROCESSED_PREFIX), (_WRITE, topology.MODELS_PREFIX)),
-        "prediction": ((_READ, topology.MODELS_PREFIX),),
-        "workflow_trigger": ((_WRITE, topology.RUNS_PREFIX),),
+        "training": ((_READ, PROCESSED_PREFIX), (_WRITE, MODELS_PREFIX)),
+        "prediction": ((_READ, MODELS_PREFIX),),
+        "workflow_trigger": ((_WRITE, RUNS_PREFIX),),
         # The registry (champion pointer, manifests, artifacts) lies under models/.
         "scoring": (
             (_READ, config.score_prefix),
-            (_READ, topology.MODELS_PREFIX),
-            (_WRITE, topology.PREDICTIONS_PREFIX),
+            (_READ, MODELS_PREFIX),
+            (_WRITE, PREDICTIONS_PREFIX),
         ),
     }
 
@@ -338,8 +347,8 @@ class MlPipeline(pulumi.ComponentResource):
                     key: function.service_name for key, function in self.functions.items()
                 },
                 predict=PREDICT_FUNCTION,
-                promoting=plan.functions_logging(topology.LogEvent.MODEL_PROMOTED),
-                rejecting=plan.functions_logging(topology.LogEvent.UPLOAD_REJECTED),
+                promoting=plan.functions_logging(LogEvent.MODEL_PROMOTED),
+                rejecting=plan.functions_logging(LogEvent.UPLOAD_REJECTED),
                 dead_letter_subscription=base.messaging.dead_letter_subscription.name,
                 workflow_name=self.workflow.name if self.workflow is not None else None,
                 labels=base.labels,

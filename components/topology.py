@@ -1,7 +1,9 @@
 """The pipeline as plain data: functions, topics, deliveries, workflow and environment.
 
 Both the Pulumi components and the local stack (``devstack``) read this module, so the
-cloud wiring and the local wiring cannot drift apart. Nothing here imports Pulumi.
+cloud wiring and the local wiring cannot drift apart. Nothing here imports Pulumi. The
+bucket layout, environment names and log events are the functions' contract: they are
+imported from ``pipeline_core.contract`` wherever they are used, never named here again.
 
 How events reach functions:
 
@@ -28,22 +30,10 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Literal, TypeVar
 
 from components.config import Orchestration, StackConfig
-from pipeline_core import contract
+from pipeline_core.contract import DEFAULT_SCORE_PREFIX, RAW_PREFIX, Env, LogEvent
 
 Signature = Literal["http", "cloudevent"]
 Mechanism = Literal["eventarc", "push"]
-
-# The bucket layout, environment names and log events are the functions' contract
-# (function_src/pipeline_core/contract.py), named here for the components that wire them.
-RAW_PREFIX = contract.RAW_PREFIX
-PROCESSED_PREFIX = contract.PROCESSED_PREFIX
-REJECTED_PREFIX = contract.REJECTED_PREFIX
-MODELS_PREFIX = contract.MODELS_PREFIX
-RUNS_PREFIX = contract.RUNS_PREFIX
-PREDICTIONS_PREFIX = contract.PREDICTIONS_PREFIX
-DEFAULT_SCORE_PREFIX = contract.DEFAULT_SCORE_PREFIX
-Env = contract.Env
-LogEvent = contract.LogEvent
 
 # Run summaries: the topic every run's outcome is published to, and the pull
 # subscription that keeps them for people to read (components/messaging.py).

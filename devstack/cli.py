@@ -21,7 +21,6 @@ from components.config import (
     StackConfig,
     load_stack_file,
 )
-from components.topology import RAW_PREFIX
 from devstack import events, logs, runs, stack, status
 from devstack.console import (
     PROGRESS_PREFIX,
@@ -127,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     restart = commands.add_parser("restart", help="restart one service (e.g. after it died)")
     restart.add_argument("service")
     commands.add_parser("endpoints", help="print the stack's addresses as JSON")
-    upload = commands.add_parser("upload", help=f"upload a file under {RAW_PREFIX} (starts a run)")
-    upload_options(upload, RAW_PREFIX)
+    upload = commands.add_parser(
+        "upload", help=f"upload a file under {contract.RAW_PREFIX} (starts a run)"
+    )
+    upload_options(upload, contract.RAW_PREFIX)
     upload.add_argument("--bucket", help="upload to this real GCS bucket instead")
     score = commands.add_parser(
         "score", help="upload a file under the scoring prefix (starts a scoring run)"
@@ -321,7 +322,7 @@ def _up(config: StackConfig, stack_file: Path, state_dir: Path, *, detach: bool)
 
 def _upload(state: stack.StackState, args: argparse.Namespace) -> None:
     """``upload`` (training data, under raw/) and ``score`` (under the scoring prefix)."""
-    prefix = state.score_prefix if args.command == "score" else RAW_PREFIX
+    prefix = state.score_prefix if args.command == "score" else contract.RAW_PREFIX
     out: Path | None = getattr(args, "out", None)
     if out is not None and not args.wait:
         raise DevstackError("--out saves the predictions once the run is done: add --wait")
@@ -375,7 +376,9 @@ def _print_runs(state: stack.StackState, *, as_json: bool) -> None:
         emit([dataclasses.asdict(row) for row in rows])
         return
     if not rows:
-        progress(f"no uploads yet in gs://{state.bucket}/{RAW_PREFIX} or /{state.score_prefix}")
+        progress(
+            f"no uploads yet in gs://{state.bucket}/{contract.RAW_PREFIX} or /{state.score_prefix}"
+        )
         return
     print(status.runs_table(dataclasses.asdict(row) for row in rows))
 

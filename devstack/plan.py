@@ -13,6 +13,7 @@ from pathlib import Path
 
 from components import topology
 from components.config import StackConfig
+from pipeline_core.contract import Env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FUNCTION_SOURCE = REPO_ROOT / "function_src" / "main.py"
@@ -145,8 +146,8 @@ def plan_stack(config: StackConfig, ports: Mapping[str, int], *, data_dir: Path)
             )
         )
         env.update(emulators)
-        if workflows_grpc is not None and topology.Env.WORKFLOW_NAME in function.env:
-            env[topology.Env.WORKFLOWS_API_ENDPOINT] = workflows_grpc
+        if workflows_grpc is not None and Env.WORKFLOW_NAME in function.env:
+            env[Env.WORKFLOWS_API_ENDPOINT] = workflows_grpc
         services.append(_function_service(function, ports[function.key], env))
     if wiring.workflow is not None:
         workflow_env = topology.workflow_environment(
@@ -341,7 +342,7 @@ def _function_service(
         env={
             **env,
             "PYTHONPATH": str(FUNCTION_SOURCE.parent),
-            topology.Env.FUNCTION_TARGET: function.entry_point,
+            Env.FUNCTION_TARGET: function.entry_point,
         },
         health_path="/health" if function.key == "predict" else _FRAMEWORK_ANSWERED_PATH,
     )

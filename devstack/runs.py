@@ -20,7 +20,6 @@ from typing import Any
 
 import requests
 
-from components.topology import RAW_PREFIX
 from devstack.errors import DevstackError, RunFailedError, RunTimeoutError
 from devstack.pubsub import PubSubEmulator
 from devstack.stack import StackState
@@ -78,7 +77,7 @@ class RunKey:
 
 
 def upload(
-    state: StackState, file: Path, *, name: str | None = None, prefix: str = RAW_PREFIX
+    state: StackState, file: Path, *, name: str | None = None, prefix: str = contract.RAW_PREFIX
 ) -> RunKey:
     """Put ``file`` under ``prefix`` (raw/: training; the scoring prefix: scoring) in
     the local bucket; return the run it starts."""
@@ -88,7 +87,7 @@ def upload(
 
 def upload_to_cloud(bucket: str, file: Path, *, name: str | None = None) -> RunKey:
     """Put ``file`` under raw/ in a real bucket, with the caller's default credentials."""
-    object_name = _checked_upload(file, name, RAW_PREFIX)
+    object_name = _checked_upload(file, name, contract.RAW_PREFIX)
     from google.cloud import storage
 
     return _upload(storage.Client(), bucket, file, object_name)
@@ -153,7 +152,7 @@ def upload_and_follow(
     name: str | None,
     timeout: float,
     progress: Progress,
-    prefix: str = RAW_PREFIX,
+    prefix: str = contract.RAW_PREFIX,
 ) -> dict[str, Any]:
     with summary_watch(state) as watch:
         started = time.monotonic()
@@ -178,7 +177,11 @@ def upload_all_and_follow(
         except RunFailedError as failed:
             return failed.summary
         except RunTimeoutError as late:
-            return {"status": "timed_out", "object": RAW_PREFIX + name, "reason": str(late)}
+            return {
+                "status": "timed_out",
+                "object": contract.RAW_PREFIX + name,
+                "reason": str(late),
+            }
 
     with ThreadPoolExecutor(max_workers=max(1, len(files))) as pool:
         return list(pool.map(upload_and_follow_one, files.keys(), files.values()))
@@ -466,11 +469,11 @@ def list_runs(state: StackState) -> list[RunRow]:
     names = {blob.name for blob in client.list_blobs(state.bucket)}
     executions = list_executions(state)
     rows = []
-    for blob in client.list_blobs(state.bucket, prefix=RAW_PREFIX):
+    for blob in client.list_blobs(state.bucket, prefix=contract.RAW_PREFIX):
         run = RunKey(state.bucket, blob.name, str(blob.generation))
         row_state, detail = "received", ""
         if blob.size == 0:
-            row_state, detail = "ignored", _empty_object_note(RAW_PREFIX)
+            row_state, detail = "ignored", _empty_object_note(contract.RAW_PREFIX)
         if run.processed_stats in names:
             row_state = "processed"
         if run.training_outcome in names:

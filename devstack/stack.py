@@ -36,6 +36,7 @@ from devstack.processes import (
     wait_until_healthy,
 )
 from devstack.pubsub import PubSubEmulator
+from pipeline_core.contract import DEFAULT_SCORE_PREFIX
 
 DEFAULT_STATE_DIR = stack_plan.REPO_ROOT / ".devstack"
 STATE_FILE = "state.json"
@@ -69,7 +70,7 @@ class StackState:
     dead_letter_subscription: str
     summary_subscription: str
     workflow_name: str | None
-    score_prefix: str = topology.DEFAULT_SCORE_PREFIX
+    score_prefix: str = DEFAULT_SCORE_PREFIX
     services: list[RunningService] = field(default_factory=list)
 
     def service(self, name: str) -> RunningService:

@@ -94,6 +94,40 @@ def test_the_contract_module_imports_only_the_standard_library() -> None:
     assert roots - {"__future__"} <= set(sys.stdlib_module_names), roots
 
 
+def module_level_names(source: Path) -> set[str]:
+    """The names a source file binds at module level (classes, functions, assignments),
+    not the ones it imports."""
+    names: set[str] = set()
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def test_the_contract_names_are_written_in_the_contract_only() -> None:
+    """The bucket layout, environment names, log events and defaults are imported from
+    the contract wherever they are used: no module binds one of its names again (an
+    alias would be a second name to keep in step)."""
+    contract = ROOT / "function_src" / "pipeline_core" / "contract.py"
+    public = {name for name in module_level_names(contract) if not name.startswith("_")}
+    sources = [
+        ROOT / "__main__.py",
+        *(ROOT / "components").glob("*.py"),
+        *(ROOT / "devstack").rglob("*.py"),
+        *(ROOT / "bench").glob("*.py"),
+        *(ROOT / "workflows_emulator").rglob("*.py"),
+        *(ROOT / "function_src").rglob("*.py"),
+    ]
+    for source in sources:
+        if source != contract:
+            again = module_level_names(source) & public
+            assert not again, f"{source.relative_to(ROOT)} names {sorted(again)} again"
+
+
 def test_the_serving_and_compiling_libraries_are_deployed() -> None:
     deployed = pins(ROOT / "function_src" / "requirements.txt")
     assert {"onnxruntime", "skl2onnx", "onnx", "orjson", "google-cloud-storage"} <= set(deployed)

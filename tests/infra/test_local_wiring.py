@@ -18,6 +18,7 @@ import pytest
 from components import topology
 from components.config import ORCHESTRATIONS, Orchestration, StackConfig
 from devstack.plan import NOTIFICATIONS, StackPlan, plan_stack, port_names
+from pipeline_core.contract import RAW_PREFIX
 from tests.infra.harness import PROJECT, REGION, STACK, Deployment, Types
 
 CLOUDEVENT = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -171,7 +172,7 @@ def test_the_local_stack_names_the_wiring_the_cloud_program_declares(
     assert local.buckets == cloud.buckets == {topology.data_bucket_name(config)}
     assert local.notifications == cloud.notifications
     assert {prefix for prefix, _ in cloud.notifications} == {
-        topology.RAW_PREFIX,
+        RAW_PREFIX,
         config.score_prefix,
     }
     assert local.pull_subscriptions == cloud.pull_subscriptions
