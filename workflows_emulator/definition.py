@@ -9,7 +9,7 @@ expressions, and the documented structural limits. Nothing is silently ignored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,6 +209,18 @@ class _Parser:
     def fail(self, problem: str, step: str | None, line: int | None) -> DefinitionError:
         return DefinitionError(problem, step=step, line=line, filename=self.filename)
 
+    def refuse_unknown_keys(
+        self, raw: SourceMap, allowed: Collection[str], where: str, step: str
+    ) -> None:
+        """Fail at the first key of ``raw`` (sorted) that ``where`` does not allow."""
+        unknown = sorted(set(raw) - set(allowed))
+        if unknown:
+            raise self.fail(
+                f"'{unknown[0]}' is not allowed in {where} (allowed: {', '.join(sorted(allowed))})",
+                step,
+                raw.line_of(unknown[0]),
+            )
+
     # -- program and subworkflows
 
     def program(self, document: Any) -> Program:
@@ -314,14 +326,7 @@ class _Parser:
         if len(kinds) > 1:
             raise self.fail(f"a step cannot be both '{kinds[0]}' and '{kinds[1]}'", name, line)
         kind = kinds[0]
-        unknown = sorted(set(body) - _KIND_KEYS[kind])
-        if unknown:
-            raise self.fail(
-                f"'{unknown[0]}' is not allowed in a {kind} step (allowed: "
-                f"{', '.join(sorted(_KIND_KEYS[kind]))})",
-                name,
-                body.line_of(unknown[0]),
-            )
+        self.refuse_unknown_keys(body, _KIND_KEYS[kind], f"a {kind} step", name)
         next_target = self.next_target(body["next"], name, line) if "next" in body else None
         step = getattr(self, f"{kind}_step")(name, body, line)
         step.next = next_target
@@ -416,13 +421,7 @@ class _Parser:
     def loop(self, name: str, raw: Any, line: int) -> Loop:
         if not isinstance(raw, SourceMap):
             raise self.fail("'for' must be a map with value, in/range and steps", name, line)
-        unknown = sorted(set(raw) - {"value", "index", "in", "range", "steps"})
-        if unknown:
-            raise self.fail(
-                f"'{unknown[0]}' is not allowed in 'for' (allowed: value, index, in, range, steps)",
-                name,
-                raw.line_of(unknown[0]),
-            )
+        self.refuse_unknown_keys(raw, ("value", "index", "in", "range", "steps"), "'for'", name)
         value = raw.get("value")
         if not isinstance(value, str) or not value.isidentifier():
             raise self.fail("'for' needs 'value', the name of the loop variable", name, line)
@@ -455,15 +454,12 @@ class _Parser:
         raw = body["parallel"]
         if not isinstance(raw, SourceMap):
             raise self.fail("'parallel' must be a map with branches or for", name, line)
-        allowed = {"shared", "concurrency_limit", "exception_policy", "branches", "for"}
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise self.fail(
-                f"'{unknown[0]}' is not allowed in 'parallel' (allowed: "
-                f"{', '.join(sorted(allowed))})",
-                name,
-                raw.line_of(unknown[0]),
-            )
+        self.refuse_unknown_keys(
+            raw,
+            ("shared", "concurrency_limit", "exception_policy", "branches", "for"),
+            "'parallel'",
+            name,
+        )
         if ("branches" in raw) == ("for" in raw):
             raise self.fail("'parallel' needs exactly one of 'branches' and 'for'", name, line)
         shared = raw.get("shared", [])
@@ -525,9 +521,7 @@ class _Parser:
             raw_except = body["except"]
             if not isinstance(raw_except, SourceMap) or "steps" not in raw_except:
                 raise self.fail("'except' needs 'steps' (and optionally 'as')", name, line)
-            unknown = sorted(set(raw_except) - {"as", "steps"})
-            if unknown:
-                raise self.fail(f"'{unknown[0]}' is not allowed in 'except'", name, line)
+            self.refuse_unknown_keys(raw_except, ("as", "steps"), "'except'", name)
             error_variable = raw_except.get("as")
             if error_variable is not None and (
                 not isinstance(error_variable, str) or not error_variable.isidentifier()
@@ -560,9 +554,7 @@ class _Parser:
             )
         if not isinstance(raw, SourceMap):
             raise self.fail("'retry' must be a policy expression or a map", name, line)
-        unknown = sorted(set(raw) - {"predicate", "max_retries", "backoff"})
-        if unknown:
-            raise self.fail(f"'{unknown[0]}' is not allowed in 'retry'", name, line)
+        self.refuse_unknown_keys(raw, ("predicate", "max_retries", "backoff"), "'retry'", name)
         for required in ("predicate", "max_retries"):
             if required not in raw:
                 raise self.fail(f"'retry' needs '{required}'", name, line)

@@ -751,6 +751,21 @@ def test_argument_size_limit() -> None:
             6,
             "unknown retry policy",
         ),
+        (
+            "- a:\n    try:\n      steps:\n        - b:\n            return: 1\n"
+            "    except:\n      as: e\n      when: always\n      steps:\n"
+            "        - c:\n            return: 2\n",
+            "a",
+            8,
+            "'when' is not allowed in 'except' (allowed: as, steps)",
+        ),
+        (
+            "- a:\n    for:\n      value: v\n      in: [1]\n      step: 2\n"
+            "      steps:\n        - b:\n            return: ${v}\n",
+            "a",
+            5,
+            "'step' is not allowed in 'for' (allowed: in, index, range, steps, value)",
+        ),
     ],
 )
 def test_definition_errors_name_step_and_line(source: str, step: str, line: int, text: str) -> None:
