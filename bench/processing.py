@@ -38,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -362,7 +364,14 @@ def _targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checked
 
 
-def fake_gcs(scratch: Path) -> Any:
+@contextmanager
+def fake_gcs(scratch: Path, bucket: str) -> Iterator[tuple[str, Any]]:
+    """fake-gcs-server (in memory, its files in ``scratch``) holding the empty ``bucket``,
+    stopped on exit. Yields its URL, for children, and a client of it; this process's
+    other clients reach it too (STORAGE_EMULATOR_HOST)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
     port = allocate_ports(("storage",))["storage"]
     plan = ServicePlan(
         name="storage",
@@ -372,39 +381,39 @@ def fake_gcs(scratch: Path) -> Any:
         env={},
         health_path="/storage/v1/b",
     )  # fmt: skip
-    return start_service(plan, scratch)
+    server = start_service(plan, scratch)
+    try:
+        wait_until_healthy([server], timeout=30, hints={})
+        os.environ["STORAGE_EMULATOR_HOST"] = server.url
+        client = storage.Client(
+            project=PROJECT,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        )
+        client.create_bucket(bucket)
+        yield server.url, client
+    finally:
+        stop_group(server)
 
 
 def measure_throughput(
     rows: list[int], repeats: int | None, pandas_max_rows: int
 ) -> dict[str, Any]:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    with tempfile.TemporaryDirectory(prefix="bench-processing-") as scratch:
-        server = fake_gcs(Path(scratch))
-        try:
-            wait_until_healthy([server], timeout=30, hints={})
-            os.environ["STORAGE_EMULATOR_HOST"] = server.url
-            client = storage.Client(
-                project=PROJECT,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-processing-") as scratch,
+        fake_gcs(Path(scratch), BUCKET) as (storage_url, client),
+    ):
+        baseline = _measure(storage_url, "idle")
+        results = [
+            _measure_size(
+                storage_url,
+                client.bucket(BUCKET),
+                Path(scratch),
+                size,
+                repeats=_repeats(size, repeats),
+                pandas_max_rows=pandas_max_rows,
             )
-            bucket = client.create_bucket(BUCKET)
-            baseline = _measure(server.url, "idle")
-            results = [
-                _measure_size(
-                    server.url,
-                    bucket,
-                    Path(scratch),
-                    size,
-                    repeats=_repeats(size, repeats),
-                    pandas_max_rows=pandas_max_rows,
-                )
-                for size in sorted(rows)
-            ]
-        finally:
-            stop_group(server)
+            for size in sorted(rows)
+        ]
     targets = _targets(results)
     return {
         "baseline_rss_mb": baseline["peak_rss_mb"],

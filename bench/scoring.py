@@ -31,7 +31,6 @@ from typing import Any
 from bench.processing import fake_gcs, measure_in_child, peak_rss_mb
 from devstack.demo import write_iris_csv
 from devstack.plan import FUNCTION_SOURCE
-from devstack.processes import stop_group, wait_until_healthy
 
 # The core is imported as the functions import it (function_src on the path).
 sys.path.insert(0, str(FUNCTION_SOURCE.parent))
@@ -160,23 +159,12 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(rows: int, large_rows: int, repeats: int) -> dict[str, Any]:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
     from pipeline_core.machine import available_cpus
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as folder:
         scratch = Path(folder)
-        server = fake_gcs(scratch)
-        try:
-            wait_until_healthy([server], timeout=30, hints={})
-            os.environ["STORAGE_EMULATOR_HOST"] = server.url
-            client = storage.Client(
-                project=PROJECT,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            )
-            client.create_bucket(BUCKET)
+        with fake_gcs(scratch, BUCKET) as (storage_url, client):
             version = _train_champion(client, scratch)
             small, large = scratch / f"rows-{rows}.csv", scratch / f"rows-{large_rows}.csv"
             write_rows(small, rows, seed=2)
@@ -186,13 +174,11 @@ def run(rows: int, large_rows: int, repeats: int) -> dict[str, Any]:
             for index in range(repeats):
                 for runtime in ("onnx", "joblib"):
                     _progress(f"scoring {rows:,} rows with {runtime} ({index + 1}/{repeats})")
-                    measured[runtime].append(_score_once(client, server.url, small, runtime))
+                    measured[runtime].append(_score_once(client, storage_url, small, runtime))
             _progress(f"scoring {large_rows:,} rows with onnx")
             big = [
-                _score_once(client, server.url, large, "onnx") for _ in range(max(1, repeats - 1))
+                _score_once(client, storage_url, large, "onnx") for _ in range(max(1, repeats - 1))
             ]
-        finally:
-            stop_group(server)
     onnx, joblib, grown = (_summary(measured["onnx"]), _summary(measured["joblib"]), _summary(big))
     median = onnx["rows_per_second"]["median"]
     rss_growth = round(grown["peak_rss_mb"]["max"] / onnx["peak_rss_mb"]["max"], 2)
