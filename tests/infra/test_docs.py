@@ -268,3 +268,15 @@ def test_every_link_between_the_docs_resolves(doc: str) -> None:
         if not inside or (missing_anchor and anchor not in heading_anchors(linked)):
             broken.append(target)
     assert not broken, f"{doc} links to what is not there: {broken}"
+
+
+def test_the_architecture_names_every_module_of_the_deployed_package() -> None:
+    """docs/ARCHITECTURE.md's module map lists exactly the modules of pipeline_core, so
+    a module added, split or removed shows there."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    block = text.split("### The deployed package, module by module", 1)[1].split("```")[1]
+    listed = re.findall(r"^  (\w+\.py) ", block, re.M)
+    package = ROOT / "function_src" / "pipeline_core"
+    modules = sorted(path.name for path in package.glob("*.py") if path.name != "__init__.py")
+    assert sorted(listed) == modules
+    assert len(set(listed)) == len(listed), "a module is listed twice"
