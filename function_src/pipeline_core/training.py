@@ -45,7 +45,7 @@ from pipeline_core.errors import (
     TransientError,
 )
 from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
-from pipeline_core.leases import Clock, acquire, utc_now
+from pipeline_core.leases import Clock, once, utc_now
 from pipeline_core.machine import available_cpus
 from pipeline_core.onnx_model import RUNTIME_VERSION
 from pipeline_core.registry import ModelRegistry, new_version
@@ -136,23 +136,14 @@ def train(
     """
     _check_bucket(request.source, storage)
     registry = ModelRegistry(storage)
-    recorded = _recorded_outcome(registry, request.source)
-    if recorded is not None:
-        return recorded
-    lease = acquire(
+    return once(
         storage,
         training_lease_object(request.source),
         seconds=settings.timeout_seconds,
         clock=clock,
+        recorded=lambda: _recorded_outcome(registry, request.source),
+        work=lambda: _train_and_record(storage, registry, request, settings, clock),
     )
-    try:
-        # The attempt that held the lease before us may have finished since our check.
-        recorded = _recorded_outcome(registry, request.source)
-        if recorded is not None:
-            return recorded
-        return _train_and_record(storage, registry, request, settings, clock)
-    finally:
-        lease.release()
 
 
 CANDIDATE_REASON = "registered as a candidate; it is promoted only after its smoke prediction"
