@@ -134,7 +134,7 @@ def train(
     Concurrent deliveries for one upload train once: the first takes the lease, the
     others get ``LeaseHeldError`` (transient) and, redelivered, the recorded outcome.
     """
-    _check_bucket(request.source, storage)
+    request.source.check_bucket(storage.bucket)
     registry = ModelRegistry(storage)
     return once(
         storage,
@@ -247,7 +247,7 @@ def promote_candidate(
 ) -> dict[str, Any]:
     """Decide the candidate trained from the upload; the decision is recorded, so a
     retry returns it instead of deciding again."""
-    _check_bucket(request.source, storage)
+    request.source.check_bucket(storage.bucket)
     registry = ModelRegistry(storage)
     recorded = _recorded_outcome(registry, request.source)
     if recorded is None or recorded["model_version"] != request.model_version:
@@ -313,11 +313,6 @@ def _record_outcome(
     write_json(storage, lineage_object(source), outcome)
     log.info(event, **fields, duration_ms=log.elapsed_ms(start))
     return outcome
-
-
-def _check_bucket(source: ObjectRef, storage: Storage) -> None:
-    if source.bucket != storage.bucket:
-        raise BadRequestError(f"bucket {source.bucket!r} is not this pipeline's data bucket")
 
 
 def _recorded_outcome(registry: ModelRegistry, source: ObjectRef) -> dict[str, Any] | None:
