@@ -42,7 +42,7 @@ from pipeline_core.deduplication import Deduplicator
 from pipeline_core.digest_set import DEFAULT_CAPACITY
 from pipeline_core.errors import BadRequestError, DataRejectedError, PreconditionFailedError
 from pipeline_core.events import ObjectRef
-from pipeline_core.leases import Clock, acquire, utc_now
+from pipeline_core.leases import Clock, once, utc_now
 from pipeline_core.parquet_output import PARQUET_CONTENT_TYPE
 from pipeline_core.storage import Storage, read_json, write_json
 
@@ -91,19 +91,18 @@ def process(
     and cleaned at a time; a progress line is logged every ``progress_seconds``;
     ``window_rows`` distinct rows are checked for repeats in memory, the rest spilled.
     """
-    if ref.bucket != storage.bucket:
-        raise BadRequestError(f"bucket {ref.bucket!r} is not this pipeline's data bucket")
+    ref.check_bucket(storage.bucket)
     if not ref.name.startswith(RAW_PREFIX):
         raise BadRequestError(
             f"object {ref.name!r} is outside {RAW_PREFIX}; only uploads are processed"
         )
-    previous = _previous_outcome(storage, ref)
-    if previous is not None:
-        return previous
-    lease = acquire(storage, processing_lease_object(ref), seconds=lease_seconds, clock=clock)
-    try:
-        # The attempt that held the lease before us may have finished since our check.
-        return _previous_outcome(storage, ref) or _clean(
+    return once(
+        storage,
+        processing_lease_object(ref),
+        seconds=lease_seconds,
+        clock=clock,
+        recorded=lambda: _previous_outcome(storage, ref),
+        work=lambda: _clean(
             storage,
             ref,
             CleaningRun(
@@ -115,9 +114,8 @@ def process(
                 progress_seconds,
             ),
             Deduplicator(storage, digest_spill_prefix(ref), window_rows),
-        )
-    finally:
-        lease.release()
+        ),
+    )
 
 
 def _clean(

@@ -62,7 +62,7 @@ from pipeline_core.errors import (
     ScoringFailedError,
 )
 from pipeline_core.events import ObjectRef
-from pipeline_core.leases import Clock, acquire, utc_now
+from pipeline_core.leases import Clock, once, utc_now
 from pipeline_core.machine import available_cpus
 from pipeline_core.parquet_output import PARQUET_CONTENT_TYPE
 from pipeline_core.registry import ModelRegistry
@@ -120,23 +120,21 @@ def score(
     the recorded one. A rejected file raises ``DataRejectedError``, an upload that
     cannot be scored (no champion) ``ScoringFailedError``: both recorded, both
     permanent. ``LeaseHeldError`` (transient) while another delivery is scoring it."""
-    if ref.bucket != storage.bucket:
-        raise BadRequestError(f"bucket {ref.bucket!r} is not this pipeline's data bucket")
+    ref.check_bucket(storage.bucket)
     if not ref.name.startswith(spec.score_prefix):
         raise BadRequestError(
             f"object {ref.name!r} is outside {spec.score_prefix}; only scoring uploads are scored"
         )
-    recorded = _recorded_outcome(storage, ref)
-    if recorded is not None:
-        return recorded
-    lease = acquire(storage, scoring_lease_object(ref), seconds=lease_seconds, clock=clock)
-    try:
-        # The attempt that held the lease before us may have finished since our check.
-        return _recorded_outcome(storage, ref) or _score_once(
+    return once(
+        storage,
+        scoring_lease_object(ref),
+        seconds=lease_seconds,
+        clock=clock,
+        recorded=lambda: _recorded_outcome(storage, ref),
+        work=lambda: _score_once(
             storage, ref, spec, clock=clock, block_bytes=block_bytes, monotonic=monotonic
-        )
-    finally:
-        lease.release()
+        ),
+    )
 
 
 def _recorded_outcome(storage: Storage, ref: ObjectRef) -> dict[str, Any] | None:
