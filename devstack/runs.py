@@ -48,26 +48,10 @@ class RunKey:
     object: str
     generation: str
 
-    # What the stages record of this upload, named by the contract they write by.
+    # The contract's object names take an upload by its name and generation.
     @property
     def name(self) -> str:
         return self.object
-
-    @property
-    def processed_stats(self) -> str:
-        return contract.stats_object(self)
-
-    @property
-    def training_outcome(self) -> str:
-        return contract.lineage_object(self)
-
-    @property
-    def rejection(self) -> str:
-        return contract.rejection_object(self)
-
-    @property
-    def scoring_summary(self) -> str:
-        return contract.scoring_summary_object(self)
 
     def matches(self, attributes: dict[str, str]) -> bool:
         return (
@@ -306,23 +290,23 @@ class _StageObserver:
     def poll(self) -> dict[str, Any] | None:
         """Report new facts; return a failure summary if the execution failed."""
         if self._run.object.startswith(self._state.score_prefix):
-            scoring = self._read_json(self._run.scoring_summary)
+            scoring = self._read_json(contract.scoring_summary_object(self._run))
             if scoring is not None:
                 self._report(str(scoring.get("status")), describe_scoring(scoring))
             return None  # score_data itself publishes every outcome
         failure = None
         if self._state.workflows_url is not None:
             failure = self._poll_execution()
-        stats = self._read_json(self._run.processed_stats)
+        stats = self._read_json(contract.stats_object(self._run))
         if stats is not None:
             rows = f"{stats.get('rows_in', '?')} rows in, {stats.get('rows_out', '?')} kept"
             self._report("processed", f"processed: {rows}")
-        outcome = self._read_json(self._run.training_outcome)
+        outcome = self._read_json(contract.lineage_object(self._run))
         if outcome is not None:
             # Written twice: once for the candidate, once with the promotion decision.
             stage = "decided" if outcome.get("decided", True) else "trained"
             self._report(stage, f"{stage}: {_describe_outcome(outcome)}")
-        rejection = self._read_json(self._run.rejection)
+        rejection = self._read_json(contract.rejection_object(self._run))
         if rejection is not None:
             self._report("rejected", f"rejected: {_describe_rejection(rejection)}")
         champion = self._champion_version()
@@ -474,13 +458,15 @@ def list_runs(state: StackState) -> list[RunRow]:
         row_state, detail = "received", ""
         if blob.size == 0:
             row_state, detail = "ignored", _empty_object_note(contract.RAW_PREFIX)
-        if run.processed_stats in names:
+        if contract.stats_object(run) in names:
             row_state = "processed"
-        if run.training_outcome in names:
-            outcome = json.loads(bucket.blob(run.training_outcome).download_as_bytes())
+        outcome_object = contract.lineage_object(run)
+        rejection_object = contract.rejection_object(run)
+        if outcome_object in names:
+            outcome = json.loads(bucket.blob(outcome_object).download_as_bytes())
             row_state, detail = "trained", _describe_outcome(outcome)
-        if run.rejection in names:
-            rejection = json.loads(bucket.blob(run.rejection).download_as_bytes())
+        if rejection_object in names:
+            rejection = json.loads(bucket.blob(rejection_object).download_as_bytes())
             row_state, detail = "rejected", _describe_rejection(rejection)
         execution = _execution_of(executions, run)
         if execution is not None:
@@ -493,8 +479,9 @@ def list_runs(state: StackState) -> list[RunRow]:
         row_state, detail = "received", ""
         if blob.size == 0:
             row_state, detail = "ignored", _empty_object_note(state.score_prefix)
-        if run.scoring_summary in names:
-            summary = json.loads(bucket.blob(run.scoring_summary).download_as_bytes())
+        summary_object = contract.scoring_summary_object(run)
+        if summary_object in names:
+            summary = json.loads(bucket.blob(summary_object).download_as_bytes())
             row_state, _, detail = describe_scoring(summary).partition(": ")
         uploaded_at = blob.time_created.isoformat(timespec="seconds")
         rows.append(RunRow(run.object, run.generation, uploaded_at, row_state, detail))

@@ -278,5 +278,5 @@ def test_the_architecture_names_every_module_of_the_deployed_package() -> None:
     listed = re.findall(r"^  (\w+\.py) ", block, re.M)
     package = ROOT / "function_src" / "pipeline_core"
     modules = sorted(path.name for path in package.glob("*.py") if path.name != "__init__.py")
-    assert sorted(listed) == modules
+    assert sorted(listed) == modules, "update the module map of docs/ARCHITECTURE.md"
     assert len(set(listed)) == len(listed), "a module is listed twice"

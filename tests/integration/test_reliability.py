@@ -21,6 +21,7 @@ import requests
 
 from devstack import runs
 from devstack.runs import RunKey
+from pipeline_core import contract
 from tests.integration.conftest import LocalStack
 from tests.integration.harness import (
     FEATURES,
@@ -56,7 +57,7 @@ def no_progress(_line: str) -> None:
 
 def recorded_outcome(local_stack: LocalStack, summary: dict[str, Any]) -> dict[str, Any]:
     key = RunKey(summary["bucket"], summary["object"], summary["generation"])
-    data = read_object(local_stack.state, key.training_outcome)
+    data = read_object(local_stack.state, contract.lineage_object(key))
     assert data is not None, f"no recorded outcome for {summary['object']}"
     outcome: dict[str, Any] = json.loads(data)
     return outcome
@@ -215,7 +216,7 @@ def test_storage_unresponsive_during_processing_is_survived_with_raw_data_intact
 
     assert summary["status"] == "succeeded", summary
     assert read_object(state, key.object) == data.read_bytes()
-    stats_data = read_object(state, key.processed_stats)
+    stats_data = read_object(state, contract.stats_object(key))
     assert stats_data is not None
     stats = json.loads(stats_data)
     processed = read_object(state, stats["processed_object"])
