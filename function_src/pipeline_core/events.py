@@ -29,6 +29,11 @@ class ObjectRef:
         # GCS's JSON API carries generations as strings (they exceed 2**53).
         return {"bucket": self.bucket, "object": self.name, "generation": str(self.generation)}
 
+    def check_bucket(self, data_bucket: str) -> None:
+        """A stage works on its own pipeline's data bucket only."""
+        if self.bucket != data_bucket:
+            raise BadRequestError(f"bucket {self.bucket!r} is not this pipeline's data bucket")
+
     @classmethod
     def from_request(cls, payload: Any) -> ObjectRef:
         """``{bucket, object, generation}`` from an HTTP body (workflow mode)."""

@@ -15,13 +15,14 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline_core import logging as log
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 from pipeline_core.storage import Storage, StoredObject, write_json
 
 Clock = Callable[[], datetime]
+Outcome = TypeVar("Outcome")
 
 
 def utc_now() -> datetime:
@@ -79,6 +80,30 @@ def acquire(storage: Storage, name: str, *, seconds: int, clock: Clock) -> Lease
             "(another attempt was first); retry later"
         ) from None
     return Lease(storage, name, generation, holder)
+
+
+def once(
+    storage: Storage,
+    lease_name: str,
+    *,
+    seconds: int,
+    clock: Clock,
+    recorded: Callable[[], Outcome | None],
+    work: Callable[[], Outcome],
+) -> Outcome:
+    """A run's ``recorded`` outcome, or else its ``work`` done under the lease
+    ``lease_name``: concurrent deliveries do the work once, the others get
+    ``LeaseHeldError`` and, redelivered, the outcome ``work`` recorded."""
+    earlier = recorded()
+    if earlier is not None:
+        return earlier
+    lease = acquire(storage, lease_name, seconds=seconds, clock=clock)
+    try:
+        # The attempt that held the lease before us may have finished since our check.
+        earlier = recorded()
+        return earlier if earlier is not None else work()
+    finally:
+        lease.release()
 
 
 def _read_existing(storage: Storage, name: str) -> StoredObject:

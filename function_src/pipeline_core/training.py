@@ -45,7 +45,7 @@ from pipeline_core.errors import (
     TransientError,
 )
 from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
-from pipeline_core.leases import Clock, acquire, utc_now
+from pipeline_core.leases import Clock, once, utc_now
 from pipeline_core.machine import available_cpus
 from pipeline_core.onnx_model import RUNTIME_VERSION
 from pipeline_core.registry import ModelRegistry, new_version
@@ -134,25 +134,16 @@ def train(
     Concurrent deliveries for one upload train once: the first takes the lease, the
     others get ``LeaseHeldError`` (transient) and, redelivered, the recorded outcome.
     """
-    _check_bucket(request.source, storage)
+    request.source.check_bucket(storage.bucket)
     registry = ModelRegistry(storage)
-    recorded = _recorded_outcome(registry, request.source)
-    if recorded is not None:
-        return recorded
-    lease = acquire(
+    return once(
         storage,
         training_lease_object(request.source),
         seconds=settings.timeout_seconds,
         clock=clock,
+        recorded=lambda: _recorded_outcome(registry, request.source),
+        work=lambda: _train_and_record(storage, registry, request, settings, clock),
     )
-    try:
-        # The attempt that held the lease before us may have finished since our check.
-        recorded = _recorded_outcome(registry, request.source)
-        if recorded is not None:
-            return recorded
-        return _train_and_record(storage, registry, request, settings, clock)
-    finally:
-        lease.release()
 
 
 CANDIDATE_REASON = "registered as a candidate; it is promoted only after its smoke prediction"
@@ -256,7 +247,7 @@ def promote_candidate(
 ) -> dict[str, Any]:
     """Decide the candidate trained from the upload; the decision is recorded, so a
     retry returns it instead of deciding again."""
-    _check_bucket(request.source, storage)
+    request.source.check_bucket(storage.bucket)
     registry = ModelRegistry(storage)
     recorded = _recorded_outcome(registry, request.source)
     if recorded is None or recorded["model_version"] != request.model_version:
@@ -322,11 +313,6 @@ def _record_outcome(
     write_json(storage, lineage_object(source), outcome)
     log.info(event, **fields, duration_ms=log.elapsed_ms(start))
     return outcome
-
-
-def _check_bucket(source: ObjectRef, storage: Storage) -> None:
-    if source.bucket != storage.bucket:
-        raise BadRequestError(f"bucket {source.bucket!r} is not this pipeline's data bucket")
 
 
 def _recorded_outcome(registry: ModelRegistry, source: ObjectRef) -> dict[str, Any] | None:

@@ -117,35 +117,42 @@ def trigger(
         log.info(f"skipping notification: {skip}", object=ref.name, generation=ref.generation)
         return TriggerOutcome("skipped", skip)
     marker = run_marker_object(ref)
-    earlier = _already_started(storage, marker)
-    if earlier is not None:
-        return earlier
-    lease = leases.acquire(
-        storage, run_lease_object(ref), seconds=settings.timeout_seconds, clock=clock
+    return leases.once(
+        storage,
+        run_lease_object(ref),
+        seconds=settings.timeout_seconds,
+        clock=clock,
+        recorded=lambda: _already_started(storage, marker),
+        work=lambda: _start(notification, storage, starter, settings, clock),
     )
+
+
+def _start(
+    notification: StorageNotification,
+    storage: Storage,
+    starter: ExecutionStarter,
+    settings: TriggerSettings,
+    clock: Callable[[], datetime],
+) -> TriggerOutcome:
+    """Start the execution and record it in the run's marker."""
+    ref = notification.ref
     try:
-        earlier = _already_started(storage, marker)
-        if earlier is not None:
-            return earlier
-        try:
-            execution = starter.start(settings.workflow_path, ref.to_json())
-        except Exception as error:
-            log.error("could not start the workflow", error=str(error), object=ref.name)
-            if isinstance(error, PipelineError):
-                raise
-            raise TransientError(f"starting the workflow failed: {error}") from error
-        record = {
-            "execution": execution,
-            "event_id": notification.event_id,
-            "started_at": clock().isoformat(),
-        }
-        try:
-            write_json(storage, marker, record, if_generation_match=0)
-        except PipelineError as error:
-            # The execution runs; raising would only invite a duplicate start.
-            log.warning("execution started but its marker was not written", error=str(error))
-    finally:
-        lease.release()
+        execution = starter.start(settings.workflow_path, ref.to_json())
+    except Exception as error:
+        log.error("could not start the workflow", error=str(error), object=ref.name)
+        if isinstance(error, PipelineError):
+            raise
+        raise TransientError(f"starting the workflow failed: {error}") from error
+    record = {
+        "execution": execution,
+        "event_id": notification.event_id,
+        "started_at": clock().isoformat(),
+    }
+    try:
+        write_json(storage, run_marker_object(ref), record, if_generation_match=0)
+    except PipelineError as error:
+        # The execution runs; raising would only invite a duplicate start.
+        log.warning("execution started but its marker was not written", error=str(error))
     log.info("started workflow execution", execution=execution, object=ref.name)
     return TriggerOutcome("started", "new upload", execution)
 

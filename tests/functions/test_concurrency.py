@@ -23,7 +23,7 @@ from pipeline_core.contract import (
 )
 from pipeline_core.errors import TrainingFailedError, TransientError
 from pipeline_core.events import ObjectRef, PromotionRequest
-from pipeline_core.leases import LeaseHeldError, acquire
+from pipeline_core.leases import LeaseHeldError, acquire, once
 from pipeline_core.processing import DatasetSchema, ProcessingResult, process
 from pipeline_core.registry import ModelRegistry
 from pipeline_core.serving import ModelService
@@ -154,6 +154,28 @@ def test_a_lease_released_while_being_read_asks_for_a_retry(
 
 def upload_iris(storage: InterleavedStorage) -> ObjectRef:
     return upload(storage, "raw/iris.csv", IRIS)
+
+
+def test_once_looks_for_a_recorded_outcome_again_once_it_holds_the_lease() -> None:
+    storage = InterleavedStorage()
+    recorded: list[str] = []
+    lease = "runs/a.lease.json"
+
+    def run_once() -> str:
+        return once(
+            storage,
+            lease,
+            seconds=60,
+            clock=lambda: CRASHED_AT,
+            recorded=lambda: recorded[-1] if recorded else None,
+            work=lambda: "ours",
+        )
+
+    assert run_once() == "ours"
+    # Another attempt records its outcome just before ours takes the lease.
+    storage.before("write", lease, lambda: recorded.append("theirs"))
+    assert run_once() == "theirs"
+    assert storage.stat(lease) is None
 
 
 def test_processing_a_generation_twice_at_once_processes_it_once(
