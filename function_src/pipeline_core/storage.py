@@ -216,7 +216,9 @@ class _CompositeWriter(io.RawIOBase):
         self._buffer += view
         self._written += len(view)
         while len(self._buffer) >= PART_BYTES:
-            part = bytes(self._buffer[:PART_BYTES])
+            # One copy out of the buffer (slicing the bytearray first would make two).
+            with memoryview(self._buffer) as buffered:
+                part = bytes(buffered[:PART_BYTES])
             del self._buffer[:PART_BYTES]
             self._upload_part(part)
         return len(view)
