@@ -245,13 +245,15 @@ class _CompositeWriter(io.RawIOBase):
         self._parts.extend(future.result() for future in self._pending)
         self._pending.clear()
         sources = list(self._parts)
+        rounds = 0
         while len(sources) > COMPOSE_SOURCES:
+            rounds += 1
             sources = [
                 self._compose(
-                    self._bucket.blob(f"{self._part_prefix}round-{len(self._parts):05d}"),
+                    self._bucket.blob(f"{self._part_prefix}round-{rounds}-{group:05d}"),
                     sources[start : start + COMPOSE_SOURCES],
                 )
-                for start in range(0, len(sources), COMPOSE_SOURCES)
+                for group, start in enumerate(range(0, len(sources), COMPOSE_SOURCES))
             ]
         self._compose(self._bucket.blob(self._name), sources)
 
