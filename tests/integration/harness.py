@@ -60,12 +60,15 @@ def up_detached(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]
     return started
 
 
-def write_test_stack_file(directory: Path, *, stage_timeout_seconds: int | None = None) -> Path:
-    """Pulumi.dev.yaml with a small forest (speed) and no champion caching in predict,
-    so a promotion is served at once. ``stage_timeout_seconds`` shortens process_data's
-    and train_model's timeouts, and with them how long a killed attempt's lease lives."""
+def write_test_stack_file(
+    directory: Path, *, stage_timeout_seconds: int | None = None, trees: int = 10
+) -> Path:
+    """Pulumi.dev.yaml with a small forest of ``trees`` (speed) and no champion caching
+    in predict, so a promotion is served at once. ``stage_timeout_seconds`` shortens
+    process_data's and train_model's timeouts, and with them how long a killed attempt's
+    lease lives."""
     document = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text(encoding="utf-8"))
-    document["config"]["ml-pipeline:hyperparameters"] = {"n_estimators": 10}
+    document["config"]["ml-pipeline:hyperparameters"] = {"n_estimators": trees}
     document["config"]["ml-pipeline:modelRefreshSeconds"] = 0
     if stage_timeout_seconds is not None:
         for stage in ("process_data", "train_model"):
@@ -95,7 +98,8 @@ def separable_csv(path: Path, *, rows_per_class: int = 60, seed: int = 1) -> Pat
 
 def overlapping_csv(path: Path, *, rows: int = 3000, seed: int = 3) -> Path:
     """Three classes that overlap: a forest scores about 0.82 (above the minimum, below
-    separable data) and grows deep trees, so training takes a second or more."""
+    separable data) and grows deep trees: with 100 trees, training 3,000 rows and
+    compiling them takes about two seconds."""
     generator = np.random.default_rng(seed)
     labels = generator.integers(0, 3, size=rows)
     values = labels[:, None] * 1.2 + generator.normal(size=(rows, len(FEATURES)))

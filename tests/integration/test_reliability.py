@@ -41,6 +41,10 @@ from tests.integration.harness import (
 )
 
 STAGE_TIMEOUT_SECONDS = 15
+# Enough trees that training one overlapping upload holds its lease for about two
+# seconds (10 trees hold it for a quarter of a second), so a test polling for the lease
+# sees it while the attempt is still training, and can kill that attempt.
+TREES = 100
 RUN_TIMEOUT = 240.0
 TRAINER = {"workflow": "train_model", "events": "train_model_event"}
 
@@ -48,7 +52,9 @@ TRAINER = {"workflow": "train_model", "events": "train_model_event"}
 @pytest.fixture(scope="module")
 def stack_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("stack-file")
-    return write_test_stack_file(directory, stage_timeout_seconds=STAGE_TIMEOUT_SECONDS)
+    return write_test_stack_file(
+        directory, stage_timeout_seconds=STAGE_TIMEOUT_SECONDS, trees=TREES
+    )
 
 
 def no_progress(_line: str) -> None:
@@ -128,7 +134,12 @@ def test_a_trainer_killed_mid_training_is_redelivered_and_the_run_completes_once
     with runs.summary_watch(state) as watch:
         key = runs.upload(state, data, name="killed.csv")
         lease = f"models/by-source/{key.object}/{key.generation}.lease.json"
-        wait_for(lambda: object_exists(state, lease) or None, timeout=120, what="training")
+        wait_for(
+            lambda: object_exists(state, lease) or None,
+            timeout=120,
+            what="training",
+            interval=0.05,
+        )
         kill(trainer)
         restart(local_stack, trainer.name)
         summary = runs.follow(
