@@ -46,6 +46,15 @@ from pipeline_core.parquet_output import ParquetOutput
 PROGRESS_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class PreparedBlock:
+    """One block parsed, cleaned and its kept rows digested."""
+
+    parsed: csv_source.ParsedBlock
+    cleaned: CleanBlock
+    digests: np.ndarray[Any, np.dtype[np.uint64]]  # (kept rows, 2), ``row_digests``
+
+
 @dataclass
 class CleaningRun:
     """The counts of one upload's cleaning so far; ``run`` cleans it block by block,
@@ -79,13 +88,20 @@ class CleaningRun:
             [(name, pa.float64()) for name in self.features] + [(self.target_column, pa.string())]
         )
         progress = Progress(ref, self.progress_seconds)
+
+        def prepare(block: csv_source.Block) -> PreparedBlock:
+            """What one block needs on its own (pure), a block ahead of the counting
+            and duplicate detection that need the blocks before it."""
+            parsed = csv_source.parse(
+                block, len(columns.names), columns.positions, len(self.features)
+            )
+            cleaned = clean(parsed.columns, columns)
+            return PreparedBlock(parsed, cleaned, row_digests(cleaned.features, cleaned.label_keys))
+
         with ParquetOutput(sink, arrow_schema, self.row_group_rows) as output:
-            for block, parsed in csv_source.parsed_ahead(
-                blocks, len(columns.names), columns.positions, len(self.features)
-            ):
-                cleaned = clean(parsed.columns, columns)
-                self._count(block, parsed, cleaned, columns)
-                self._keep_new(cleaned, deduplicator, output)
+            for block, prepared in csv_source.prepared_ahead(blocks, prepare):
+                self._count(block, prepared.parsed, prepared.cleaned, columns)
+                self._keep_new(prepared, deduplicator, output)
                 progress.advance(len(block.data), self.rows_in)
             output.finish()
         progress.finish(self.rows_in)
@@ -136,10 +152,11 @@ class CleaningRun:
                 return
 
     def _keep_new(
-        self, cleaned: CleanBlock, deduplicator: Deduplicator, output: ParquetOutput
+        self, prepared: PreparedBlock, deduplicator: Deduplicator, output: ParquetOutput
     ) -> None:
         """The rows of the block not seen before, in order; the first occurrence stays."""
-        new = deduplicator.new_rows(row_digests(cleaned.features, cleaned.label_keys))
+        cleaned = prepared.cleaned
+        new = deduplicator.new_rows(prepared.digests)
         kept = int(new.sum())
         if kept < len(new):
             self.rejections[ROW_DUPLICATE] += len(new) - kept

@@ -12,14 +12,15 @@ blocks read by different workers.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import itertools
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +39,10 @@ DEFAULT_BLOCK_BYTES = 4 * 2**20
 # A record longer than this many blocks is a runaway quote or not CSV at all.
 MAX_RECORD_BLOCKS = 8
 PARSE_CHUNK_BYTES = 2**20
+# How much of the first block is searched for the header before all of it is.
+HEADER_SCAN_BYTES = 64 * 2**10
+
+Prepared = TypeVar("Prepared")
 
 
 @dataclass(frozen=True)
@@ -115,17 +120,34 @@ def blocks(stream: IO[bytes], block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterato
 def header(source: Iterator[Block]) -> tuple[list[str], Iterator[Block]]:
     """The header cells (the first non-blank record) and the blocks of records after it."""
     for block in source:
-        lines = io.StringIO(block.data.decode("utf-8"), newline="").readlines()
-        reader = csv.reader(iter(lines))
-        try:
-            cells = next((row for row in reader if row), None)
-        except csv.Error as error:
-            raise FileRejectedError(NOT_CSV, f"the file is not valid CSV: {error}") from None
-        if cells is not None:
-            consumed = len("".join(lines[: reader.line_num]).encode())
-            rest = Block(block.data[consumed:], block.first_line + reader.line_num)
+        # The header is looked for in the block's first lines: decoding and splitting a
+        # whole 4 MiB block into lines cost 25 ms of a 1M-row upload's 300 ms.
+        prefix = block.data.rfind(b"\n", 0, HEADER_SCAN_BYTES) + 1
+        found = _first_record(block, prefix) if 0 < prefix < len(block.data) else None
+        found = found or _first_record(block, len(block.data))
+        if found is not None:
+            cells, rest = found
             return cells, itertools.chain([rest] if rest.data else [], source)
     raise FileRejectedError(EMPTY, "the file is empty")
+
+
+def _first_record(block: Block, end: int) -> tuple[list[str], Block] | None:
+    """The first non-blank record in the block's first ``end`` bytes (whole lines) and
+    the block after it; None if there is none, or if it may go on past ``end``."""
+    lines = io.StringIO(block.data[:end].decode("utf-8"), newline="").readlines()
+    reader = csv.reader(iter(lines))
+    whole = end == len(block.data)
+    try:
+        cells = next((row for row in reader if row), None)
+    except csv.Error as error:
+        if not whole:
+            return None
+        raise FileRejectedError(NOT_CSV, f"the file is not valid CSV: {error}") from None
+    # A record that takes every line of a prefix may be a quoted field cut short.
+    if cells is None or not (whole or reader.line_num < len(lines)):
+        return None
+    consumed = len("".join(lines[: reader.line_num]).encode())
+    return cells, Block(block.data[consumed:], block.first_line + reader.line_num)
 
 
 def parse(block: Block, column_count: int, wanted: list[int], numbers: int = 0) -> ParsedBlock:
@@ -187,13 +209,22 @@ def _read(block: Block, column_count: int, wanted: list[int], numbers: int) -> P
 def parsed_ahead(
     source: Iterator[Block], column_count: int, wanted: list[int], numbers: int = 0
 ) -> Iterator[tuple[Block, ParsedBlock]]:
-    """Each block with its parsed ``wanted`` columns (``parse``); Arrow parses the next
-    block on a thread (it releases the GIL) while the caller works on this one, so both
-    cores work."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse") as parser:
-        previous: tuple[Block, Future[ParsedBlock]] | None = None
+    """Each block with its parsed ``wanted`` columns (``parse``), parsed a block ahead."""
+    return prepared_ahead(
+        source, functools.partial(parse, column_count=column_count, wanted=wanted, numbers=numbers)
+    )
+
+
+def prepared_ahead(
+    source: Iterator[Block], prepare: Callable[[Block], Prepared]
+) -> Iterator[tuple[Block, Prepared]]:
+    """Each block with ``prepare(block)``, in order; the next block is prepared on a
+    thread while the caller works on this one. Arrow and numpy release the GIL in their
+    kernels, so both cores work."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-prepare") as worker:
+        previous: tuple[Block, Future[Prepared]] | None = None
         for block in source:
-            upcoming = parser.submit(parse, block, column_count, wanted, numbers)
+            upcoming = worker.submit(prepare, block)
             if previous is not None:
                 yield previous[0], previous[1].result()
             previous = block, upcoming

@@ -84,3 +84,32 @@ def test_a_record_longer_than_the_parsers_chunk_is_read_whole(storage: InMemoryS
     assert result["rows_in"] == result["rows_out"] == 11
     classes = json.loads(storage.read(stats_object(ref)).data)["class_counts"]
     assert classes[f"{long_label}\n!"] == 1
+
+
+@pytest.mark.parametrize(
+    "lead",
+    [
+        pytest.param("\n" * 70_000, id="blank-lines-past-the-header-scan"),
+        pytest.param("", id="header-at-the-start"),
+    ],
+)
+def test_the_header_is_found_wherever_it_starts_in_the_first_block(
+    storage: InMemoryStorage, lead: str
+) -> None:
+    rows = "".join(f"{index},{index % 7},{'xyz'[index % 3]}\n" for index in range(20_000))
+    ref = upload(storage, "raw/late-header.csv", f"{lead}a,b,target\n{rows}".encode())
+    stats = process(storage, ref, SCHEMA).to_json()
+    assert stats["rows_in"] == 20_000
+    assert stats["features"] == ["a", "b"]
+
+
+def test_a_quoted_header_cell_longer_than_the_header_scan_is_read_whole(
+    storage: InMemoryStorage,
+) -> None:
+    # The scanned prefix ends inside the quoted name, where the record looks complete.
+    long_name = "line\n" * 20_000
+    rows = "".join(f"{index},{'xyz'[index % 3]}\n" for index in range(30))
+    ref = upload(storage, "raw/long-name.csv", f'"{long_name}",target\n{rows}'.encode())
+    stats = process(storage, ref, SCHEMA).to_json()
+    assert stats["features"] == [long_name.strip()]
+    assert stats["rows_in"] == stats["rows_out"] == 30
