@@ -36,6 +36,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 # the parsing, small enough that a block's strings and their float copies stay a few
 # tens of MB.
 DEFAULT_BLOCK_BYTES = 4 * 2**20
+FIRST_BLOCK_BYTES = 256 * 2**10
 # A record longer than this many blocks is a runaway quote or not CSV at all.
 MAX_RECORD_BLOCKS = 8
 PARSE_CHUNK_BYTES = 2**20
@@ -82,7 +83,7 @@ def blocks(stream: IO[bytes], block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterato
     offset = 0  # of ``carry`` in the decoded stream, for error messages
     line = 1
     first = True
-    for chunk in _read_ahead(stream, block_bytes):
+    for chunk in _read_ahead(stream, _growing(block_bytes)):
         data = carry + chunk
         if first:
             first = False
@@ -241,11 +242,21 @@ def record_lines(block: Block) -> Iterator[tuple[int, int]]:
             yield block.first_line - 1 + reader.line_num, len(row)
 
 
-def _read_ahead(stream: IO[bytes], size: int) -> Iterator[bytes]:
-    """Chunks of ``size`` bytes and a last empty one; the next chunk is read (downloaded,
-    decompressed) on a thread while the caller cleans this one."""
+def _growing(block_bytes: int) -> Iterator[int]:
+    """FIRST_BLOCK_BYTES, doubling up to ``block_bytes``: the first block is cleaned
+    while the next ones are read and parsed, so a small one starts every stage sooner
+    (30 ms of a 1M-row upload's 300 ms went by before the first 4 MiB block was parsed)."""
+    size = min(FIRST_BLOCK_BYTES, block_bytes)
+    while True:
+        yield size
+        size = min(2 * size, block_bytes)
+
+
+def _read_ahead(stream: IO[bytes], sizes: Iterator[int]) -> Iterator[bytes]:
+    """Chunks of the next of ``sizes`` bytes each and a last empty one; the next chunk is
+    read (downloaded, decompressed) on a thread while the caller cleans this one."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-read-ahead") as reader:
-        upcoming = reader.submit(stream.read, size)
+        upcoming = reader.submit(stream.read, next(sizes))
         while True:
             try:
                 chunk = upcoming.result()
@@ -253,7 +264,7 @@ def _read_ahead(stream: IO[bytes], size: int) -> Iterator[bytes]:
             except (gzip.BadGzipFile, EOFError, zlib.error) as error:
                 raise FileRejectedError(NOT_CSV, f"the gzip stream is corrupt: {error}") from None
             if chunk:
-                upcoming = reader.submit(stream.read, size)
+                upcoming = reader.submit(stream.read, next(sizes))
             yield chunk
             if not chunk:
                 return

@@ -86,10 +86,12 @@ class DigestSet:
         while len(pending):
             pending = self._probe_step(pending, slots, ids, new)
         rows = np.flatnonzero(new)
-        # A new digest's slot is the one its row claimed; point it at the compacted row.
-        self._table[slots[rows]] = ids[: len(rows)]
-        self._keys[base : base + len(rows)] = keys[rows]
-        self._checks[base : base + len(rows)] = checks[rows]
+        if len(rows) < count:
+            # A new digest's slot is the one its row claimed; point it at the compacted
+            # row. Without repeats every row already sits where its slot points.
+            self._table[slots[rows]] = ids[: len(rows)]
+            self._keys[base : base + len(rows)] = keys[rows]
+            self._checks[base : base + len(rows)] = checks[rows]
         self._size = base + len(rows)
         return new
 
@@ -104,14 +106,15 @@ class DigestSet:
         its own digest it is a repeat, at another digest it moves to the next slot.
         Returns the rows still undecided."""
         table, held_keys, held_checks = self._table, self._keys, self._checks
-        at = slots[pending]
-        entries = table[at]
+        # The first round looks at every row: its slots are the batch's, in order.
+        at = slots if len(pending) == len(slots) else slots.take(pending)
+        entries = table.take(at)
         undecided = np.ones(len(pending), dtype=bool)
         empty = np.flatnonzero(entries == 0)
         if len(empty):
             claimers, claimed = pending[empty], at[empty]
             table[claimed] = ids[claimers]  # one of the rows claiming a slot gets it
-            winners = table[claimed]
+            winners = table.take(claimed)
             lost = np.flatnonzero(winners != ids[claimers])
             # Equal digests probe the same slots in step, so they claim one together:
             # the first of them in the batch must be the one that stays.
