@@ -46,6 +46,7 @@ from typing import Any
 from devstack.plan import LOOPBACK, REPO_ROOT, ServicePlan, fake_gcs_binary
 from devstack.processes import start_service, stop_group, wait_until_healthy
 from devstack.stack import allocate_ports
+from pipeline_core.contract import STREAMING_MALLOC_ARENAS, Env
 
 BUCKET = "bench-data"
 PROJECT = "bench-project"
@@ -212,7 +213,12 @@ def measure_in_child(module: str, storage_url: str, *arguments: str) -> dict[str
     process of its own (its peak RSS is the run's alone); its report is the last line."""
     completed = subprocess.run(
         [sys.executable, "-m", module, "--child", *arguments],
-        env={**os.environ, "STORAGE_EMULATOR_HOST": storage_url},
+        # The allocator setting process_data and score_data are deployed with.
+        env={
+            **os.environ,
+            "STORAGE_EMULATOR_HOST": storage_url,
+            Env.MALLOC_ARENA_MAX: str(STREAMING_MALLOC_ARENAS),
+        },
         cwd=REPO_ROOT,
         check=True,
         capture_output=True,
