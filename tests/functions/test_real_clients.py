@@ -8,6 +8,8 @@ import json
 import queue
 import random
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -255,3 +257,38 @@ def test_execution_starter_unreachable_api_is_transient() -> None:
     starter = WorkflowsExecutionStarter(f"127.0.0.1:{closed_port}")
     with pytest.raises(TransientError, match="starting an execution"):
         starter.start(WORKFLOW_PATH, {})
+
+
+def test_a_part_is_cut_only_when_there_is_room_to_upload_it(
+    gcs: GcsStorage, small_parts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory holds the buffer and at most PARTS_IN_FLIGHT parts, however slow the
+    uploads are: a part is not copied out of the buffer while the others upload."""
+    writer_class = storage_module._CompositeWriter
+    upload_part, upload = writer_class._upload_part, writer_class._upload
+    alive = most_alive = 0
+    lock = threading.Lock()
+
+    def cut(writer: Any, data: bytes) -> None:
+        nonlocal alive, most_alive
+        with lock:
+            alive += 1
+            most_alive = max(most_alive, alive)
+        upload_part(writer, data)
+
+    def slow_upload(writer: Any, blob: Any, data: bytes) -> Any:
+        nonlocal alive
+        time.sleep(0.05)
+        try:
+            return upload(writer, blob, data)
+        finally:
+            with lock:
+                alive -= 1
+
+    monkeypatch.setattr(writer_class, "_upload_part", cut)
+    monkeypatch.setattr(writer_class, "_upload", slow_upload)
+    data = random.Random(3).randbytes(6 * small_parts + 1)
+    with gcs.open_write("processed/bounded.parquet", content_type="x") as sink:
+        _write_in_pieces(sink, data)
+    assert gcs.read("processed/bounded.parquet").data == data
+    assert most_alive == storage_module.PARTS_IN_FLIGHT
