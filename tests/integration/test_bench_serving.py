@@ -111,14 +111,23 @@ def stub_port() -> Iterator[int]:
         server.server_close()
 
 
-CLIENTS = [
-    pytest.param(serving.python_load, id="python"),
-    pytest.param(
-        serving.wrk_load,
-        id="wrk",
-        marks=pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed"),
-    ),
-]
+# wrk is optional (apt-get install wrk): where it is missing its case is not collected
+# (rather than skipped), and the fallback it leads to is tested below instead.
+CLIENTS = [pytest.param(serving.python_load, id="python")] + (
+    [pytest.param(serving.wrk_load, id="wrk")] if shutil.which("wrk") else []
+)
+
+
+def test_without_wrk_the_bounded_python_client_is_chosen_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _: None)
+    client, description = serving.choose_client()
+    assert client is serving.python_load
+    assert description["name"] == "python"
+    assert "apt-get install wrk" in description["detail"]
+    with pytest.raises(SystemExit, match="wrk is not installed"):
+        serving.choose_client("wrk")
 
 
 @pytest.mark.parametrize("client", CLIENTS)
