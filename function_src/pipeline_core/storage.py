@@ -202,7 +202,7 @@ class _CompositeWriter(io.RawIOBase):
         # A random tag keeps a concurrent writer of the same name (a redelivered event)
         # from touching these parts.
         self._part_prefix = f"{name}.parts-{secrets.token_hex(8)}/"
-        self._buffer = bytearray()
+        self._buffer = io.BytesIO()
         self._written = 0
         self._pending: list[Future[Any]] = []
         self._parts: list[Any] = []  # uploaded blobs, in order, with their generations
@@ -215,17 +215,22 @@ class _CompositeWriter(io.RawIOBase):
         return self._written
 
     def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        self._buffer += view
-        self._written += len(view)
-        while len(self._buffer) >= PART_BYTES:
+        size = self._buffer.write(data)
+        self._written += size
+        if self._buffer.tell() >= PART_BYTES:
+            # A part is PART_BYTES and the rest of the write that reached it: parts of
+            # a composite object need not be of one size.
             self._make_room()
-            # One copy out of the buffer (slicing the bytearray first would make two).
-            with memoryview(self._buffer) as buffered:
-                part = bytes(buffered[:PART_BYTES])
-            del self._buffer[:PART_BYTES]
-            self._upload_part(part)
-        return len(view)
+            self._upload_part(self._cut())
+        return size
+
+    def _cut(self) -> bytes:
+        """The buffered bytes, and a new buffer. Not a copy: BytesIO.getvalue() hands
+        over its own bytes object (shrunk in place), and the client's read of a
+        BytesIO made of it returns that same object as the request body."""
+        part = self._buffer.getvalue()
+        self._buffer = io.BytesIO()
+        return part
 
     def _make_room(self) -> None:
         """Waits until fewer than PARTS_IN_FLIGHT parts are uploading."""
@@ -244,12 +249,11 @@ class _CompositeWriter(io.RawIOBase):
         """Makes the object: one upload when it fits a part, else the parts composed."""
         if not self._pending and not self._parts:
             blob = self._bucket.blob(self._name)
-            blob.upload_from_string(bytes(self._buffer), content_type=self._content_type)
+            blob.upload_from_string(self._cut(), content_type=self._content_type)
             return
-        if self._buffer:
+        if self._buffer.tell():
             self._make_room()
-            self._upload_part(bytes(self._buffer))
-            self._buffer.clear()
+            self._upload_part(self._cut())
         self._parts.extend(future.result() for future in self._pending)
         self._pending.clear()
         sources = list(self._parts)
@@ -275,7 +279,7 @@ class _CompositeWriter(io.RawIOBase):
     def discard_parts(self) -> None:
         """Deletes every temporary object, each by its generation: the bucket keeps
         versions, and a plain delete would leave each part as a noncurrent version."""
-        self._buffer.clear()
+        self._buffer = io.BytesIO()
         for future in self._pending:
             future.cancel()
         self._uploads.shutdown(wait=True)

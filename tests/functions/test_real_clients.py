@@ -126,10 +126,11 @@ def _write_in_pieces(sink: Any, data: bytes, piece: int = 100_003) -> None:
 
 
 def test_a_multi_part_object_is_composed_byte_identical(gcs: GcsStorage, small_parts: int) -> None:
-    # 70 full parts and a tail: two compose rounds (at most 32 sources per call).
+    # 70 parts (a part is cut at the write that reaches its size) and a tail: two
+    # compose rounds (at most 32 sources per call).
     data = random.Random(7).randbytes(70 * small_parts + 12_345)
     with gcs.open_write("processed/many.parquet", content_type="application/x-test") as sink:
-        _write_in_pieces(sink, data)
+        _write_in_pieces(sink, data, piece=small_parts // 8)
     assert gcs.read("processed/many.parquet").data == data
     assert gcs.names("processed/many") == ["processed/many.parquet"]  # no part left behind
     blob = gcs._bucket().get_blob("processed/many.parquet")
