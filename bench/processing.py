@@ -205,20 +205,22 @@ def _child(variant: str, arguments: list[str]) -> None:
 
 
 def _measure(storage_url: str, variant: str, *arguments: str) -> dict[str, Any]:
-    return measure_in_child("bench.processing", storage_url, variant, *arguments)
+    return measure_in_child(
+        "bench.processing", storage_url, variant, *arguments, as_deployed=variant != "pandas"
+    )
 
 
-def measure_in_child(module: str, storage_url: str, *arguments: str) -> dict[str, Any]:
+def measure_in_child(
+    module: str, storage_url: str, *arguments: str, as_deployed: bool = True
+) -> dict[str, Any]:
     """``python -m module --child ...`` against the emulator at ``storage_url``, in a
-    process of its own (its peak RSS is the run's alone); its report is the last line."""
+    process of its own (its peak RSS is the run's alone); its report is the last line.
+    ``as_deployed``: with the allocator setting process_data and score_data are
+    deployed with (the pandas peer runs as a user would run it, with glibc's default)."""
+    allocator = {Env.MALLOC_ARENA_MAX: str(STREAMING_MALLOC_ARENAS)} if as_deployed else {}
     completed = subprocess.run(
         [sys.executable, "-m", module, "--child", *arguments],
-        # The allocator setting process_data and score_data are deployed with.
-        env={
-            **os.environ,
-            "STORAGE_EMULATOR_HOST": storage_url,
-            Env.MALLOC_ARENA_MAX: str(STREAMING_MALLOC_ARENAS),
-        },
+        env={**os.environ, "STORAGE_EMULATOR_HOST": storage_url, **allocator},
         cwd=REPO_ROOT,
         check=True,
         capture_output=True,

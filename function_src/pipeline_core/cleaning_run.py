@@ -48,9 +48,11 @@ PROGRESS_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class PreparedBlock:
-    """One block parsed, cleaned and its kept rows digested."""
+    """One block parsed, cleaned and its kept rows digested; its parsed columns are
+    not kept (the worker's next block is parsed while this one is counted)."""
 
-    parsed: csv_source.ParsedBlock
+    rows: int  # records with the header's field count
+    wrong_field_count: int  # records skipped for another field count
     cleaned: CleanBlock
     digests: np.ndarray[Any, np.dtype[np.uint64]]  # (kept rows, 2), ``row_digests``
 
@@ -96,33 +98,32 @@ class CleaningRun:
                 block, len(columns.names), columns.positions, len(self.features)
             )
             cleaned = clean(parsed.columns, columns)
-            return PreparedBlock(parsed, cleaned, row_digests(cleaned.features, cleaned.label_keys))
+            return PreparedBlock(
+                parsed.columns.num_rows,
+                parsed.wrong_field_count,
+                cleaned,
+                row_digests(cleaned.features, cleaned.label_keys),
+            )
 
         with ParquetOutput(sink, arrow_schema, self.row_group_rows) as output:
             for block, prepared in csv_source.prepared_ahead(blocks, prepare):
-                self._count(block, prepared.parsed, prepared.cleaned, columns)
+                self._count(block, prepared, columns)
                 self._keep_new(prepared, deduplicator, output)
                 progress.advance(len(block.data), self.rows_in)
             output.finish()
         progress.finish(self.rows_in)
 
-    def _count(
-        self,
-        block: csv_source.Block,
-        parsed: csv_source.ParsedBlock,
-        cleaned: CleanBlock,
-        columns: Layout,
-    ) -> None:
-        self.rows_in += parsed.columns.num_rows + parsed.wrong_field_count
-        self.rejections.update(cleaned.rejections)
-        if parsed.wrong_field_count:
-            self.rejections[ROW_WRONG_FIELD_COUNT] += parsed.wrong_field_count
+    def _count(self, block: csv_source.Block, prepared: PreparedBlock, columns: Layout) -> None:
+        self.rows_in += prepared.rows + prepared.wrong_field_count
+        self.rejections.update(prepared.cleaned.rejections)
+        if prepared.wrong_field_count:
+            self.rejections[ROW_WRONG_FIELD_COUNT] += prepared.wrong_field_count
         unnamed = {
             reason: first
-            for reason, first in cleaned.first_rejected.items()
+            for reason, first in prepared.cleaned.first_rejected.items()
             if reason not in self.examples
         }
-        ragged = bool(parsed.wrong_field_count) and ROW_WRONG_FIELD_COUNT not in self.examples
+        ragged = bool(prepared.wrong_field_count) and ROW_WRONG_FIELD_COUNT not in self.examples
         if unnamed or ragged:
             self._name_examples(block, unnamed, ragged, len(columns.names))
 

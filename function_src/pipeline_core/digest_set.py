@@ -106,7 +106,8 @@ class DigestSet:
         its own digest it is a repeat, at another digest it moves to the next slot.
         Returns the rows still undecided."""
         table, held_keys, held_checks = self._table, self._keys, self._checks
-        # The first round looks at every row: its slots are the batch's, in order.
+        # The first round looks at every row: its slots are the batch's, in order. Then
+        # ``at`` is ``slots`` itself, which the moves below change: read it before them.
         at = slots if len(pending) == len(slots) else slots.take(pending)
         entries = table.take(at)
         undecided = np.ones(len(pending), dtype=bool)
