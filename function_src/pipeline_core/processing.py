@@ -5,7 +5,8 @@ and the objects an upload's processing reads and writes. The work is in four lay
 below: ``csv_source`` turns the raw bytes into record-aligned blocks, the pure rules of
 ``cleaning`` clean each block's columns, ``cleaning_run`` runs them over the whole
 upload (duplicates across blocks, merged statistics, progress) and ``parquet_output``
-writes the kept rows row group by row group. Memory holds one block, one row group, a
+writes the kept rows row group by row group. Memory holds two blocks (the next one is
+prepared while this one is counted), a row group or two, a
 window of row digests (exact duplicate detection, ``deduplication``: the rest is
 spilled to the bucket) and the running statistics, never the file. An upload with
 repeats further apart than the window is written once more without them
