@@ -6,9 +6,9 @@ below: ``csv_source`` turns the raw bytes into record-aligned blocks, the pure r
 ``cleaning`` clean each block's columns, ``cleaning_run`` runs them over the whole
 upload (duplicates across blocks, merged statistics, progress) and ``parquet_output``
 writes the kept rows row group by row group. Memory holds two blocks (the next one is
-prepared while this one is counted), a row group or two, a
-window of row digests (exact duplicate detection, ``deduplication``: the rest is
-spilled to the bucket) and the running statistics, never the file. An upload with
+prepared while this one is counted), a row group or two, a window of row digests
+(exact duplicate detection, ``deduplication``: the rest is spilled to the bucket) and
+the running statistics, never the file. An upload with
 repeats further apart than the window is written once more without them
 (``deduplicated_object``).
 """
