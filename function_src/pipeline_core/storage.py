@@ -23,8 +23,8 @@ READ_CHUNK_BYTES = 8 * 1024 * 1024
 # object, then composes them (a parallel composite upload, as gcloud storage does).
 # Each part is one request and the server never re-handles the object so far, which a
 # resumable upload makes fake-gcs-server do at every chunk (quadratic in the size).
-# 32 MiB: up to 1 GiB composes in one call; the 0.9 GB Parquet of a 1 GB upload is 28
-# parts (at 16 MiB, 55 parts took a second round, and fake-gcs-server copies every byte
+# 32 MiB: up to 1 GiB composes in one call; the 0.9 GB Parquet of a 1 GB upload is 27
+# parts (at 16 MiB, 54 parts took a second round, and fake-gcs-server copies every byte
 # at each compose: 48 -> 27 s), and the 30 MB Parquet of 1M rows is one plain upload.
 # A part is the buffer up to the write that reached this size, so one write larger
 # than a part makes a larger part (Parquet writes pages, about a MB at most).
