@@ -50,6 +50,12 @@ class DirectoryStorage:
         info = self._expect(name, generation)
         return StoredObject(self._path(name).read_bytes(), info.generation)
 
+    def read_range(self, name: str, start: int, size: int) -> bytes:
+        self._expect(name, None)
+        with self._path(name).open("rb") as reader:
+            reader.seek(start)
+            return reader.read(max(size, 0))
+
     def write(
         self,
         name: str,

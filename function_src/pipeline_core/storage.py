@@ -67,6 +67,10 @@ class Storage(Protocol):
 
     def read(self, name: str, generation: int | None = None) -> StoredObject: ...
 
+    def read_range(self, name: str, start: int, size: int) -> bytes:
+        """``size`` bytes of the live object from ``start`` (fewer past its end)."""
+        ...
+
     def write(
         self,
         name: str,
@@ -155,6 +159,15 @@ class GcsStorage:
             blob = self._bucket().blob(name, generation=generation)
             data = blob.download_as_bytes()
             return StoredObject(data, int(blob.generation))
+
+    def read_range(self, name: str, start: int, size: int) -> bytes:
+        if size <= 0:
+            return b""  # a Range header cannot ask for nothing
+        with _translated(self.bucket, name):
+            data: bytes = (
+                self._bucket().blob(name).download_as_bytes(start=start, end=start + size - 1)
+            )
+            return data
 
     def write(
         self,

@@ -48,6 +48,9 @@ class InMemoryStorage:
             raise ObjectNotFoundError(not_found_message(self.bucket, name, generation))
         return stored
 
+    def read_range(self, name: str, start: int, size: int) -> bytes:
+        return self.read(name).data[start : start + max(size, 0)]
+
     def write(
         self,
         name: str,

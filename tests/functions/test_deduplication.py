@@ -4,6 +4,7 @@ resolved exactly, cleaned up."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -118,3 +119,46 @@ def test_an_upload_too_small_without_its_far_repeats_is_rejected_and_leaves_no_p
     assert caught.value.reason_code == "too_few_rows"
     assert "70 valid rows" in caught.value.detail
     assert storage.names("processed/") == []
+
+
+class CountedReads(InMemoryStorage):
+    """Counts the bytes every kind of read hands out."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(bucket)
+        self.bytes_read = {"read": 0, "read_range": 0}
+
+    def read(self, name: str, generation: int | None = None) -> Any:
+        stored = super().read(name, generation)
+        self.bytes_read["read"] += len(stored.data)
+        return stored
+
+    def read_range(self, name: str, start: int, size: int) -> bytes:
+        data = super().read(name).data[start : start + max(size, 0)]
+        self.bytes_read["read_range"] += len(data)
+        return data
+
+
+def test_without_far_repeats_only_the_first_lanes_of_the_spill_are_read_back() -> None:
+    storage = CountedReads(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=100)
+    for start in range(0, 1000, 50):  # 1,000 distinct digests: 10 windows of 100
+        assert deduplicator.new_rows(digests(range(start, start + 50))).all()
+    assert deduplicator.far_duplicates().tolist() == []
+    deduplicator.close()
+    # Every window was spilled (the last one at the end), and 8 of each digest's 20
+    # bytes were read back.
+    assert storage.bytes_read == {"read": 0, "read_range": 8 * 1000}
+
+
+def test_a_far_repeat_is_found_from_the_spilled_columns() -> None:
+    storage = CountedReads(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=100)
+    for start in range(0, 300, 50):
+        deduplicator.new_rows(digests(range(start, start + 50)))
+    # The window of 200..299 is spilled to make room: 7 and 250 are repeats of spilled
+    # windows, so the window takes them for new and the spill finds them.
+    assert deduplicator.new_rows(digests([7, 1000, 250])).all()
+    assert deduplicator.far_duplicates().tolist() == [300, 302]  # kept rows 7 and 250
+    deduplicator.close()
+    assert storage.bytes_read["read"] > 0  # the ranges holding them were read whole

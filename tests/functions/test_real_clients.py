@@ -293,3 +293,15 @@ def test_a_part_is_cut_only_when_there_is_room_to_upload_it(
         _write_in_pieces(sink, data)
     assert gcs.read("processed/bounded.parquet").data == data
     assert most_alive == storage_module.PARTS_IN_FLIGHT
+
+
+def test_a_ranged_read_returns_the_bytes_asked_for(gcs: GcsStorage) -> None:
+    data = bytes(range(256)) * 4
+    gcs.write("processed/x/1/digests/000000-00.digests", data, content_type="x")
+    name = "processed/x/1/digests/000000-00.digests"
+    assert gcs.read_range(name, 0, 8) == data[:8]
+    assert gcs.read_range(name, 100, 300) == data[100:400]
+    assert gcs.read_range(name, 1000, 100) == data[1000:]  # fewer past the end
+    assert gcs.read_range(name, 0, 0) == b""
+    with pytest.raises(ObjectNotFoundError):
+        gcs.read_range("processed/x/1/digests/missing", 0, 8)
