@@ -181,10 +181,11 @@ def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
     target, every cell a string (or a feature column of finite float64 values). A row
     is rejected for the first rule it breaks: target first, then each feature in order
     (missing, not a number, not finite)."""
-    target = pc.utf8_trim(columns.column(len(layout.features)), characters=WHITESPACE)
-    encoded = pc.dictionary_encode(_combined(target))
+    # The distinct spellings are trimmed, not every cell: " a" and "a" are two entries
+    # of the dictionary with one canonical label (0.6 of 1.7 ms a 110k-row block).
+    encoded = pc.dictionary_encode(_combined(columns.column(len(layout.features))))
     spellings = encoded.dictionary.to_pylist()
-    canonical = arrow_strings([canonical_label(text) for text in spellings])
+    canonical = arrow_strings([canonical_label(text.strip(WHITESPACE)) for text in spellings])
     label_index = _numpy(encoded.indices)
     missing_label = np.array([not label for label in canonical.to_pylist()], dtype=bool)
     cells = feature_cells(columns, len(layout.features))
@@ -290,6 +291,8 @@ def _combined(values: pa.ChunkedArray) -> pa.Array:
 
 
 def _counts(codes: np.ndarray[Any, np.dtype[np.int8]]) -> dict[str, int]:
+    if not codes.any():  # the common block: every row kept
+        return {}
     tally = np.bincount(codes, minlength=_MISSING_TARGET_CODE + 1)
     reasons = (None, *CELL_REASONS, ROW_MISSING_TARGET)
     return {
