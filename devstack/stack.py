@@ -7,6 +7,7 @@ endpoints, config path) and one log per service under ``logs/``.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import time
@@ -25,6 +26,7 @@ from devstack.errors import (
     PUBSUB_EMULATOR_INSTALL,
     DevstackError,
     EmulatorMissingError,
+    PortBusyError,
     StackStateError,
 )
 from devstack.processes import (
@@ -199,14 +201,33 @@ def check_prerequisites(config: StackConfig) -> None:
             )
 
 
+# Where the stack's ports are chosen: below the kernel's ephemeral range (Linux's
+# default 32768-60999, macOS's 49152-65535), so that no outgoing connection of any
+# process is ever given one of them. A port chosen by the kernel (bind to 0) comes
+# from that range, and while ``restart`` had a service down, a client's connection
+# could take its port and keep the service from coming back on it.
+SERVICE_PORTS = range(20_000, 32_768)
+
+
 def allocate_ports(names: tuple[str, ...]) -> dict[str, int]:
-    """Distinct free loopback ports; every probe stays bound until all are chosen."""
+    """Distinct free loopback ports from SERVICE_PORTS, in random order; every probe
+    stays bound until all are chosen."""
+    candidates = random.sample(SERVICE_PORTS, len(SERVICE_PORTS))
     with ExitStack() as stack:
-        ports = {}
+        ports: dict[str, int] = {}
         for name in names:
-            probe = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            probe.bind((stack_plan.LOOPBACK, 0))
-            ports[name] = probe.getsockname()[1]
+            while name not in ports:
+                if not candidates:
+                    raise PortBusyError(f"no free loopback port in {SERVICE_PORTS}")
+                port = candidates.pop()
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    probe.bind((stack_plan.LOOPBACK, port))
+                except OSError:
+                    probe.close()
+                    continue
+                stack.enter_context(probe)
+                ports[name] = port
         return ports
 
 

@@ -25,7 +25,7 @@ from devstack.processes import (
     stop_groups,
     wait_until_healthy,
 )
-from devstack.stack import allocate_ports
+from devstack.stack import SERVICE_PORTS, allocate_ports
 from tests.integration.harness import PORT_TAKEN_ADVICE, wait_for
 
 
@@ -192,3 +192,33 @@ def test_groups_are_stopped_side_by_side_and_one_that_ignores_sigterm_is_killed(
         for service in services:
             if group_alive(service.pid):
                 stop_group(service)
+
+
+def test_allocated_ports_are_distinct_free_and_below_the_ephemeral_range() -> None:
+    ports = allocate_ports(("a", "b", "c", "d"))
+    assert len(set(ports.values())) == 4
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")  # Linux; macOS: 49152
+    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 49152
+    for port in ports.values():
+        assert port in SERVICE_PORTS and port < low  # no outgoing connection gets it
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((LOOPBACK, port))  # released by allocate_ports, free to take
+
+
+def test_a_taken_candidate_port_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        for port in SERVICE_PORTS:
+            try:
+                taken.bind((LOOPBACK, port))
+                break
+            except OSError:
+                continue
+        taken.listen()
+        busy = taken.getsockname()[1]
+        # Candidates are popped from the end: the taken port comes first.
+        monkeypatch.setattr(
+            "devstack.stack.random.sample",
+            lambda population, k: [*[port for port in population if port != busy][:5], busy],
+        )
+        ports = allocate_ports(("only",))
+        assert ports["only"] != busy and ports["only"] in SERVICE_PORTS
