@@ -360,7 +360,7 @@ def restart_service(state_dir: Path, name: str, progress: Progress) -> RunningSe
     old = state.service(name)
     if group_alive(old.pid):
         stop_group(old)
-    new = start_service(old.plan, old.log.parent)
+    new = start_again(old)
     state.services[state.services.index(old)] = new
     _write_state(state_dir, state)
     wait_until_healthy([new], timeout=HEALTH_TIMEOUT_SECONDS, hints=_HINTS)
@@ -372,6 +372,23 @@ def restart_service(state_dir: Path, name: str, progress: Progress) -> RunningSe
         progress(f"created bucket {state.bucket} again (empty)")
     progress(f"restarted {name} on {new.url} (process group {new.pid})")
     return new
+
+
+# How long a restarted service waits for its port: the stopped process's sockets close
+# as the kernel reaps it, a moment after its group is gone.
+PORT_RELEASE_SECONDS = 5.0
+
+
+def start_again(old: RunningService) -> RunningService:
+    """The stopped service again, on the port its clients know."""
+    deadline = time.monotonic() + PORT_RELEASE_SECONDS
+    while True:
+        try:
+            return start_service(old.plan, old.log.parent)
+        except PortBusyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _running_plan(state: StackState, state_dir: Path) -> stack_plan.StackPlan:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from functools import partial
@@ -16,6 +17,7 @@ from devstack.errors import PortBusyError, ServiceDiedError
 from devstack.plan import LOOPBACK, ServicePlan
 from devstack.processes import (
     GroupUsage,
+    RunningService,
     group_alive,
     group_members,
     group_usage,
@@ -25,7 +27,7 @@ from devstack.processes import (
     stop_groups,
     wait_until_healthy,
 )
-from devstack.stack import SERVICE_PORTS, allocate_ports
+from devstack.stack import SERVICE_PORTS, allocate_ports, start_again
 from tests.integration.harness import PORT_TAKEN_ADVICE, wait_for
 
 
@@ -222,3 +224,20 @@ def test_a_taken_candidate_port_is_skipped(monkeypatch: pytest.MonkeyPatch) -> N
         )
         ports = allocate_ports(("only",))
         assert ports["only"] != busy and ports["only"] in SERVICE_PORTS
+
+
+def test_a_restarted_service_waits_for_its_port_to_be_released(tmp_path: Path) -> None:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind((LOOPBACK, allocate_ports(("held",))["held"]))
+    holder.listen()
+    port = holder.getsockname()[1]
+    releaser = threading.Timer(0.5, holder.close)  # the stopped process, exiting late
+    releaser.start()
+    stopped = RunningService(python_service("pass", port), 0, tmp_path / "probe.log")
+    started = start_again(stopped)
+    try:
+        assert started.port == port
+        assert started.pid != 0
+    finally:
+        releaser.join()
+        stop_group(started)
