@@ -206,7 +206,7 @@ def check_prerequisites(config: StackConfig) -> None:
 # process is ever given one of them. A port chosen by the kernel (bind to 0) comes
 # from that range, and while ``restart`` had a service down, a client's connection
 # could take its port and keep the service from coming back on it.
-SERVICE_PORTS = range(20_000, 32_768)
+SERVICE_PORTS = range(10_000, 32_768)
 
 
 def allocate_ports(names: tuple[str, ...]) -> dict[str, int]:
