@@ -107,7 +107,7 @@ class Deduplicator:
         window = len(self._spilled_starts)
         sizes = []
         for part in range(SPILL_RANGES):
-            # One range at a time: memory holds the window and one range's records, plus
+            # One range at a time: memory holds the window and one range's columns, plus
             # the bytes of at most SPILL_WRITES_IN_FLIGHT writes.
             rows = np.flatnonzero(parts == part)
             columns = b"".join(

@@ -235,8 +235,7 @@ class _CompositeWriter(io.RawIOBase):
         if self._buffer.tell() >= PART_BYTES:
             # A part is PART_BYTES and the rest of the write that reached it: parts of
             # a composite object need not be of one size.
-            self._make_room()
-            self._upload_part(self._cut())
+            self._upload_buffer()
         return size
 
     def _cut(self) -> bytes:
@@ -247,10 +246,12 @@ class _CompositeWriter(io.RawIOBase):
         self._buffer = io.BytesIO()
         return part
 
-    def _make_room(self) -> None:
-        """Waits until fewer than PARTS_IN_FLIGHT parts are uploading."""
+    def _upload_buffer(self) -> None:
+        """The buffer as the next part, cut only once fewer than PARTS_IN_FLIGHT parts
+        are uploading (memory holds those and the buffer, never one more part)."""
         while len(self._pending) >= PARTS_IN_FLIGHT:
             self._parts.append(self._pending.pop(0).result())
+        self._upload_part(self._cut())
 
     def _upload_part(self, data: bytes) -> None:
         blob = self._bucket.blob(f"{self._part_prefix}{len(self._parts) + len(self._pending):05d}")
@@ -267,8 +268,7 @@ class _CompositeWriter(io.RawIOBase):
             blob.upload_from_string(self._cut(), content_type=self._content_type)
             return
         if self._buffer.tell():
-            self._make_room()
-            self._upload_part(self._cut())
+            self._upload_buffer()
         self._parts.extend(future.result() for future in self._pending)
         self._pending.clear()
         sources = list(self._parts)
