@@ -9,9 +9,8 @@ local disk too (``bench.directory_storage``), the peer's very I/O. Every measure
 fresh child process whose peak RSS is read from the kernel; an idle child (same
 imports as ours, no work) gives the baseline. Variants interleave (ours, pandas, ours,
 pandas, ...) so that a neighbour's load on the machine hits both alike. A third child
-times the emulator alone (the same download and a Parquet-sized upload): fake-gcs-
-server's resumable uploads slow down as an object grows, so at large sizes that share
-dominates; ``emulator_io.share_of_ours`` is that time over ours (both overlap our
+times the emulator alone (the same download, and uploads of as many bytes in as many
+parts as our Parquet); ``emulator_io.share_of_ours`` is that time over ours (both overlap our
 cleaning, so ours can be no faster than the emulator), and its download and upload
 rates are the emulator's own throughput in the same run. Files of distinct rows spill
 every 1M digests (``deduplication``), so from 10M rows the spilled digests (20 bytes a
@@ -46,7 +45,7 @@ from typing import Any
 from devstack.plan import LOOPBACK, REPO_ROOT, ServicePlan, fake_gcs_binary
 from devstack.processes import start_service, stop_group, wait_until_healthy
 from devstack.stack import allocate_ports
-from pipeline_core.contract import STREAMING_MALLOC_ARENAS, Env
+from pipeline_core.contract import STREAMING_MALLOC_ARENAS, Env, part_objects
 
 BUCKET = "bench-data"
 PROJECT = "bench-project"
@@ -120,11 +119,15 @@ def _child_ours(generation: int, object_name: str) -> dict[str, Any]:
     started = time.perf_counter()
     result = process(storage, ObjectRef(BUCKET, object_name, generation), DatasetSchema())
     seconds = time.perf_counter() - started
-    parquet = storage.stat(result.stats["processed_object"])
+    parts = [
+        storage.stat(name)
+        for name in part_objects(result.stats["processed_data"], result.stats["processed_parts"])
+    ]
     return {
         "seconds": seconds,
         "rows_out": result.stats["rows_out"],
-        "parquet_bytes": parquet.size if parquet else 0,
+        "parquet_bytes": sum(part.size for part in parts if part),
+        "parquet_parts": len(parts),
     }
 
 
@@ -150,9 +153,11 @@ def _child_ours_disk(csv_path: str) -> dict[str, Any]:
     return {"seconds": seconds, "rows_out": result.stats["rows_out"]}
 
 
-def _child_emulator_io(generation: int, object_name: str, parquet_bytes: int) -> dict[str, Any]:
+def _child_emulator_io(
+    generation: int, object_name: str, parquet_bytes: int, parts: int
+) -> dict[str, Any]:
     """What ours spends in the emulator alone: the same download, and an upload of as
-    many bytes as our Parquet, through the same client and chunk sizes."""
+    many bytes as our Parquet in as many parts, through the same client and sizes."""
     from pipeline_core.storage import GcsStorage
 
     storage = GcsStorage(BUCKET, PROJECT)
@@ -162,11 +167,11 @@ def _child_emulator_io(generation: int, object_name: str, parquet_bytes: int) ->
         while source.read(4 * 2**20):
             pass
     read_seconds = time.perf_counter() - started
-    block = bytes(4 * 2**20)
-    with storage.open_write("bench/io", content_type="application/octet-stream") as sink:
-        for start in range(0, parquet_bytes, len(block)):
-            sink.write(block[: parquet_bytes - start])
-    storage.delete("bench/io")
+    part = bytes(-(-parquet_bytes // max(parts, 1)))
+    for number in range(parts):
+        storage.write(f"bench/io-{number}", part, content_type="application/octet-stream")
+    for number in range(parts):
+        storage.delete(f"bench/io-{number}")
     return {
         "seconds": time.perf_counter() - started,
         "read_seconds": read_seconds,
@@ -196,7 +201,9 @@ def _child(variant: str, arguments: list[str]) -> None:
     elif variant == "ours_disk":
         report = _child_ours_disk(arguments[0])
     elif variant == "emulator_io":
-        report = _child_emulator_io(int(arguments[0]), arguments[1], int(arguments[2]))
+        report = _child_emulator_io(
+            int(arguments[0]), arguments[1], int(arguments[2]), int(arguments[3])
+        )
     else:  # idle: the imports of ours, no work
         import pipeline_core.processing
         import pipeline_core.storage  # noqa: F401
@@ -280,7 +287,12 @@ def _measure_size(
             peer.append(_measure(server_url, "pandas", str(path)))
     _progress(f"{rows} rows: the emulator's share (download + Parquet-sized upload)")
     emulator = _measure(
-        server_url, "emulator_io", str(blob.generation), blob.name, str(ours[0]["parquet_bytes"])
+        server_url,
+        "emulator_io",
+        str(blob.generation),
+        blob.name,
+        str(ours[0]["parquet_bytes"]),
+        str(ours[0]["parquet_parts"]),
     )
     blob.delete()
     path.unlink()

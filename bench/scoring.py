@@ -113,7 +113,7 @@ def _train_champion(client: Any, scratch: Path) -> str:
     processed = process(storage, source, DatasetSchema()).to_json()
     settings = TrainingSettings(project=PROJECT, data_bucket=BUCKET)  # random_forest, 100 trees
     decision = train_smoke_and_promote(
-        storage, TrainingRequest(source, processed["processed_object"]), settings
+        storage, TrainingRequest.of_processed(source, processed), settings
     )
     if not decision["promoted"]:
         raise RuntimeError(f"the champion was not promoted: {decision['reason']}")

@@ -325,7 +325,7 @@ def build_champion(plan: StackPlan, storage: GcsStorage, scratch: Path, client: 
         chunk_rows=processing.chunk_rows,
         lease_seconds=processing.timeout_seconds,
     ).to_json()
-    request = TrainingRequest(source, processed["processed_object"])
+    request = TrainingRequest.of_processed(source, processed)
     decision = train_smoke_and_promote(storage, request, training)
     version = decision["model_version"]
     if not decision["promoted"]:

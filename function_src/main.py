@@ -285,7 +285,7 @@ def _process_request(request: flask.Request) -> flask.Response:
 @functions_framework.http
 @_http_handler
 def train_model(request: flask.Request) -> flask.Response:
-    """POST / {bucket, object, generation, processed_object} -> a candidate version;
+    """POST / {bucket, object, generation, processed_data, processed_parts} -> a candidate;
     POST /promote {bucket, object, generation, model_version} -> the promotion decision."""
     return _dispatch(
         request, {"/": ("POST", _train_request), "/promote": ("POST", _promote_request)}

@@ -58,7 +58,7 @@ def process_upload(
             publisher, events_topic(settings), failure_summary(ref, PROCESS_STAGE, error)
         )
         return
-    request = TrainingRequest(ref, result.to_json()["processed_object"])
+    request = TrainingRequest.of_processed(ref, result.to_json())
     publisher.publish(
         topic_path(settings.project, settings.model_training_topic),
         request.to_json(),

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline_core import csv_source
 from pipeline_core import logging as log
@@ -67,6 +67,7 @@ class CleaningRun:
     feature_columns: tuple[str, ...]  # empty: every column but the target
     min_rows: int
     row_group_rows: int
+    part_rows: int
     block_bytes: int
     progress_seconds: float
     rows_in: int = 0
@@ -78,17 +79,20 @@ class CleaningRun:
     feature_stats: FeatureStats = field(default_factory=lambda: FeatureStats.empty(0))
 
     def run(
-        self, source: IO[bytes], sink: IO[bytes], ref: ObjectRef, deduplicator: Deduplicator
+        self,
+        source: IO[bytes],
+        store_part: Callable[[bytes], None],
+        ref: ObjectRef,
+        deduplicator: Deduplicator,
     ) -> None:
+        """Cleans the upload ``source`` reads; the kept rows go, as Parquet parts, to
+        ``store_part``."""
         cells, blocks = csv_source.header(
             csv_source.blocks(csv_source.decoded(source), self.block_bytes)
         )
         columns = layout(cells, self.target_column, self.feature_columns)
         self.features = columns.features
         self.feature_stats = FeatureStats.empty(len(self.features))
-        arrow_schema = pa.schema(
-            [(name, pa.float64()) for name in self.features] + [(self.target_column, pa.string())]
-        )
         progress = Progress(ref, self.progress_seconds)
 
         def prepare(block: csv_source.Block) -> PreparedBlock:
@@ -105,7 +109,7 @@ class CleaningRun:
                 row_digests(cleaned.features, cleaned.label_keys),
             )
 
-        with ParquetOutput(sink, arrow_schema, self.row_group_rows) as output:
+        with self._output(store_part) as output:
             for block, prepared in csv_source.prepared_ahead(blocks, prepare):
                 self._count(block, prepared, columns)
                 self._keep_new(prepared, deduplicator, output)
@@ -166,16 +170,28 @@ class CleaningRun:
         elif kept:
             self._keep(cleaned.features[:, new], cleaned.labels.filter(arrow_mask(new)), output)
 
-    def rerun(self, written: pq.ParquetFile, sink: IO[bytes], drop: np.ndarray[Any, Any]) -> None:
-        """The rows ``written`` (in kept order) but those numbered ``drop`` (ascending,
-        repeats of earlier rows) to ``sink``, with the counts and statistics redone."""
+    def _output(self, store_part: Callable[[bytes], None]) -> ParquetOutput:
+        arrow_schema = pa.schema(
+            [(name, pa.float64()) for name in self.features] + [(self.target_column, pa.string())]
+        )
+        return ParquetOutput(store_part, arrow_schema, self.row_group_rows, self.part_rows)
+
+    def rerun(
+        self,
+        written: Iterable[pa.RecordBatch],
+        store_part: Callable[[bytes], None],
+        drop: np.ndarray[Any, Any],
+    ) -> None:
+        """The rows ``written`` (the batches of ``run``'s parts, in kept order) but
+        those numbered ``drop`` (ascending, repeats of earlier rows) to ``store_part``,
+        with the counts and statistics redone."""
         self.rejections[ROW_DUPLICATE] += len(drop)
         self.rows_out = 0
         self.class_counts = Counter()
         self.feature_stats = FeatureStats.empty(len(self.features))
         first = 0  # the number of the batch's first row
-        with ParquetOutput(sink, written.schema_arrow, self.row_group_rows) as output:
-            for batch in written.iter_batches(batch_size=self.row_group_rows):
+        with self._output(store_part) as output:
+            for batch in written:
                 keep = np.ones(batch.num_rows, dtype=bool)
                 start, end = np.searchsorted(drop, [first, first + batch.num_rows])
                 keep[drop[start:end] - first] = False

@@ -53,14 +53,31 @@ def _per_upload(prefix: str, upload: StoredVersion) -> str:
     return f"{prefix}{upload.name}/{upload.generation}"
 
 
-# process_data: everything made of one upload generation sits in one folder.
-def processed_object(upload: StoredVersion) -> str:
-    return f"{_per_upload(PROCESSED_PREFIX, upload)}/data.parquet"
+# process_data: everything made of one upload generation sits in one folder. The
+# cleaned rows are a Parquet dataset: parts named by their number under a prefix, each
+# one object written in one request, so no part waits for the rest of the upload (and
+# no compose re-reads them). Readers get the prefix and the number of parts, never a
+# listing: the grants are prefix-scoped, and listing a bucket is a bucket-wide grant.
+def processed_data(upload: StoredVersion) -> str:
+    return f"{_per_upload(PROCESSED_PREFIX, upload)}/data/"
 
 
-def deduplicated_object(upload: StoredVersion) -> str:
-    """The cleaned rows when ``processed_object`` still held far-apart repeats."""
-    return f"{_per_upload(PROCESSED_PREFIX, upload)}/deduplicated.parquet"
+def deduplicated_data(upload: StoredVersion) -> str:
+    """The cleaned rows when ``processed_data`` still held far-apart repeats."""
+    return f"{_per_upload(PROCESSED_PREFIX, upload)}/deduplicated/"
+
+
+def part_object(dataset: str, number: int) -> str:
+    """Part ``number`` (from 0) of the Parquet dataset under the prefix ``dataset``."""
+    return f"{dataset}part-{number:05d}.parquet"
+
+
+# A part number has five digits: at the default 250,000 rows a part, 25 billion rows.
+MAX_PARTS = 99_999
+
+
+def part_objects(dataset: str, parts: int) -> list[str]:
+    return [part_object(dataset, number) for number in range(parts)]
 
 
 def digest_spill_prefix(upload: StoredVersion) -> str:
@@ -202,6 +219,10 @@ DEFAULT_MIN_ROWS = 20
 MIN_ROWS_BOUNDS = Bounds(2, 10_000_000)
 # Rows per Parquet row group of the processed data (processing's write unit).
 DEFAULT_CHUNK_ROWS = 50_000
+# Rows per part of the processed data, in whole row groups: about 7 MB of Parquet for
+# four features, so a part is uploaded while the next ones are cleaned and memory holds
+# two parts at most. A 1 GB upload makes about 110 parts.
+DEFAULT_PART_ROWS = 250_000
 DEFAULT_MODEL_TYPE: ModelType = "random_forest"
 DEFAULT_PROMOTION_METRIC: PromotionMetric = "f1_macro"
 DEFAULT_PROMOTION_MINIMUM = 0.7

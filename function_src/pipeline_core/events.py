@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline_core.contract import PROCESSED_PREFIX, RAW_PREFIX
+from pipeline_core.contract import MAX_PARTS, PROCESSED_PREFIX, RAW_PREFIX, part_objects
 from pipeline_core.errors import BadRequestError
 
 FINALIZE = "OBJECT_FINALIZE"
@@ -46,24 +46,48 @@ class ObjectRef:
 
 @dataclass(frozen=True)
 class TrainingRequest:
-    """What train_model works on: the upload and the data processing made of it."""
+    """What train_model works on: the upload and the data processing made of it (the
+    ``processed_parts`` Parquet parts under the prefix ``processed_data``)."""
 
     source: ObjectRef  # the raw upload the data came from
-    processed_object: str
+    processed_data: str
+    processed_parts: int
 
     @classmethod
     def from_json(cls, payload: Any) -> TrainingRequest:
         source = ObjectRef.from_request(payload)
-        processed = payload.get("processed_object")
-        if not isinstance(processed, str) or not processed.startswith(PROCESSED_PREFIX):
+        dataset = payload.get("processed_data")
+        if (
+            not isinstance(dataset, str)
+            or not dataset.startswith(PROCESSED_PREFIX)
+            or not dataset.endswith("/")
+        ):
             raise BadRequestError(
-                f"'processed_object' must name an object under {PROCESSED_PREFIX}, "
-                f"got {processed!r}"
+                f"'processed_data' must name a prefix under {PROCESSED_PREFIX} ending in "
+                f"'/', got {dataset!r}"
             )
-        return cls(source, processed)
+        parts = payload.get("processed_parts")
+        if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_PARTS:
+            raise BadRequestError(
+                f"'processed_parts' must be a whole number from 1 to {MAX_PARTS}, got {parts!r}"
+            )
+        return cls(source, dataset, parts)
 
-    def to_json(self) -> dict[str, str]:
-        return {**self.source.to_json(), "processed_object": self.processed_object}
+    @classmethod
+    def of_processed(cls, source: ObjectRef, processed: Mapping[str, Any]) -> TrainingRequest:
+        """The request for the data a processing result (its JSON) names."""
+        return cls(source, processed["processed_data"], processed["processed_parts"])
+
+    @property
+    def part_objects(self) -> list[str]:
+        return part_objects(self.processed_data, self.processed_parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.source.to_json(),
+            "processed_data": self.processed_data,
+            "processed_parts": self.processed_parts,
+        }
 
 
 @dataclass(frozen=True)

@@ -5,21 +5,23 @@ and the objects an upload's processing reads and writes. The work is in four lay
 below: ``csv_source`` turns the raw bytes into record-aligned blocks, the pure rules of
 ``cleaning`` clean each block's columns, ``cleaning_run`` runs them over the whole
 upload (duplicates across blocks, merged statistics, progress) and ``parquet_output``
-writes the kept rows row group by row group. Memory holds two blocks (the next one is
-prepared while this one is counted), a row group or two, a window of row digests
+writes the kept rows row group by row group into parts (``parquet_dataset`` stores
+them). Memory holds two blocks (the next one is prepared while this one is counted), a
+row group or two, two parts (one filling, one uploading), a window of row digests
 (exact duplicate detection, ``deduplication``: the rest is spilled to the bucket) and
-the running statistics, never the file. An upload with
-repeats further apart than the window is written once more without them
-(``deduplicated_object``).
+the running statistics, never the file. An upload with repeats further apart than the
+window is written once more without them (``deduplicated_data``). A run that fails
+deletes the parts it wrote.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from pipeline_core import logging as log
 from pipeline_core.cleaning import FileRejectedError
@@ -27,13 +29,14 @@ from pipeline_core.cleaning_run import PROGRESS_SECONDS, CleaningRun
 from pipeline_core.contract import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_MIN_ROWS,
+    DEFAULT_PART_ROWS,
     DEFAULT_TARGET_COLUMN,
     DEFAULT_TIMEOUT_SECONDS,
     RAW_PREFIX,
     LogEvent,
-    deduplicated_object,
+    deduplicated_data,
     digest_spill_prefix,
-    processed_object,
+    processed_data,
     processing_lease_object,
     rejection_object,
     stats_object,
@@ -44,7 +47,7 @@ from pipeline_core.digest_set import DEFAULT_CAPACITY
 from pipeline_core.errors import BadRequestError, DataRejectedError, PreconditionFailedError
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import Clock, once, utc_now
-from pipeline_core.parquet_output import PARQUET_CONTENT_TYPE
+from pipeline_core.parquet_dataset import DatasetWriter, StoredPart, open_part
 from pipeline_core.storage import Storage, read_json, write_json
 
 
@@ -62,7 +65,8 @@ class ProcessingResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "status": "processed",
-            "processed_object": self.stats["processed_object"],
+            "processed_data": self.stats["processed_data"],
+            "processed_parts": self.stats["processed_parts"],
             "stats_object": self.stats["stats_object"],
             "rows_in": self.stats["rows_in"],
             "rows_out": self.stats["rows_out"],
@@ -78,6 +82,7 @@ def process(
     schema: DatasetSchema,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    part_rows: int = DEFAULT_PART_ROWS,
     lease_seconds: int = DEFAULT_TIMEOUT_SECONDS,
     clock: Clock = utc_now,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -88,7 +93,8 @@ def process(
 
     Concurrent deliveries of one generation process it once: the first takes the lease,
     the others get ``LeaseHeldError`` (transient) and, redelivered, the outcome.
-    ``chunk_rows`` is the Parquet row-group size; ``block_bytes`` the CSV text parsed
+    ``chunk_rows`` is the Parquet row-group size and ``part_rows`` the rows of a part
+    (whole row groups); ``block_bytes`` the CSV text parsed
     and cleaned at a time; a progress line is logged every ``progress_seconds``;
     ``window_rows`` distinct rows are checked for repeats in memory, the rest spilled.
     """
@@ -111,6 +117,7 @@ def process(
                 schema.feature_columns,
                 schema.min_rows,
                 chunk_rows,
+                part_rows,
                 block_bytes,
                 progress_seconds,
             ),
@@ -123,26 +130,27 @@ def _clean(
     storage: Storage, ref: ObjectRef, cleaning_run: CleaningRun, deduplicator: Deduplicator
 ) -> ProcessingResult:
     start = log.started()
+    output = DatasetWriter(storage, processed_data(ref))
     try:
-        with (
-            storage.open_read(ref.name, ref.generation) as source,
-            storage.open_write(processed_object(ref), content_type=PARQUET_CONTENT_TYPE) as sink,
-        ):
-            cleaning_run.run(source, sink, ref, deduplicator)
-            far_duplicates = deduplicator.far_duplicates()
-            if not len(far_duplicates):
-                cleaning_run.check_result()
-        written = processed_object(ref)
+        with storage.open_read(ref.name, ref.generation) as source:
+            cleaning_run.run(source, output.store, ref, deduplicator)
+        far_duplicates = deduplicator.far_duplicates()
         if len(far_duplicates):
-            _write_without(storage, ref, cleaning_run, far_duplicates)
-            written = deduplicated_object(ref)
+            output = _write_without(storage, ref, cleaning_run, output, far_duplicates)
+        else:
+            cleaning_run.check_result()
     except FileRejectedError as rejection:
+        output.discard()
         raise _record_rejection(storage, ref, rejection, cleaning_run, start) from None
+    except BaseException:
+        output.discard()
+        raise
     finally:
         deduplicator.close()
     stats = {
         "source": ref.to_json(),
-        "processed_object": written,
+        "processed_data": output.dataset,
+        "processed_parts": len(output.written),
         "stats_object": stats_object(ref),
         **cleaning_run.outcome(),
     }
@@ -153,31 +161,43 @@ def _clean(
         generation=ref.generation,
         rows_in=stats["rows_in"],
         rows_out=stats["rows_out"],
+        parts=stats["processed_parts"],
         duration_ms=log.elapsed_ms(start),
     )
     return ProcessingResult(stats)
 
 
 def _write_without(
-    storage: Storage, ref: ObjectRef, cleaning_run: CleaningRun, rows: np.ndarray[Any, Any]
-) -> None:
+    storage: Storage,
+    ref: ObjectRef,
+    cleaning_run: CleaningRun,
+    first_pass: DatasetWriter,
+    rows: np.ndarray[Any, Any],
+) -> DatasetWriter:
     """The second pass of an upload whose repeats lay further apart than the window:
-    ``processed_object`` again without the kept rows numbered ``rows``, as
-    ``deduplicated_object``; the first pass's object is deleted either way."""
-    written = storage.stat(processed_object(ref))
-    assert written is not None  # the first pass has just written it
+    the first pass's parts again without the kept rows numbered ``rows``, as
+    ``deduplicated_data``; the first pass's parts are deleted either way."""
+    output = DatasetWriter(storage, deduplicated_data(ref))
     try:
-        with (
-            storage.open_read(processed_object(ref), written.generation) as source,
-            storage.open_write(deduplicated_object(ref), content_type=PARQUET_CONTENT_TYPE) as sink,
-        ):
-            # Row group by row group through a 4 MiB buffer: pre-buffering read far ahead
-            # (peak RSS 322 -> 251 MB on 3M rows with 2M far repeats).
-            first_pass = pq.ParquetFile(source, pre_buffer=False, buffer_size=4 * 2**20)
-            cleaning_run.rerun(first_pass, sink, rows)
-            cleaning_run.check_result()
+        cleaning_run.rerun(
+            _batches(storage, first_pass.written, cleaning_run.row_group_rows), output.store, rows
+        )
+        cleaning_run.check_result()
+    except BaseException:
+        output.discard()
+        raise
     finally:
-        storage.delete(processed_object(ref))
+        first_pass.delete()
+    return output
+
+
+def _batches(
+    storage: Storage, parts: list[StoredPart], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``parts`` in order, a batch at a time, one part open at a time."""
+    for part in parts:
+        with open_part(storage, part) as parquet:
+            yield from parquet.iter_batches(batch_size=batch_rows)
 
 
 def _write_once(storage: Storage, name: str, document: dict[str, Any]) -> None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import io
 import math
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import joblib
 import numpy as np
@@ -48,6 +49,7 @@ from pipeline_core.events import ObjectRef, PromotionRequest, TrainingRequest
 from pipeline_core.leases import Clock, once, utc_now
 from pipeline_core.machine import available_cpus
 from pipeline_core.onnx_model import RUNTIME_VERSION
+from pipeline_core.parquet_dataset import StoredPart, open_part
 from pipeline_core.registry import ModelRegistry, new_version
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.storage import Storage, read_json, write_json
@@ -157,7 +159,7 @@ def _train_and_record(
     clock: Clock,
 ) -> dict[str, Any]:
     start = log.started()
-    data = _load(storage, request.processed_object, settings)
+    data = _load(storage, request, settings)
     train_x, test_x, train_y, test_y = _split(data.features, data.labels)
     estimator = build_estimator(settings.model_type, settings.hyperparameters)
     try:
@@ -198,7 +200,8 @@ def _train_and_record(
             "sampling": data.sampling,
             "lineage": {
                 "source": request.source.to_json(),
-                "processed_object": request.processed_object,
+                "processed_data": request.processed_data,
+                "processed_parts": request.processed_parts,
                 "rows": {
                     "available": data.rows_available,
                     "total": len(data.labels),
@@ -349,37 +352,37 @@ class TrainingData:
     sampling: dict[str, Any]
 
 
-def _load(storage: Storage, processed: str, settings: TrainingSettings) -> TrainingData:
+def _load(storage: Storage, request: TrainingRequest, settings: TrainingSettings) -> TrainingData:
     """Column by column: the labels of every row first, then the features of only the
-    rows sampled, one row group at a time, so memory follows ``max_training_rows``."""
-    info = storage.stat(processed)
-    if info is None:
-        raise TrainingFailedError(f"{processed} does not exist; process the upload first")
-    try:
-        with storage.open_read(processed, info.generation) as source:
-            try:
-                return _read_sampled(source, processed, settings)
-            except pa.ArrowInvalid as error:
-                raise TrainingFailedError(f"{processed} is not readable Parquet: {error}") from None
-    except ObjectNotFoundError:
-        # A late processing attempt (its lease expired while it ran) rewrote the file
-        # between our stat and our read: the data is there, at a newer generation.
-        raise TransientError(
-            f"{processed} was replaced while training read generation {info.generation}; "
-            "retry to read the current one"
-        ) from None
-
-
-def _read_sampled(source: IO[bytes], processed: str, settings: TrainingSettings) -> TrainingData:
-    parquet = pq.ParquetFile(source)
+    rows sampled, one row group at a time, part after part, so memory follows
+    ``max_training_rows``. Every part is read at the generation first seen."""
+    parts = []
+    for name in request.part_objects:
+        info = storage.stat(name)
+        if info is None:
+            raise TrainingFailedError(f"{name} does not exist; process the upload first")
+        parts.append(StoredPart(name, info.generation))
     target = settings.target_column
-    column_names = parquet.schema_arrow.names
-    if target not in column_names:
-        raise TrainingFailedError(f"{processed} has no target column {target!r}")
+    column_names: list[str] = []
+    labels: list[pa.ChunkedArray] = []
+    row_group_sizes: list[list[int]] = []  # per part
+    for part in parts:
+        with _reading(storage, part) as parquet:
+            names = parquet.schema_arrow.names
+            if not column_names:
+                _check_columns(part.name, names, target)
+                column_names = names
+            elif names != column_names:
+                raise TrainingFailedError(
+                    f"{part.name} has the columns {names}, {parts[0].name} {column_names}"
+                )
+            labels.append(parquet.read(columns=[target]).column(target).cast(pa.string()))
+            metadata = parquet.metadata
+            row_group_sizes.append(
+                [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+            )
     feature_names = [name for name in column_names if name != target]
-    if not feature_names:
-        raise TrainingFailedError(f"{processed} has no feature columns")
-    classes, codes = _label_codes(parquet, target)
+    classes, codes = _label_codes(labels)
     chosen = stratified_sample(codes, settings.max_training_rows)
     sampling: dict[str, Any] = {
         "method": "all" if chosen is None else "stratified",
@@ -390,30 +393,60 @@ def _read_sampled(source: IO[bytes], processed: str, settings: TrainingSettings)
     }
     blocks = []
     start = 0
-    for group in range(parquet.num_row_groups):
-        size = parquet.metadata.row_group(group).num_rows
-        local = None if chosen is None else chosen[(chosen >= start) & (chosen < start + size)]
-        if local is None or len(local):
-            table = parquet.read_row_group(group, columns=feature_names)
-            block = np.column_stack(
-                [table.column(name).to_numpy().astype(np.float64) for name in feature_names]
-            )
-            blocks.append(block if local is None else block[local - start])
-        start += size
+    for part, sizes in zip(parts, row_group_sizes, strict=True):
+        end = start + sum(sizes)
+        if chosen is not None and not np.any((chosen >= start) & (chosen < end)):
+            start = end  # no row of this part was sampled
+            continue
+        with _reading(storage, part) as parquet:
+            for group, size in enumerate(sizes):
+                local = (
+                    None if chosen is None else chosen[(chosen >= start) & (chosen < start + size)]
+                )
+                if local is None or len(local):
+                    table = parquet.read_row_group(group, columns=feature_names)
+                    block = np.column_stack(
+                        [table.column(name).to_numpy().astype(np.float64) for name in feature_names]
+                    )
+                    blocks.append(block if local is None else block[local - start])
+                start += size
     features = (
         np.concatenate(blocks) if blocks else np.empty((0, len(feature_names)), dtype=np.float64)
     )
     selected = codes if chosen is None else codes[chosen]
-    labels = classes[selected] if len(classes) else np.empty(0, dtype=object)
-    return TrainingData(features, labels, feature_names, len(codes), sampling)
+    labels_used = classes[selected] if len(classes) else np.empty(0, dtype=object)
+    return TrainingData(features, labels_used, feature_names, len(codes), sampling)
+
+
+def _check_columns(name: str, column_names: list[str], target: str) -> None:
+    if target not in column_names:
+        raise TrainingFailedError(f"{name} has no target column {target!r}")
+    if len(column_names) < 2:
+        raise TrainingFailedError(f"{name} has no feature columns")
+
+
+@contextmanager
+def _reading(storage: Storage, part: StoredPart) -> Iterator[pq.ParquetFile]:
+    try:
+        with open_part(storage, part) as parquet:
+            yield parquet
+    except pa.ArrowInvalid as error:
+        raise TrainingFailedError(f"{part.name} is not readable Parquet: {error}") from None
+    except ObjectNotFoundError:
+        # A late processing attempt (its lease expired while it ran) rewrote the part
+        # between our stat and our read: the data is there, at a newer generation.
+        raise TransientError(
+            f"{part.name} was replaced while training read generation {part.generation}; "
+            "retry to read the current one"
+        ) from None
 
 
 def _label_codes(
-    parquet: pq.ParquetFile, target: str
+    labels: list[pa.ChunkedArray],
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """The distinct labels (as text) and, per row, the index of its label."""
-    column = parquet.read(columns=[target]).column(target)
-    encoded = column.cast(pa.string()).combine_chunks().dictionary_encode()
+    column = pa.chunked_array([chunk for part in labels for chunk in part.chunks], pa.string())
+    encoded = column.combine_chunks().dictionary_encode()
     classes = np.asarray([str(label) for label in encoded.dictionary.to_pylist()], dtype=object)
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
     return classes, codes

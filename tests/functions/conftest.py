@@ -7,15 +7,18 @@ import copy
 import io
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from functions_framework import create_app
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 
 from pipeline_core import logging as log
+from pipeline_core.contract import part_objects
 from pipeline_core.events import ObjectRef, TrainingRequest
 from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.storage import Storage
@@ -109,7 +112,15 @@ def processed_request(storage: InMemoryStorage, name: str, data: bytes) -> Train
     """Upload ``data`` as ``name`` and process it: the request that trains from it."""
     ref = upload(storage, name, data)
     result = process(storage, ref, DatasetSchema())
-    return TrainingRequest(ref, result.to_json()["processed_object"])
+    return TrainingRequest.of_processed(ref, result.to_json())
+
+
+def read_processed(storage: Storage, processed: Mapping[str, Any]) -> pa.Table:
+    """The rows a processing result (its JSON or stats.json) names, parts in order."""
+    names = part_objects(processed["processed_data"], processed["processed_parts"])
+    return pa.concat_tables(
+        pq.read_table(pa.BufferReader(storage.read(name).data)) for name in names
+    )
 
 
 def load_event(name: str) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class Work:
 
 
 PROCESSED = ProcessingResult(
-    {"processed_object": "processed/raw/iris.csv/7/data.parquet"}
+    {"processed_data": "processed/raw/iris.csv/7/data/", "processed_parts": 2}
     | {
         key: None
         for key in (
@@ -97,7 +97,8 @@ def test_a_processed_upload_is_handed_on_to_training() -> None:
                 "bucket": "b",
                 "object": "raw/iris.csv",
                 "generation": "7",
-                "processed_object": "processed/raw/iris.csv/7/data.parquet",
+                "processed_data": "processed/raw/iris.csv/7/data/",
+                "processed_parts": 2,
             },
             {"object": "raw/iris.csv", "generation": "7"},
         )
@@ -172,7 +173,7 @@ def test_a_transient_error_propagates_for_a_retry_and_publishes_nothing(stage: s
         if stage == "process":
             choreography.process_upload(finalized(RAW), PROCESSING_SETTINGS, work, publisher)
         elif stage == "train":
-            request = TrainingRequest(RAW, "processed/raw/iris.csv/7/data.parquet")
+            request = TrainingRequest(RAW, "processed/raw/iris.csv/7/data/", 2)
             choreography.train_and_announce(request, TRAINING_SETTINGS, work, publisher)
         else:
             choreography.score_upload(finalized(SCORING_UPLOAD), SCORING_SETTINGS, work, publisher)
@@ -181,7 +182,7 @@ def test_a_transient_error_propagates_for_a_retry_and_publishes_nothing(stage: s
 
 def test_a_promotion_is_announced_then_summarised() -> None:
     publisher = InMemoryPublisher()
-    request = TrainingRequest(RAW, "processed/raw/iris.csv/7/data.parquet")
+    request = TrainingRequest(RAW, "processed/raw/iris.csv/7/data/", 2)
     choreography.train_and_announce(request, TRAINING_SETTINGS, Work(TRAINED), publisher)
     announcement, summary = publisher.messages
     assert announcement == (SERVING, {"model_version": "v2"}, {"model_version": "v2"})
@@ -205,7 +206,7 @@ def test_a_promotion_is_announced_then_summarised() -> None:
 
 def test_a_candidate_that_is_not_promoted_is_only_summarised() -> None:
     publisher = InMemoryPublisher()
-    request = TrainingRequest(RAW, "processed/raw/iris.csv/7/data.parquet")
+    request = TrainingRequest(RAW, "processed/raw/iris.csv/7/data/", 2)
     kept = TRAINED | {"promoted": False, "champion_version": "v1", "reason": "v1 is better"}
     choreography.train_and_announce(request, TRAINING_SETTINGS, Work(kept), publisher)
     (summary,) = publisher.messages
@@ -215,7 +216,7 @@ def test_a_candidate_that_is_not_promoted_is_only_summarised() -> None:
 
 def test_a_training_failure_is_summarised_as_failed(captured_logs: io.StringIO) -> None:
     publisher = InMemoryPublisher()
-    request = TrainingRequest(RAW, "processed/raw/iris.csv/7/data.parquet")
+    request = TrainingRequest(RAW, "processed/raw/iris.csv/7/data/", 2)
     failure = PermanentError("the data holds 1 class")
     choreography.train_and_announce(request, TRAINING_SETTINGS, Work(error=failure), publisher)
     (summary,) = publisher.messages

@@ -34,9 +34,7 @@ SETTINGS = TrainingSettings(project="p", data_bucket="test-bucket")
 
 def request_for(storage: InMemoryStorage, name: str, data: bytes) -> TrainingRequest:
     ref = upload(storage, name, data)
-    return TrainingRequest(
-        ref, process(storage, ref, DatasetSchema()).to_json()["processed_object"]
-    )
+    return TrainingRequest.of_processed(ref, process(storage, ref, DatasetSchema()).to_json())
 
 
 def settings_for(model_type: str) -> TrainingSettings:

@@ -16,7 +16,8 @@ from pipeline_core.contract import (
     CHAMPION_OBJECT,
     PromotionPolicy,
     lineage_object,
-    processed_object,
+    part_object,
+    processed_data,
     processing_lease_object,
     stats_object,
     training_lease_object,
@@ -53,7 +54,7 @@ def storage() -> InterleavedStorage:
 def request_for_iris(storage: InterleavedStorage) -> TrainingRequest:
     ref = upload(storage, "raw/iris.csv", IRIS)
     result = process(storage, ref, DatasetSchema())
-    return TrainingRequest(ref, result.to_json()["processed_object"])
+    return TrainingRequest.of_processed(ref, result.to_json())
 
 
 def manifests(storage: InterleavedStorage) -> list[str]:
@@ -67,7 +68,7 @@ def test_a_duplicate_arriving_while_training_is_told_to_retry(
         with pytest.raises(LeaseHeldError, match=r"has held .* since .*; retry later"):
             train(storage, request_for_iris, SETTINGS)
 
-    storage.before("read", request_for_iris.processed_object, duplicate)
+    storage.before("read", request_for_iris.part_objects[0], duplicate)
     first = train(storage, request_for_iris, SETTINGS)
 
     assert len(manifests(storage)) == 1
@@ -198,7 +199,7 @@ def test_a_processing_duplicate_claiming_after_the_first_finished_writes_nothing
     storage: InterleavedStorage,
 ) -> None:
     ref = upload_iris(storage)
-    outputs = (processed_object(ref), stats_object(ref))
+    outputs = (part_object(processed_data(ref), 0), stats_object(ref))
     results: list[ProcessingResult] = []
     generations: list[int | None] = []
 
@@ -228,9 +229,7 @@ WEAK = replace(SETTINGS, hyperparameters={"n_estimators": 1, "max_depth": 1}, pr
 
 def processed_upload(storage: InterleavedStorage, name: str) -> TrainingRequest:
     ref = upload(storage, name, IRIS)
-    return TrainingRequest(
-        ref, process(storage, ref, DatasetSchema()).to_json()["processed_object"]
-    )
+    return TrainingRequest.of_processed(ref, process(storage, ref, DatasetSchema()).to_json())
 
 
 def champion_pointer(storage: InterleavedStorage) -> dict[str, Any]:
@@ -355,7 +354,7 @@ def test_predict_reloading_while_a_rival_promotes_serves_the_pointer_it_read(
 def test_processed_data_rewritten_while_training_reads_it_is_a_transient_failure(
     storage: InterleavedStorage, request_for_iris: TrainingRequest
 ) -> None:
-    name = request_for_iris.processed_object
+    name = request_for_iris.part_objects[0]
     data = storage.read(name).data
     # A late processing attempt (its lease expired while it ran) writes the same file again.
     storage.before("read", name, lambda: storage.write(name, data, content_type="x"))

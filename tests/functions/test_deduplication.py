@@ -7,17 +7,15 @@ import json
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline_core.contract import deduplicated_object, processed_object, stats_object
+from pipeline_core.contract import deduplicated_data, part_object, processed_data, stats_object
 from pipeline_core.deduplication import SPILL_RANGES, Deduplicator
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
-from tests.functions.conftest import BUCKET, upload
+from tests.functions.conftest import BUCKET, read_processed, upload
 from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_digest_set import digest, digests
 
@@ -97,12 +95,16 @@ def test_repeats_further_apart_than_the_window_are_dropped_in_a_second_pass() ->
     result = process(
         storage, ref, DatasetSchema(min_rows=1), chunk_rows=16, block_bytes=64, window_rows=8
     ).to_json()
-    assert result["processed_object"] == deduplicated_object(ref)
+    assert result["processed_data"] == deduplicated_data(ref)
+    assert result["processed_parts"] == 1
     assert result["rows_out"] == 70
     assert result["rejections"] == {"duplicate": 130}
-    assert storage.names("processed/") == [deduplicated_object(ref), stats_object(ref)]
-    assert storage.stat(processed_object(ref)) is None
-    table = pq.read_table(pa.BufferReader(storage.read(deduplicated_object(ref)).data))
+    assert storage.names("processed/") == [
+        part_object(deduplicated_data(ref), 0),
+        stats_object(ref),
+    ]
+    assert storage.names(processed_data(ref)) == []
+    table = read_processed(storage, result)
     assert table.to_pydict()["a"] == [float(index % 7) for index in range(70)]
     stats = json.loads(storage.read(stats_object(ref)).data)
     assert stats["class_counts"] == {"x": 35, "y": 35}

@@ -40,12 +40,16 @@ def processed(function: Loader, storage: InMemoryStorage, data: bytes = IRIS) ->
     return {**ref.to_json(), **response.get_json()}
 
 
+# What train_model's POST / takes: the upload and its processed data.
+TRAINING_KEYS = ("bucket", "object", "generation", "processed_data", "processed_parts")
+
+
 def trained(function: Loader, storage: InMemoryStorage) -> dict[str, Any]:
     """The workflow's sequence over HTTP: train a candidate, smoke it pinned, promote it."""
     body = processed(function, storage)
     source = {key: body[key] for key in ("bucket", "object", "generation")}
     trainer = http(function, "train_model", storage)
-    response = trainer.post("/", json={**source, "processed_object": body["processed_object"]})
+    response = trainer.post("/", json={key: body[key] for key in TRAINING_KEYS})
     assert response.status_code == 200, response.get_json()
     candidate: dict[str, Any] = response.get_json()
     assert candidate["decided"] is False
@@ -68,13 +72,14 @@ def test_process_data_http(function: Loader, storage: InMemoryStorage) -> None:
     body = processed(function, storage)
     assert body["status"] == "processed"
     assert body["rows_out"] == 149
-    assert body["processed_object"] == f"processed/raw/iris.csv/{body['generation']}/data.parquet"
+    assert body["processed_data"] == f"processed/raw/iris.csv/{body['generation']}/data/"
+    assert body["processed_parts"] == 1
     client = http(function, "process_data", storage)
     again = client.post(
         "/",
         json={"bucket": body["bucket"], "object": body["object"], "generation": body["generation"]},
     )
-    assert again.get_json()["processed_object"] == body["processed_object"]
+    assert again.get_json() == {key: body[key] for key in again.get_json()}
 
 
 @pytest.mark.parametrize(
@@ -157,9 +162,9 @@ def test_train_model_permanent_errors(
         "/", json={"bucket": "test-bucket", "object": "raw/iris.csv", "generation": "1"}
     )
     assert missing.status_code == 400
-    assert "processed_object" in missing.get_json()["error"]["message"]
+    assert "processed_data" in missing.get_json()["error"]["message"]
     monkeypatch.setenv("MODEL_HYPERPARAMETERS", '{"depth": 3}')
-    request = {key: body[key] for key in ("bucket", "object", "generation", "processed_object")}
+    request = {key: body[key] for key in TRAINING_KEYS}
     bad = client.post("/", json=request)
     assert bad.status_code == 422
     assert "unknown hyperparameter 'depth'" in bad.get_json()["error"]["message"]
@@ -341,7 +346,7 @@ def test_train_model_during_a_live_attempt_is_a_503_to_retry(
     body = processed(function, storage)
     source = ObjectRef.from_request(body)
     acquire(storage, training_lease_object(source), seconds=540, clock=lambda: datetime.now(UTC))
-    request = {key: body[key] for key in ("bucket", "object", "generation", "processed_object")}
+    request = {key: body[key] for key in TRAINING_KEYS}
     response = http(function, "train_model", storage).post("/", json=request)
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "run_in_progress"
@@ -374,7 +379,8 @@ def test_events_mode_process_then_train(function: Loader, storage: InMemoryStora
     (training_message,) = publisher.to(
         "projects/test-project/topics/mlp-test-model-training-trigger"
     )
-    assert training_message["processed_object"].startswith("processed/raw/iris.csv/")
+    assert training_message["processed_data"].startswith("processed/raw/iris.csv/")
+    assert training_message["processed_parts"] == 1
 
     training = (
         function("train_model_event", "cloudevent").use(storage=storage, publisher=publisher).client

@@ -38,11 +38,11 @@ def functions() -> Iterator[dict[str, Function]]:
             patch.setenv(name, value)
         storage = InMemoryStorage(BUCKET)
         ref = upload(storage, "raw/iris.csv", IRIS)
-        processed = process(storage, ref, DatasetSchema()).to_json()["processed_object"]
+        processed = process(storage, ref, DatasetSchema()).to_json()
         training = TrainingSettings(
             project="p", data_bucket=BUCKET, hyperparameters={"n_estimators": 5}
         )
-        train_smoke_and_promote(storage, TrainingRequest(ref, processed), training)
+        train_smoke_and_promote(storage, TrainingRequest.of_processed(ref, processed), training)
         yield {
             target: Function(target, "http").use(
                 storage=storage, publisher=InMemoryPublisher(), starter=RecordingStarter()
@@ -100,7 +100,9 @@ STAGE_REQUEST = st.fixed_dictionaries(
         "generation": st.integers() | st.text(max_size=6) | st.none(),
     },
     optional={
-        "processed_object": st.text(max_size=10),
+        "processed_data": st.sampled_from(["processed/", "processed/raw/iris.csv/1/data/"])
+        | st.text(max_size=10),
+        "processed_parts": st.integers(-2, 3) | st.text(max_size=3),
         "model_version": st.text(max_size=30),
     },
 )

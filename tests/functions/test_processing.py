@@ -10,18 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline_core import cleaning
-from pipeline_core.contract import rejection_object, stats_object
+from pipeline_core.contract import part_object, part_objects, rejection_object, stats_object
 from pipeline_core.errors import BadRequestError, DataRejectedError, ObjectNotFoundError
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process
-from tests.functions.conftest import IRIS, upload
+from tests.functions.conftest import IRIS, read_processed, upload
 from tests.functions.fakes import InMemoryStorage
 
 SCHEMA = DatasetSchema(min_rows=3)
-
-
-def read_parquet(storage: InMemoryStorage, name: str) -> pa.Table:
-    return pq.read_table(pa.BufferReader(storage.read(name).data))
 
 
 def rows_csv(header: str, *rows: str) -> bytes:
@@ -57,7 +53,7 @@ def test_cleans_counts_every_row_reason_and_writes_stats(storage: InMemoryStorag
         "missing_target": 1,
         "wrong_field_count": 1,
     }
-    table = read_parquet(storage, result["processed_object"])
+    table = read_processed(storage, result)
     assert table.column_names == ["a/b", "c d", "target"]
     assert table.column("a/b").to_pylist() == [1.0, 3.0, 8.0, 10.0]
     assert table.column("target").to_pylist() == ["x", "y", "x", "y"]
@@ -86,13 +82,10 @@ def test_streams_in_chunks_with_the_same_result_as_one_chunk(storage: InMemorySt
     whole = process(storage, ref, SCHEMA, chunk_rows=1_000).to_json()
     small = process(chunked, chunked_ref, SCHEMA, chunk_rows=7).to_json()
     assert small["rows_out"] == whole["rows_out"] == 149  # iris holds one duplicate row
-    assert read_parquet(chunked, small["processed_object"]).equals(
-        read_parquet(storage, whole["processed_object"])
-    )
-    assert (
-        pq.ParquetFile(pa.BufferReader(chunked.read(small["processed_object"]).data)).num_row_groups
-        == 22
-    )
+    assert read_processed(chunked, small).equals(read_processed(storage, whole))
+    assert small["processed_parts"] == 1
+    part = chunked.read(part_object(small["processed_data"], 0)).data
+    assert pq.ParquetFile(pa.BufferReader(part)).num_row_groups == 22
     first = json.loads(storage.read(stats_object(ref)).data)["feature_stats"]
     second = json.loads(chunked.read(stats_object(chunked_ref)).data)["feature_stats"]
     for name, values in first.items():
@@ -117,7 +110,7 @@ def test_uses_configured_features_and_target(storage: InMemoryStorage) -> None:
     schema = DatasetSchema(target_column="label", feature_columns=("f2", "f1"), min_rows=3)
     result = process(storage, ref, schema).to_json()
     assert result["features"] == ["f2", "f1"]
-    assert read_parquet(storage, result["processed_object"]).column_names == ["f2", "f1", "label"]
+    assert read_processed(storage, result).column_names == ["f2", "f1", "label"]
 
 
 def test_numeric_labels_spelled_differently_are_one_class(storage: InMemoryStorage) -> None:
@@ -140,7 +133,7 @@ def test_numeric_labels_spelled_differently_are_one_class(storage: InMemoryStora
     result = process(storage, ref, SCHEMA)
     assert result.stats["class_counts"] == {"-2.5": 2, "0": 2, "1": 3, "A1.0": 1}
     assert result.stats["rejections"] == {"duplicate": 1}
-    table = read_parquet(storage, result.stats["processed_object"])
+    table = read_processed(storage, result.stats)
     assert table.column("target").to_pylist() == ["1", "1", "1", "0", "0", "-2.5", "-2.5", "A1.0"]
 
 
@@ -223,14 +216,45 @@ def test_a_header_without_rows_says_so(storage: InMemoryStorage) -> None:
         process(storage, ref, SCHEMA)
 
 
+def test_writes_parts_of_whole_row_groups_that_together_hold_every_kept_row(
+    storage: InMemoryStorage,
+) -> None:
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    whole = process(storage, ref, SCHEMA, chunk_rows=1_000).to_json()
+    parted = InMemoryStorage(storage.bucket)
+    parted_ref = upload(parted, "raw/iris.csv", IRIS)
+    # 30 rows a part round down to 4 row groups of 7: 5 parts of 28 rows, then 9 rows.
+    result = process(parted, parted_ref, SCHEMA, chunk_rows=7, part_rows=30).to_json()
+    assert result["processed_parts"] == 6
+    assert result["processed_data"] == f"processed/raw/iris.csv/{parted_ref.generation}/data/"
+    parts = [
+        pq.ParquetFile(pa.BufferReader(parted.read(part_object(result["processed_data"], n)).data))
+        for n in range(6)
+    ]
+    assert [part.metadata.num_rows for part in parts] == [28, 28, 28, 28, 28, 9]
+    assert [part.num_row_groups for part in parts] == [4, 4, 4, 4, 4, 2]
+    assert read_processed(parted, result).equals(read_processed(storage, whole))
+    assert parted.names(result["processed_data"]) == part_objects(result["processed_data"], 6)
+
+
+def test_a_run_rejected_after_writing_parts_deletes_them(storage: InMemoryStorage) -> None:
+    # Every row is valid and the parts are written, but the file has a single class.
+    rows = "\n".join(f"{n},{n * 2},only" for n in range(40))
+    ref = upload(storage, "raw/one-class.csv", f"a,b,target\n{rows}\n".encode())
+    with pytest.raises(DataRejectedError, match="only one class"):
+        process(storage, ref, SCHEMA, chunk_rows=5, part_rows=10)
+    assert storage.names("processed/") == []
+    assert storage.names("rejected/") == [rejection_object(ref)]
+
+
 def test_a_second_call_returns_the_recorded_outcome_without_reprocessing(
     storage: InMemoryStorage,
 ) -> None:
     ref = upload(storage, "raw/iris.csv", IRIS)
     first = process(storage, ref, SCHEMA).to_json()
-    generation = storage.stat(first["processed_object"]).generation  # type: ignore[union-attr]
+    generation = storage.stat(part_object(first["processed_data"], 0)).generation  # type: ignore[union-attr]
     assert process(storage, ref, SCHEMA).to_json() == first
-    assert storage.stat(first["processed_object"]).generation == generation  # type: ignore[union-attr]
+    assert storage.stat(part_object(first["processed_data"], 0)).generation == generation  # type: ignore[union-attr]
 
     bad = upload(storage, "raw/bad.csv", b"")
     with pytest.raises(DataRejectedError):
@@ -286,7 +310,7 @@ def test_decimal_and_scientific_notation_are_numbers(
     ref = upload(storage, "raw/numbers.csv", rows_csv("a,b,target", f"{cell},1,x", *rows))
     result = process(storage, ref, SCHEMA).to_json()
     assert result["rejections"] == {}
-    assert read_parquet(storage, result["processed_object"]).column("a").to_pylist()[0] == value
+    assert read_processed(storage, result).column("a").to_pylist()[0] == value
 
 
 def test_the_trimmed_whitespace_is_exactly_what_str_strip_removes() -> None:

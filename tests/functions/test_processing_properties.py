@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from pipeline_core import csv_source
 from pipeline_core.cleaning import Layout, clean
-from pipeline_core.contract import rejection_object, stats_object
+from pipeline_core.contract import part_objects, rejection_object, stats_object
 from pipeline_core.digest_set import DEFAULT_CAPACITY
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
@@ -32,6 +32,8 @@ from tests.functions.conftest import BUCKET, upload
 from tests.functions.fakes import InMemoryStorage
 
 HEADER = ("a", "b c", "target")
+# Parts of a few row groups, so that generated files span several parts.
+ROW_GROUPS_PER_PART = 3
 FEATURE_CELLS = (
     "1", "2", "-0", "0", "2.50", " 3 ", "+4", ".5", "6.", "1e1", "", " ", "abc", "1_000",
     "\u0661", "inf", "-Infinity", "nan", "1e400", "1,5", "7\n8", '9"', "0x1A",
@@ -183,6 +185,7 @@ def check_against_reference(
         ref,
         schema,
         chunk_rows=chunk_rows,
+        part_rows=chunk_rows * ROW_GROUPS_PER_PART,
         block_bytes=block_bytes,
         window_rows=window_rows,
     )
@@ -203,13 +206,18 @@ def check_against_reference(
     assert stats["rejections"] == dict(expected.rejections)
     assert stats["rejection_examples"] == expected.examples
     assert stats["class_counts"] == dict(classes)
-    assert storage.names("processed/") == sorted(
-        [result.stats["processed_object"], stats_object(ref)]
-    )
-    parquet = pq.ParquetFile(pa.BufferReader(storage.read(result.stats["processed_object"]).data))
-    table = parquet.read()
+    names = part_objects(result.stats["processed_data"], result.stats["processed_parts"])
+    assert storage.names("processed/") == sorted([*names, stats_object(ref)])
+    parts = [pq.ParquetFile(pa.BufferReader(storage.read(name).data)) for name in names]
+    table = pa.concat_tables(part.read() for part in parts)
     assert list(zip(*table.to_pydict().values(), strict=True)) == expected.rows
-    assert parquet.num_row_groups == math.ceil(len(expected.rows) / chunk_rows)
+    assert len(parts) == math.ceil(len(expected.rows) / (chunk_rows * ROW_GROUPS_PER_PART))
+    assert [part.metadata.num_rows for part in parts[:-1]] == [chunk_rows * ROW_GROUPS_PER_PART] * (
+        len(parts) - 1
+    )
+    assert sum(part.num_row_groups for part in parts) == sum(
+        math.ceil(part.metadata.num_rows / chunk_rows) for part in parts
+    )
     for name, values in zip(
         HEADER[:2],
         ([row[0] for row in expected.rows], [row[1] for row in expected.rows]),

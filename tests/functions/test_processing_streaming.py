@@ -7,13 +7,12 @@ import io
 import json
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline_core.contract import stats_object
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
-from tests.functions.conftest import BUCKET, IRIS, log_lines, upload
+from tests.functions.conftest import BUCKET, IRIS, log_lines, read_processed, upload
 from tests.functions.fakes import InMemoryStorage
 
 SCHEMA = DatasetSchema(min_rows=3)
@@ -23,7 +22,7 @@ def outcome(block_bytes: int) -> tuple[pa.Table, dict[str, object]]:
     storage = InMemoryStorage(BUCKET)
     ref = upload(storage, "raw/iris.csv", IRIS)
     result = process(storage, ref, SCHEMA, block_bytes=block_bytes)
-    table = pq.read_table(pa.BufferReader(storage.read(result.stats["processed_object"]).data))
+    table = read_processed(storage, result.stats)
     return table, json.loads(storage.read(stats_object(ref)).data)
 
 

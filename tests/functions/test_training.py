@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline_core.contract import CHAMPION_OBJECT, PromotionPolicy
+from pipeline_core.contract import CHAMPION_OBJECT, PromotionPolicy, part_object
 from pipeline_core.errors import (
     BadRequestError,
     PreconditionFailedError,
@@ -43,7 +43,18 @@ SETTINGS = TrainingSettings(
 def processed(storage: InMemoryStorage, name: str, data: bytes) -> TrainingRequest:
     ref = upload(storage, name, data)
     result = process(storage, ref, DatasetSchema())
-    return TrainingRequest(ref, result.to_json()["processed_object"])
+    return TrainingRequest.of_processed(ref, result.to_json())
+
+
+def written_dataset(
+    storage: InMemoryStorage, source: ObjectRef, dataset: str, *tables: pa.Table, row_group: int = 0
+) -> TrainingRequest:
+    """``tables`` as the parts of a dataset under ``dataset``: the request to train on it."""
+    for number, table in enumerate(tables):
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, row_group_size=row_group or None)
+        storage.write(part_object(dataset, number), sink.getvalue().to_pybytes(), content_type="x")
+    return TrainingRequest(source, dataset, len(tables))
 
 
 @pytest.mark.parametrize(
@@ -81,7 +92,8 @@ def test_trains_registers_and_promotes_the_first_model(
     assert manifest["hyperparameters"]["random_state"] == 42
     assert set(manifest["libraries"]) >= {"scikit-learn", "numpy", "joblib", "python"}
     assert manifest["lineage"]["source"] == request.source.to_json()
-    assert manifest["lineage"]["processed_object"] == request.processed_object
+    assert manifest["lineage"]["processed_data"] == request.processed_data
+    assert manifest["lineage"]["processed_parts"] == request.processed_parts == 1
     rows = manifest["lineage"]["rows"]
     assert rows["train"] + rows["test"] == rows["total"]
     assert len(manifest["classes"]) == classes
@@ -261,20 +273,29 @@ def test_refuses_data_it_cannot_split_or_read(storage: InMemoryStorage) -> None:
     with pytest.raises(TrainingFailedError, match="single row"):
         train(storage, processed(storage, "raw/lonely.csv", lonely), SETTINGS)
     ref = upload(storage, "raw/a.csv", IRIS)
-    storage.write("processed/raw/a.csv/1/data.parquet", b"not parquet", content_type="x")
-    with pytest.raises(TrainingFailedError, match="not readable Parquet"):
-        train(storage, TrainingRequest(ref, "processed/raw/a.csv/1/data.parquet"), SETTINGS)
+    storage.write("processed/raw/a.csv/1/data/part-00000.parquet", b"not", content_type="x")
+    with pytest.raises(TrainingFailedError, match=r"part-00000\.parquet is not readable Parquet"):
+        train(storage, TrainingRequest(ref, "processed/raw/a.csv/1/data/", 1), SETTINGS)
+    with pytest.raises(TrainingFailedError, match=r"part-00001\.parquet does not exist; process"):
+        train(storage, TrainingRequest(ref, "processed/raw/a.csv/1/data/", 2), SETTINGS)
     for name, table in {
         "empty": pa.table({"a": pa.array([], pa.float64()), "target": pa.array([], pa.string())}),
         "one_class": pa.table({"a": [1.0, 2.0, 3.0], "target": ["x", "x", "x"]}),
     }.items():
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        parquet = f"processed/raw/a.csv/{name}/data.parquet"
-        storage.write(parquet, sink.getvalue().to_pybytes(), content_type="x")
+        source = replace(ref, generation=len(name))
+        request = written_dataset(storage, source, f"processed/raw/a.csv/{name}/data/", table)
         found = "no rows" if name == "empty" else "a single class 'x'"
         with pytest.raises(TrainingFailedError, match=f"holds {found}; a classifier needs"):
-            train(storage, TrainingRequest(replace(ref, generation=len(name)), parquet), SETTINGS)
+            train(storage, request, SETTINGS)
+    mismatched = written_dataset(
+        storage,
+        replace(ref, generation=2),
+        "processed/raw/a.csv/2/data/",
+        pa.table({"a": [1.0, 2.0], "target": ["x", "y"]}),
+        pa.table({"b": [1.0, 2.0], "target": ["x", "y"]}),
+    )
+    with pytest.raises(TrainingFailedError, match=r"part-00001\.parquet has the columns"):
+        train(storage, mismatched, SETTINGS)
     with pytest.raises(TrainingFailedError, match="no target column 'label'"):
         train(
             storage, processed(storage, "raw/b.csv", IRIS), replace(SETTINGS, target_column="label")
@@ -282,21 +303,27 @@ def test_refuses_data_it_cannot_split_or_read(storage: InMemoryStorage) -> None:
 
 
 def test_training_request_validation() -> None:
-    with pytest.raises(BadRequestError, match="processed_object"):
-        TrainingRequest.from_json({"bucket": "b", "object": "raw/a.csv", "generation": "1"})
+    source = {"bucket": "b", "object": "raw/a.csv", "generation": "1"}
+    with pytest.raises(BadRequestError, match="processed_data"):
+        TrainingRequest.from_json(source)
+    for dataset in ("raw/a/", "processed/a", 7):
+        with pytest.raises(BadRequestError, match="'processed_data' must name a prefix"):
+            TrainingRequest.from_json({**source, "processed_data": dataset, "processed_parts": 1})
+    for parts in (None, 0, -1, True, "2", 1.5, 100_000):
+        with pytest.raises(BadRequestError, match="'processed_parts' must be a whole number"):
+            TrainingRequest.from_json(
+                {**source, "processed_data": "processed/a/", "processed_parts": parts}
+            )
+    valid = {**source, "processed_data": "processed/a/", "processed_parts": 3}
+    request = TrainingRequest.from_json(valid)
+    assert request.part_objects == [f"processed/a/part-0000{n}.parquet" for n in range(3)]
+    assert request.to_json() == valid
     with pytest.raises(BadRequestError, match="generation"):
-        TrainingRequest.from_json(
-            {
-                "bucket": "b",
-                "object": "raw/a.csv",
-                "generation": "x",
-                "processed_object": "processed/a",
-            }
-        )
+        TrainingRequest.from_json({**valid, "generation": "x"})
     with pytest.raises(BadRequestError, match="data bucket"):
         train(
             InMemoryStorage("test-bucket"),
-            TrainingRequest(ObjectRef("other", "raw/a", 1), "processed/a"),
+            TrainingRequest(ObjectRef("other", "raw/a", 1), "processed/a/", 1),
             SETTINGS,
         )
 
@@ -383,19 +410,20 @@ def test_a_file_above_max_training_rows_is_sampled_and_the_manifest_says_how(
 def test_training_reads_the_processed_file_row_group_by_row_group(
     storage: InMemoryStorage,
 ) -> None:
-    """Many small row groups (as processing writes large files) give the same rows."""
+    """Many parts of small row groups (as processing writes large files) give the same
+    rows, sampled alike."""
     request = processed(storage, "raw/a.csv", IRIS)
-    table = pq.read_table(pa.BufferReader(storage.read(request.processed_object).data))
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=7)
-    split = "processed/raw/split.csv/1/data.parquet"
-    storage.write(split, sink.getvalue().to_pybytes(), content_type="x")
-    whole = train(storage, request, replace(SETTINGS, max_training_rows=100))
-    pieces = train(
+    table = pq.read_table(pa.BufferReader(storage.read(request.part_objects[0]).data))
+    split = written_dataset(
         storage,
-        TrainingRequest(replace(request.source, generation=1), split),
-        replace(SETTINGS, max_training_rows=100),
+        replace(request.source, generation=1),
+        "processed/raw/split.csv/1/data/",
+        *(table.slice(start, 40) for start in range(0, table.num_rows, 40)),
+        row_group=7,
     )
+    assert split.processed_parts == 4
+    whole = train(storage, request, replace(SETTINGS, max_training_rows=100))
+    pieces = train(storage, split, replace(SETTINGS, max_training_rows=100))
     assert pieces["metrics"] == whole["metrics"]
     assert pieces["smoke_instances"] == whole["smoke_instances"]
 

@@ -274,7 +274,9 @@ def test_objects_the_handlers_write_lie_under_their_workload_write_prefixes() ->
     scoring_upload = ObjectRef(DATA_BUCKET, "score/new.csv", 18)
     written = {
         "processing": [
-            contract.processed_object(upload),
+            contract.part_object(contract.processed_data(upload), 0),
+            contract.part_object(contract.deduplicated_data(upload), 0),
+            contract.digest_spill_prefix(upload),
             contract.stats_object(upload),
             contract.rejection_object(upload),
             contract.processing_lease_object(upload),

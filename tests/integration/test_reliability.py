@@ -230,9 +230,13 @@ def test_storage_unresponsive_during_processing_is_survived_with_raw_data_intact
     stats_data = read_object(state, contract.stats_object(key))
     assert stats_data is not None
     stats = json.loads(stats_data)
-    processed = read_object(state, stats["processed_object"])
-    assert processed is not None
-    assert pq.read_table(io.BytesIO(processed)).num_rows == stats["rows_out"] == 180_000
+    parts = [
+        read_object(state, name)
+        for name in contract.part_objects(stats["processed_data"], stats["processed_parts"])
+    ]
+    assert all(part is not None for part in parts)
+    rows = sum(pq.read_table(io.BytesIO(part)).num_rows for part in parts if part)
+    assert rows == stats["rows_out"] == 180_000
 
 
 @pytest.mark.parametrize("local_stack", ["events"], indirect=True)

@@ -31,7 +31,8 @@ SOURCE = {"bucket": "data-bucket", "object": "raw/iris.csv", "generation": "17"}
 
 PROCESSED = {
     "status": "processed",
-    "processed_object": "processed/raw/iris.csv/17/data.parquet",
+    "processed_data": "processed/raw/iris.csv/17/data/",
+    "processed_parts": 3,
     "stats_object": "processed/raw/iris.csv/17/stats.json",
     "rows_in": 150,
     "rows_out": 148,
@@ -136,7 +137,11 @@ def test_success_returns_and_publishes_the_summary(
     assert process_call.body == SOURCE
     assert process_call.headers.get("X-Workflow-Execution-Id") == EXECUTION_ID
     (train_call,) = stub.calls("/train")
-    assert train_call.body == {**SOURCE, "processed_object": PROCESSED["processed_object"]}
+    assert train_call.body == {
+        **SOURCE,
+        "processed_data": PROCESSED["processed_data"],
+        "processed_parts": 3,
+    }
     (smoke_call,) = stub.calls("/predict")
     assert smoke_call.body == {
         "instances": SMOKE_INSTANCES,

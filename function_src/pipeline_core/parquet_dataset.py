@@ -1,0 +1,70 @@
+"""The processed data in the bucket: a Parquet dataset of numbered parts under a prefix
+(``contract.part_object``), each part written in one request.
+
+``DatasetWriter`` stores the parts ``ParquetOutput`` makes and remembers them, so that
+a run that fails deletes what it wrote; ``open_part`` reads one part back at a given
+generation, row group by row group. Readers are given the prefix and the number of
+parts: nothing here lists the bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from pipeline_core import logging as log
+from pipeline_core.contract import part_object
+from pipeline_core.errors import PipelineError, PreconditionFailedError
+from pipeline_core.parquet_output import PARQUET_CONTENT_TYPE
+from pipeline_core.storage import Storage
+
+# Read a part a row group at a time through this buffer: pre-buffering reads far ahead
+# (peak RSS 322 -> 251 MB on 3M rows with 2M far repeats).
+READ_BUFFER_BYTES = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    name: str
+    generation: int
+
+
+class DatasetWriter:
+    """Stores parts 0, 1, ... under ``dataset``, in the order they come."""
+
+    def __init__(self, storage: Storage, dataset: str) -> None:
+        self._storage = storage
+        self.dataset = dataset
+        self.written: list[StoredPart] = []
+
+    def store(self, data: bytes) -> None:
+        name = part_object(self.dataset, len(self.written))
+        generation = self._storage.write(name, data, content_type=PARQUET_CONTENT_TYPE)
+        self.written.append(StoredPart(name, generation))
+
+    def delete(self) -> None:
+        """Deletes the parts written, each by its generation (a concurrent attempt's
+        newer generation of the same part stays)."""
+        for part in self.written:
+            try:
+                self._storage.delete(part.name, if_generation_match=part.generation)
+            except PreconditionFailedError:
+                continue
+        self.written = []
+
+    def discard(self) -> None:
+        """``delete`` on the way out of a failed run: a part that cannot be deleted
+        now is logged, and the run's own error is the one raised."""
+        try:
+            self.delete()
+        except PipelineError as error:
+            log.warning("could not delete the parts of a failed run", error=str(error))
+
+
+@contextmanager
+def open_part(storage: Storage, part: StoredPart) -> Iterator[pq.ParquetFile]:
+    with storage.open_read(part.name, part.generation) as source:
+        yield pq.ParquetFile(source, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
