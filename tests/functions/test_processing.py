@@ -11,11 +11,16 @@ import pytest
 
 from pipeline_core import cleaning
 from pipeline_core.contract import part_object, part_objects, rejection_object, stats_object
-from pipeline_core.errors import BadRequestError, DataRejectedError, ObjectNotFoundError
+from pipeline_core.errors import (
+    BadRequestError,
+    DataRejectedError,
+    ObjectNotFoundError,
+    TransientError,
+)
 from pipeline_core.events import ObjectRef
 from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import IRIS, read_processed, upload
-from tests.functions.fakes import InMemoryStorage
+from tests.functions.fakes import InMemoryStorage, InterleavedStorage
 
 SCHEMA = DatasetSchema(min_rows=3)
 
@@ -245,6 +250,23 @@ def test_a_run_rejected_after_writing_parts_deletes_them(storage: InMemoryStorag
         process(storage, ref, SCHEMA, chunk_rows=5, part_rows=10)
     assert storage.names("processed/") == []
     assert storage.names("rejected/") == [rejection_object(ref)]
+
+
+def test_a_run_that_fails_while_storing_parts_deletes_them_and_a_retry_completes() -> None:
+    storage = InterleavedStorage()
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    dataset = f"processed/raw/iris.csv/{ref.generation}/data/"
+
+    def unavailable() -> None:
+        raise TransientError("storage unavailable (fake)")
+
+    storage.before("write", part_object(dataset, 2), unavailable)
+    with pytest.raises(TransientError, match="storage unavailable"):
+        process(storage, ref, SCHEMA, chunk_rows=10, part_rows=20)
+    assert storage.names("processed/") == []  # parts 0 and 1 deleted, the lease released
+    result = process(storage, ref, SCHEMA, chunk_rows=10, part_rows=20).to_json()
+    assert result["processed_parts"] == 8
+    assert read_processed(storage, result).num_rows == 149
 
 
 def test_a_second_call_returns_the_recorded_outcome_without_reprocessing(

@@ -91,11 +91,13 @@ def test_processing_streams_an_exact_generation_through_the_real_client(gcs: Gcs
     generation = gcs.write("raw/iris.csv", IRIS, content_type="text/csv")
     with pytest.raises(ObjectNotFoundError):
         process(gcs, ObjectRef(BUCKET, "raw/iris.csv", replaced), DatasetSchema())
-    result = process(
-        gcs, ObjectRef(BUCKET, "raw/iris.csv", generation), DatasetSchema(), chunk_rows=16
-    )
+    ref = ObjectRef(BUCKET, "raw/iris.csv", generation)
+    result = process(gcs, ref, DatasetSchema(), chunk_rows=16, part_rows=48)
     table = read_processed(gcs, result.to_json())
     assert table.num_rows == 149
+    assert result.to_json()["processed_parts"] == 4  # 48, 48, 48 and 5 rows
+    dataset = result.to_json()["processed_data"]
+    assert gcs.names(dataset) == [f"{dataset}part-0000{n}.parquet" for n in range(4)]
     assert json.loads(gcs.read(result.to_json()["stats_object"]).data)["rows_in"] == 150
 
 

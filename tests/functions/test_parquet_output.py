@@ -1,0 +1,119 @@
+"""ParquetOutput: row groups of a fixed size, parts of whole row groups, stored in order
+on a thread of their own, one at a time."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline_core.errors import TransientError
+from pipeline_core.parquet_output import ParquetOutput
+
+SCHEMA = pa.schema([("a", pa.float64()), ("target", pa.string())])
+
+
+def rows(start: int, count: int) -> pa.Table:
+    numbers = [float(n) for n in range(start, start + count)]
+    return pa.table({"a": numbers, "target": [str(int(n) % 3) for n in numbers]}, schema=SCHEMA)
+
+
+def write(tables: list[pa.Table], row_group_rows: int, part_rows: int) -> list[bytes]:
+    parts: list[bytes] = []
+    with ParquetOutput(parts.append, SCHEMA, row_group_rows, part_rows) as output:
+        for table in tables:
+            output.add(table)
+        output.finish()
+        assert output.parts == len(parts)
+    return parts
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), max_size=8),
+    row_group_rows=st.integers(1, 9),
+    part_rows=st.integers(1, 30),
+)
+def test_parts_hold_whole_row_groups_and_every_row_in_order(
+    sizes: list[int], row_group_rows: int, part_rows: int
+) -> None:
+    starts = [sum(sizes[:index]) for index in range(len(sizes))]
+    parts = write(
+        [rows(start, size) for start, size in zip(starts, sizes, strict=True)],
+        row_group_rows,
+        part_rows,
+    )
+    total = sum(sizes)
+    per_part = max(1, part_rows // row_group_rows) * row_group_rows
+    files = [pq.ParquetFile(pa.BufferReader(part)) for part in parts]
+    assert [file.metadata.num_rows for file in files] == [
+        min(per_part, total - start) for start in range(0, total, per_part)
+    ]
+    for file in files:
+        groups = [file.metadata.row_group(n).num_rows for n in range(file.num_row_groups)]
+        assert groups[:-1] == [row_group_rows] * (len(groups) - 1)
+        assert 0 < groups[-1] <= row_group_rows
+        assert file.schema_arrow == SCHEMA
+    table = pa.concat_tables([file.read() for file in files]) if files else rows(0, 0)
+    assert table.equals(rows(0, total))
+
+
+def test_no_rows_make_no_part() -> None:
+    assert write([rows(0, 0)], 5, 10) == []
+
+
+def test_a_failed_store_fails_the_output_and_stores_nothing_after_it() -> None:
+    stored: list[bytes] = []
+
+    def store(part: bytes) -> None:
+        if len(stored) == 1:
+            raise TransientError("storage unavailable (fake)")
+        stored.append(part)
+
+    with (
+        pytest.raises(TransientError, match="storage unavailable"),
+        ParquetOutput(store, SCHEMA, 2, 4) as output,
+    ):
+        for start in range(0, 40, 4):
+            output.add(rows(start, 4))
+        output.finish()
+    assert len(stored) == 1
+
+
+def test_one_part_is_stored_at_a_time_while_the_next_one_fills() -> None:
+    """Memory holds the part being stored and the one filling: the third part is not
+    filling before the first one is stored."""
+    release = threading.Event()
+    storing = threading.Lock()
+    order: list[str] = []
+
+    def store(part: bytes) -> None:
+        assert storing.acquire(blocking=False), "two parts stored at once"
+        try:
+            order.append(f"store {len(order)}")
+            if len(order) == 1:
+                assert release.wait(5)
+        finally:
+            storing.release()
+
+    with ParquetOutput(store, SCHEMA, 2, 2) as output:
+
+        def fill() -> None:
+            for start in range(0, 6, 2):
+                output.add(rows(start, 2))
+            output.finish()
+
+        filling = threading.Thread(target=fill)
+        filling.start()
+        filling.join(0.5)
+        # The first part is held in store; the second is full and waits for it.
+        assert filling.is_alive()
+        assert output.parts == 1
+        release.set()
+        filling.join(5)
+    assert not filling.is_alive()
+    assert order == ["store 0", "store 1", "store 2"]
