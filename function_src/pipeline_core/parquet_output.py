@@ -11,7 +11,6 @@ overlap.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -40,7 +39,7 @@ class ParquetOutput:
         self.parts = 0
         self._pending: list[pa.Table] = []  # rows of the next row groups
         self._rows_in_part = 0  # rows sent to the encoder for the part being written
-        self._buffer = io.BytesIO()
+        self._buffer = pa.BufferOutputStream()
         self._writer: pq.ParquetWriter | None = None
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-write")
         self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-store")
@@ -105,11 +104,16 @@ class ParquetOutput:
         assert self._writer is not None
         self._writer.close()
         self._writer = None
-        # getvalue() hands over the buffer's own bytes, not a copy.
-        part, self._buffer = self._buffer.getvalue(), io.BytesIO()
+        # An Arrow buffer, not a BytesIO: the writer fills it without taking the GIL
+        # (the cleaning runs meanwhile) or copying it as it grows; its one copy into
+        # bytes happens on the uploading thread.
+        part, self._buffer = self._buffer.getvalue(), pa.BufferOutputStream()
         self._wait_for_store()  # one part uploading while the next one fills
-        self._last_store = self._uploader.submit(self._store_part, part)
+        self._last_store = self._uploader.submit(self._store, part)
         self.parts += 1
+
+    def _store(self, part: pa.Buffer) -> None:
+        self._store_part(part.to_pybytes())
 
     def _wait_for_write(self) -> None:
         if self._last_write is not None:
