@@ -104,9 +104,10 @@ class ParquetOutput:
         assert self._writer is not None
         self._writer.close()
         self._writer = None
-        # An Arrow buffer, not a BytesIO: the writer fills it without taking the GIL
-        # (the cleaning runs meanwhile) or copying it as it grows; its one copy into
-        # bytes happens on the uploading thread.
+        # An Arrow buffer, not a BytesIO: the writer fills it without taking the GIL,
+        # so the cleaning runs meanwhile (1 GB over the local disk was 5-7% slower
+        # with a BytesIO than writing to a file); the copy into bytes is made on the
+        # uploading thread.
         part, self._buffer = self._buffer.getvalue(), pa.BufferOutputStream()
         self._wait_for_store()  # one part uploading while the next one fills
         self._last_store = self._uploader.submit(self._store, part)
