@@ -91,6 +91,12 @@ class DirectoryStorage:
             self._check(name, if_generation_match)
             self._path(name).unlink()
 
+    def delete_version(self, name: str, generation: int) -> None:
+        with self._lock:
+            info = self.stat(name)
+            if info is not None and info.generation == generation:
+                self._path(name).unlink()
+
     def _expect(self, name: str, generation: int | None) -> ObjectInfo:
         info = self.stat(name)
         if info is None or generation not in (None, info.generation):

@@ -170,10 +170,11 @@ def _child_emulator_io(
     part = bytes(-(-parquet_bytes // max(parts, 1)))
     for number in range(parts):
         storage.write(f"bench/io-{number}", part, content_type="application/octet-stream")
+    seconds = time.perf_counter() - started  # ours deletes no part: neither is timed here
     for number in range(parts):
         storage.delete(f"bench/io-{number}")
     return {
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         "read_seconds": read_seconds,
         "rows_out": 0,
     }

@@ -55,7 +55,7 @@ def _per_upload(prefix: str, upload: StoredVersion) -> str:
 
 # process_data: everything made of one upload generation sits in one folder. The
 # cleaned rows are a Parquet dataset: parts named by their number under a prefix, each
-# one object written in one request, so no part waits for the rest of the upload (and
+# one object written in one upload, so no part waits for the rest of the upload (and
 # no compose re-reads them). Readers get the prefix and the number of parts, never a
 # listing: the grants are prefix-scoped, and listing a bucket is a bucket-wide grant.
 def processed_data(upload: StoredVersion) -> str:
@@ -220,8 +220,10 @@ MIN_ROWS_BOUNDS = Bounds(2, 10_000_000)
 # Rows per Parquet row group of the processed data (processing's write unit).
 DEFAULT_CHUNK_ROWS = 50_000
 # Rows per part of the processed data, in whole row groups: about 7 MB of Parquet for
-# four features, so a part is uploaded while the next ones are cleaned and memory holds
-# two parts at most. A 1 GB upload makes about 110 parts.
+# four features (one request: the client sends up to 8 MiB as one multipart upload, more
+# as a resumable session of one chunk), so a part is uploaded while the next ones are
+# cleaned. Memory holds the part filling, the one uploading and its bytes. A 1 GB upload
+# makes about 110 parts.
 DEFAULT_PART_ROWS = 250_000
 DEFAULT_MODEL_TYPE: ModelType = "random_forest"
 DEFAULT_PROMOTION_METRIC: PromotionMetric = "f1_macro"

@@ -1,5 +1,5 @@
 """The processed data in the bucket: a Parquet dataset of numbered parts under a prefix
-(``contract.part_object``), each part written in one request.
+(``contract.part_object``), each part written in one upload.
 
 ``DatasetWriter`` stores the parts ``ParquetOutput`` makes and remembers them, so that
 a run that fails deletes what it wrote; ``open_part`` reads one part back at a given
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline_core import logging as log
 from pipeline_core.contract import part_object
-from pipeline_core.errors import PipelineError, PreconditionFailedError
+from pipeline_core.errors import PipelineError
 from pipeline_core.parquet_output import PARQUET_CONTENT_TYPE
 from pipeline_core.storage import Storage
 
@@ -46,22 +46,23 @@ class DatasetWriter:
         self.written.append(StoredPart(name, generation))
 
     def delete(self) -> None:
-        """Deletes the parts written, each by its generation (a concurrent attempt's
-        newer generation of the same part stays)."""
+        """Deletes the parts written, each by its generation and for good (the bucket
+        keeps versions): a concurrent attempt's newer generation of a part stays."""
         for part in self.written:
-            try:
-                self._storage.delete(part.name, if_generation_match=part.generation)
-            except PreconditionFailedError:
-                continue
+            self._storage.delete_version(part.name, part.generation)
         self.written = []
 
     def discard(self) -> None:
-        """``delete`` on the way out of a failed run: a part that cannot be deleted
-        now is logged, and the run's own error is the one raised."""
-        try:
-            self.delete()
-        except PipelineError as error:
-            log.warning("could not delete the parts of a failed run", error=str(error))
+        """``delete`` on the way out of a failed run: every part is tried, one that
+        cannot be deleted now is logged, and the run's own error is the one raised."""
+        for part in self.written:
+            try:
+                self._storage.delete_version(part.name, part.generation)
+            except PipelineError as error:
+                log.warning(
+                    "could not delete a part of a failed run", part=part.name, error=str(error)
+                )
+        self.written = []
 
 
 @contextmanager

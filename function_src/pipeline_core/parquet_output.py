@@ -80,7 +80,7 @@ class ParquetOutput:
             closes_part = self._rows_in_part == self._part_rows
             if closes_part:
                 self._rows_in_part = 0
-            self._wait_for_write()  # one write in flight: at most two row groups' worth
+            self._wait_for_write()  # one slice (a part at most) encoding at a time
             self._last_write = self._encoder.submit(
                 self._encode, rows.slice(start, size), closes_part
             )

@@ -7,7 +7,7 @@ below: ``csv_source`` turns the raw bytes into record-aligned blocks, the pure r
 upload (duplicates across blocks, merged statistics, progress) and ``parquet_output``
 writes the kept rows row group by row group into parts (``parquet_dataset`` stores
 them). Memory holds two blocks (the next one is prepared while this one is counted), a
-row group or two, two parts (one filling, one uploading), a window of row digests
+row group or two, a part filling and one uploading (and its bytes), a window of row digests
 (exact duplicate detection, ``deduplication``: the rest is spilled to the bucket) and
 the running statistics, never the file. An upload with repeats further apart than the
 window is written once more without them (``deduplicated_data``). A run that fails
@@ -44,7 +44,13 @@ from pipeline_core.contract import (
 from pipeline_core.csv_source import DEFAULT_BLOCK_BYTES
 from pipeline_core.deduplication import Deduplicator
 from pipeline_core.digest_set import DEFAULT_CAPACITY
-from pipeline_core.errors import BadRequestError, DataRejectedError, PreconditionFailedError
+from pipeline_core.errors import (
+    BadRequestError,
+    DataRejectedError,
+    PermanentError,
+    PipelineError,
+    PreconditionFailedError,
+)
 from pipeline_core.events import ObjectRef
 from pipeline_core.leases import Clock, once, utc_now
 from pipeline_core.parquet_dataset import DatasetWriter, StoredPart, open_part
@@ -140,10 +146,10 @@ def _clean(
         else:
             cleaning_run.check_result()
     except FileRejectedError as rejection:
-        output.discard()
+        _discard_unless_recorded(storage, ref, output)
         raise _record_rejection(storage, ref, rejection, cleaning_run, start) from None
     except BaseException:
-        output.discard()
+        _discard_unless_recorded(storage, ref, output)
         raise
     finally:
         deduplicator.close()
@@ -184,11 +190,23 @@ def _write_without(
         )
         cleaning_run.check_result()
     except BaseException:
-        output.discard()
-        raise
-    finally:
-        first_pass.delete()
+        _discard_unless_recorded(storage, ref, output)
+        raise  # the caller discards the first pass
+    first_pass.discard()  # no longer named anywhere: one left behind is only logged
     return output
+
+
+def _discard_unless_recorded(storage: Storage, ref: ObjectRef, output: DatasetWriter) -> None:
+    """A failed run's parts are deleted, unless another attempt (one whose lease ours
+    took over) has recorded its outcome meanwhile: the parts share their names, and
+    the recorded outcome names them."""
+    try:
+        recorded = storage.stat(stats_object(ref)) is not None
+    except PipelineError as error:  # the run's own error is the one raised
+        log.warning("could not tell whether the parts can go", error=str(error))
+        return
+    if not recorded:
+        output.discard()
 
 
 def _batches(
@@ -212,7 +230,13 @@ def _write_once(storage: Storage, name: str, document: dict[str, Any]) -> None:
 def _previous_outcome(storage: Storage, ref: ObjectRef) -> ProcessingResult | None:
     if storage.stat(stats_object(ref)) is not None:
         log.info("already processed; returning the recorded outcome", object=ref.name)
-        return ProcessingResult(read_json(storage, stats_object(ref)))
+        recorded = read_json(storage, stats_object(ref))
+        if "processed_data" not in recorded:
+            raise PermanentError(
+                f"{stats_object(ref)} was recorded by an earlier version of the pipeline, "
+                "whose processed data training can no longer read; upload the file again"
+            )
+        return ProcessingResult(recorded)
     if storage.stat(rejection_object(ref)) is not None:
         log.info("already rejected; returning the recorded rejection", object=ref.name)
         record = read_json(storage, rejection_object(ref))

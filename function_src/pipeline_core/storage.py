@@ -92,6 +92,12 @@ class Storage(Protocol):
 
     def delete(self, name: str, *, if_generation_match: int | None = None) -> None: ...
 
+    def delete_version(self, name: str, generation: int) -> None:
+        """Deletes that generation, if it is the live one, for good (a bucket that keeps
+        versions keeps no copy of it); a newer generation stays, and a version already
+        gone is no error."""
+        ...
+
 
 def write_json(
     storage: Storage,
@@ -211,6 +217,19 @@ class GcsStorage:
             with _translated(self.bucket, name):
                 self._bucket().blob(name).delete(if_generation_match=if_generation_match)
         except ObjectNotFoundError:
+            return
+
+    def delete_version(self, name: str, generation: int) -> None:
+        # The version by its generation, so none is left noncurrent; the precondition
+        # too, since fake-gcs-server deletes the live object whatever generation is
+        # named. A newer live generation fails it: then ours (noncurrent) is left for
+        # the bucket's lifecycle rule, the newer one untouched.
+        try:
+            with _translated(self.bucket, name, generation):
+                self._bucket().blob(name, generation=generation).delete(
+                    if_generation_match=generation
+                )
+        except (ObjectNotFoundError, PreconditionFailedError):
             return
 
 

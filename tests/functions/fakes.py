@@ -79,6 +79,13 @@ class InMemoryStorage:
             self._check(name, if_generation_match)
             del self._objects[name]
 
+    def delete_version(self, name: str, generation: int) -> None:
+        # No versions are kept: only the live generation can be deleted.
+        with self._lock:
+            stored = self._objects.get(name)
+            if stored is not None and stored.generation == generation:
+                del self._objects[name]
+
     def _check(self, name: str, if_generation_match: int | None) -> None:
         stored = self._objects.get(name)
         check_generation(self.bucket, name, stored.generation if stored else 0, if_generation_match)
@@ -154,6 +161,10 @@ class InterleavedStorage(InMemoryStorage):
     def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
         self._cue("delete", name)
         super().delete(name, if_generation_match=if_generation_match)
+
+    def delete_version(self, name: str, generation: int) -> None:
+        self._cue("delete", name)
+        super().delete_version(name, generation)
 
 
 def _nothing() -> None:

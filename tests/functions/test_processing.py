@@ -15,9 +15,11 @@ from pipeline_core.errors import (
     BadRequestError,
     DataRejectedError,
     ObjectNotFoundError,
+    PermanentError,
     TransientError,
 )
 from pipeline_core.events import ObjectRef
+from pipeline_core.parquet_dataset import DatasetWriter
 from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import IRIS, read_processed, upload
 from tests.functions.fakes import InMemoryStorage, InterleavedStorage
@@ -269,6 +271,16 @@ def test_a_run_that_fails_while_storing_parts_deletes_them_and_a_retry_completes
     assert read_processed(storage, result).num_rows == 149
 
 
+def test_an_outcome_recorded_by_an_earlier_version_is_refused_with_advice(
+    storage: InMemoryStorage,
+) -> None:
+    ref = upload(storage, "raw/iris.csv", IRIS)
+    legacy = {"processed_object": f"processed/raw/iris.csv/{ref.generation}/data.parquet"}
+    storage.write(stats_object(ref), json.dumps(legacy).encode(), content_type="x")
+    with pytest.raises(PermanentError, match=r"earlier version .* upload the file again"):
+        process(storage, ref, SCHEMA)
+
+
 def test_a_second_call_returns_the_recorded_outcome_without_reprocessing(
     storage: InMemoryStorage,
 ) -> None:
@@ -340,3 +352,17 @@ def test_the_trimmed_whitespace_is_exactly_what_str_strip_removes() -> None:
 
     assert set(cleaning.WHITESPACE) == every_space
     assert len(cleaning.WHITESPACE) == len(every_space)
+
+
+def test_a_failed_runs_parts_go_but_a_newer_generation_of_one_stays(
+    storage: InMemoryStorage,
+) -> None:
+    writer = DatasetWriter(storage, "processed/raw/a.csv/1/data/")
+    writer.store(b"part 0")
+    writer.store(b"part 1")
+    # Another attempt wrote part 1 again since.
+    storage.write(part_object(writer.dataset, 1), b"newer", content_type="x")
+    writer.discard()
+    assert storage.names("processed/") == [part_object(writer.dataset, 1)]
+    assert storage.read(part_object(writer.dataset, 1)).data == b"newer"
+    assert writer.written == []

@@ -101,6 +101,15 @@ def test_processing_streams_an_exact_generation_through_the_real_client(gcs: Gcs
     assert json.loads(gcs.read(result.to_json()["stats_object"]).data)["rows_in"] == 150
 
 
+def test_delete_version_deletes_the_live_generation(gcs: GcsStorage) -> None:
+    # fake-gcs-server ignores a delete's generation and precondition (docs/LOCAL_STACK.md),
+    # so that an older generation leaves the live one is pinned on the in-memory fake.
+    live = gcs.write("processed/v.parquet", b"new", content_type="x")
+    gcs.delete_version("processed/v.parquet", live)
+    assert gcs.stat("processed/v.parquet") is None
+    gcs.delete_version("processed/v.parquet", live)  # already gone: nothing to do
+
+
 def test_an_error_inside_a_write_block_leaves_no_object(gcs: GcsStorage) -> None:
     with (
         pytest.raises(RuntimeError),

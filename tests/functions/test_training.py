@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +27,7 @@ from pipeline_core.processing import DatasetSchema, process
 from pipeline_core.registry import Champion, ModelRegistry, decide, new_version
 from pipeline_core.serving import ModelService
 from pipeline_core.settings import TrainingSettings
+from pipeline_core.storage import StoredObject
 from pipeline_core.training import (
     TrainingRequest,
     stratified_sample,
@@ -445,3 +447,40 @@ def test_the_champion_is_read_consistently_while_a_rival_replaces_it() -> None:
     info = storage.stat(CHAMPION_OBJECT)
     assert champion is not None and info is not None
     assert (champion.version, champion.generation) == ("b", info.generation)
+
+
+class CountingStorage(InMemoryStorage):
+    """Counts each object's reads, and refuses to list: the handlers' grants are
+    prefix-scoped, and listing a bucket needs a bucket-wide one."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(bucket)
+        self.reads: Counter[str] = Counter()
+
+    def names(self, prefix: str = "") -> list[str]:
+        raise AssertionError(f"listed {prefix!r}")
+
+    def read(self, name: str, generation: int | None = None) -> StoredObject:
+        self.reads[name] += 1
+        return super().read(name, generation)
+
+
+def test_training_opens_again_only_the_parts_whose_rows_it_samples() -> None:
+    storage = CountingStorage("test-bucket")
+    table = pq.read_table(
+        pa.BufferReader(storage.read(processed(storage, "raw/a.csv", IRIS).part_objects[0]).data)
+    )
+    request = written_dataset(
+        storage,
+        ObjectRef(storage.bucket, "raw/many.csv", 1),
+        "processed/raw/many.csv/1/data/",
+        *(table.slice(start, 5) for start in range(0, table.num_rows, 5)),
+    )
+    storage.reads.clear()
+    outcome = train(storage, request, replace(SETTINGS, max_training_rows=12))
+    assert outcome["model_version"]
+    parts = request.part_objects
+    assert len(parts) == 30
+    # Every part once for its labels; a second time only for the rows sampled.
+    assert all(storage.reads[name] in (1, 2) for name in parts)
+    assert 0 < sum(storage.reads[name] == 2 for name in parts) <= 14
