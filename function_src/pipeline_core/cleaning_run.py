@@ -38,9 +38,10 @@ from pipeline_core.cleaning import (
     layout,
     row_digests,
 )
+from pipeline_core.contract import PROCESSED_PART_BYTES
 from pipeline_core.deduplication import Deduplicator
 from pipeline_core.events import ObjectRef
-from pipeline_core.parquet_output import ParquetOutput
+from pipeline_core.parquet_output import ParquetOutput, rows_per_part
 
 # A long upload says how far it is this often (Cloud Logging, `devstack logs`).
 PROGRESS_SECONDS = 5.0
@@ -67,7 +68,7 @@ class CleaningRun:
     feature_columns: tuple[str, ...]  # empty: every column but the target
     min_rows: int
     row_group_rows: int
-    part_rows: int
+    part_rows: int | None  # None: as many as fit PROCESSED_PART_BYTES
     block_bytes: int
     progress_seconds: float
     rows_in: int = 0
@@ -174,7 +175,8 @@ class CleaningRun:
         arrow_schema = pa.schema(
             [(name, pa.float64()) for name in self.features] + [(self.target_column, pa.string())]
         )
-        return ParquetOutput(store_part, arrow_schema, self.row_group_rows, self.part_rows)
+        part_rows = self.part_rows or rows_per_part(PROCESSED_PART_BYTES, len(self.features))
+        return ParquetOutput(store_part, arrow_schema, self.row_group_rows, part_rows)
 
     def rerun(
         self,

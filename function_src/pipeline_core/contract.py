@@ -72,7 +72,7 @@ def part_object(dataset: str, number: int) -> str:
     return f"{dataset}part-{number:05d}.parquet"
 
 
-# A part number has five digits: at the default 250,000 rows a part, 25 billion rows.
+# A part number has five digits: at 50,000 rows a part at least, 5 billion rows.
 MAX_PARTS = 99_999
 
 
@@ -219,12 +219,13 @@ DEFAULT_MIN_ROWS = 20
 MIN_ROWS_BOUNDS = Bounds(2, 10_000_000)
 # Rows per Parquet row group of the processed data (processing's write unit).
 DEFAULT_CHUNK_ROWS = 50_000
-# Rows per part of the processed data, in whole row groups: about 7 MB of Parquet for
-# four features (one request: the client sends up to 8 MiB as one multipart upload, more
-# as a resumable session of one chunk), so a part is uploaded while the next ones are
-# cleaned. Memory holds the part filling, the one uploading and its bytes. A 1 GB upload
-# makes about 110 parts.
-DEFAULT_PART_ROWS = 250_000
+# Bytes of Parquet a part of the processed data holds at most (estimated from its
+# columns, in whole row groups, at least one): the client's largest single-request
+# (multipart) upload, so each part is one request, uploaded while the next ones are
+# cleaned, and memory (the part filling, the one uploading and its bytes) does not grow
+# with the number of features. Four features: 250,000 rows, about 7.7 MiB; a 1 GB
+# upload makes about 110 parts.
+PROCESSED_PART_BYTES = 8 * 2**20
 DEFAULT_MODEL_TYPE: ModelType = "random_forest"
 DEFAULT_PROMOTION_METRIC: PromotionMetric = "f1_macro"
 DEFAULT_PROMOTION_MINIMUM = 0.7

@@ -18,6 +18,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+# Parquet bytes a row takes, at most, with distinct float64 features (plain encoded;
+# compression can only shrink them) and a dictionary-encoded label: 8 a feature, 1 more.
+FEATURE_BYTES = 8
+LABEL_BYTES = 1
+
+
+def rows_per_part(part_bytes: int, features: int) -> int:
+    """How many rows of ``features`` float features and a label fit ``part_bytes``."""
+    return part_bytes // (FEATURE_BYTES * features + LABEL_BYTES)
 
 
 class ParquetOutput:

@@ -29,7 +29,6 @@ from pipeline_core.cleaning_run import PROGRESS_SECONDS, CleaningRun
 from pipeline_core.contract import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_MIN_ROWS,
-    DEFAULT_PART_ROWS,
     DEFAULT_TARGET_COLUMN,
     DEFAULT_TIMEOUT_SECONDS,
     RAW_PREFIX,
@@ -88,7 +87,7 @@ def process(
     schema: DatasetSchema,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    part_rows: int = DEFAULT_PART_ROWS,
+    part_rows: int | None = None,
     lease_seconds: int = DEFAULT_TIMEOUT_SECONDS,
     clock: Clock = utc_now,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -100,9 +99,10 @@ def process(
     Concurrent deliveries of one generation process it once: the first takes the lease,
     the others get ``LeaseHeldError`` (transient) and, redelivered, the outcome.
     ``chunk_rows`` is the Parquet row-group size and ``part_rows`` the rows of a part
-    (whole row groups); ``block_bytes`` the CSV text parsed
-    and cleaned at a time; a progress line is logged every ``progress_seconds``;
-    ``window_rows`` distinct rows are checked for repeats in memory, the rest spilled.
+    (whole row groups; by default as many as fit ``contract.PROCESSED_PART_BYTES``);
+    ``block_bytes`` the CSV text parsed and cleaned at a time; a progress line is
+    logged every ``progress_seconds``; ``window_rows`` distinct rows are checked for
+    repeats in memory, the rest spilled.
     """
     ref.check_bucket(storage.bucket)
     if not ref.name.startswith(RAW_PREFIX):

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline_core.contract import PROCESSED_PART_BYTES
 from pipeline_core.errors import TransientError
-from pipeline_core.parquet_output import ParquetOutput
+from pipeline_core.parquet_output import ParquetOutput, rows_per_part
 
 SCHEMA = pa.schema([("a", pa.float64()), ("target", pa.string())])
 
@@ -117,3 +119,26 @@ def test_one_part_is_stored_at_a_time_while_the_next_one_fills() -> None:
         filling.join(5)
     assert not filling.is_alive()
     assert order == [0.0, 2.0, 4.0]  # each part's first row: stored in order
+
+
+@pytest.mark.parametrize("features", [1, 5, 8])
+def test_a_part_of_distinct_floats_fits_part_bytes_whatever_the_features(features: int) -> None:
+    """Random doubles do not compress: the worst case of the estimate."""
+    generator = np.random.default_rng(features)
+    schema = pa.schema([*((f"f{n}", pa.float64()) for n in range(features)), ("t", pa.string())])
+    part_rows = rows_per_part(PROCESSED_PART_BYTES, features)
+    rows = 2 * part_rows + 7
+    table = pa.table(
+        [
+            *(generator.random(rows) for _ in range(features)),
+            pa.array(["x", "y"] * (rows // 2) + ["x"]),
+        ],
+        schema=schema,
+    )
+    parts: list[bytes] = []
+    with ParquetOutput(parts.append, schema, 10_000, part_rows) as output:
+        output.add(table)
+        output.finish()
+    assert len(parts) == 3
+    assert all(len(part) <= PROCESSED_PART_BYTES for part in parts)
+    assert len(parts[0]) > PROCESSED_PART_BYTES * 0.8  # and not far below it
