@@ -45,16 +45,11 @@ class DatasetWriter:
         generation = self._storage.write(name, data, content_type=PARQUET_CONTENT_TYPE)
         self.written.append(StoredPart(name, generation))
 
-    def delete(self) -> None:
-        """Deletes the parts written, each by its generation and for good (the bucket
-        keeps versions): a concurrent attempt's newer generation of a part stays."""
-        for part in self.written:
-            self._storage.delete_version(part.name, part.generation)
-        self.written = []
-
     def discard(self) -> None:
-        """``delete`` on the way out of a failed run: every part is tried, one that
-        cannot be deleted now is logged, and the run's own error is the one raised."""
+        """Deletes the parts written, each by its generation and for good (the bucket
+        keeps versions): a concurrent attempt's newer generation of a part stays. Every
+        part is tried; one that cannot be deleted now is logged, so that a failed run's
+        own error is the one raised."""
         for part in self.written:
             try:
                 self._storage.delete_version(part.name, part.generation)

@@ -220,10 +220,11 @@ class GcsStorage:
             return
 
     def delete_version(self, name: str, generation: int) -> None:
-        # The version by its generation, so none is left noncurrent; the precondition
-        # too, since fake-gcs-server deletes the live object whatever generation is
-        # named. A newer live generation fails it: then ours (noncurrent) is left for
-        # the bucket's lifecycle rule, the newer one untouched.
+        # The version by its generation, so none is left noncurrent, and only while it
+        # is the live one (the precondition): behind a newer generation, ours is left
+        # noncurrent for the bucket's lifecycle rule and the newer one is untouched.
+        # fake-gcs-server honours neither and deletes the live object
+        # (docs/LOCAL_STACK.md).
         try:
             with _translated(self.bucket, name, generation):
                 self._bucket().blob(name, generation=generation).delete(
