@@ -139,6 +139,8 @@ class CleanBlock:
 
     features: np.ndarray[Any, np.dtype[np.float64]]  # one contiguous row per feature
     labels: pa.Array  # canonical label of each kept row
+    label_codes: np.ndarray[Any, np.dtype[np.int32]]  # of each kept row, into spellings
+    spellings: tuple[str, ...]  # the canonical label of each code (one may recur)
     label_keys: np.ndarray[Any, np.dtype[np.uint64]]  # (kept rows, 2): digest of each label
     rejections: dict[str, int]
     first_rejected: dict[str, tuple[int, str]]  # reason -> (row in the block, detail)
@@ -185,20 +187,23 @@ def clean(columns: pa.Table, layout: Layout) -> CleanBlock:
     # of the dictionary with one canonical label (0.6 of 1.7 ms a 110k-row block).
     encoded = pc.dictionary_encode(_combined(columns.column(len(layout.features))))
     spellings = encoded.dictionary.to_pylist()
-    canonical = arrow_strings([canonical_label(text.strip(WHITESPACE)) for text in spellings])
+    canonical_labels = [canonical_label(text.strip(WHITESPACE)) for text in spellings]
+    canonical = arrow_strings(canonical_labels)
     label_index = _numpy(encoded.indices)
-    missing_label = np.array([not label for label in canonical.to_pylist()], dtype=bool)
+    missing_label = np.array([not label for label in canonical_labels], dtype=bool)
     cells = feature_cells(columns, len(layout.features))
     no_label = missing_label[label_index]
     codes = np.where(no_label, np.int8(_MISSING_TARGET_CODE), cells.codes).astype(np.int8)
     culprit = np.where(no_label, np.int32(-1), cells.culprit).astype(np.int32)
     values = cells.values
     kept = codes == _KEPT
-    label_keys = np.array([_label_key(label) for label in canonical.to_pylist()], np.uint64)
+    label_keys = np.array([_label_key(label) for label in canonical_labels], np.uint64)
     kept_index = label_index[kept]
     return CleanBlock(
         features=values if kept.all() else np.ascontiguousarray(values[:, kept]),
         labels=canonical.take(arrow_numbers(kept_index)),
+        label_codes=kept_index,
+        spellings=tuple(canonical_labels),
         label_keys=label_keys.reshape(-1, 2)[kept_index],
         rejections=_counts(codes),
         first_rejected=_first_rejected(columns, layout.features, layout.target, codes, culprit),

@@ -166,9 +166,16 @@ class CleaningRun:
         kept = int(new.sum())
         if kept < len(new):
             self.rejections[ROW_DUPLICATE] += len(new) - kept
+        if not kept:
+            return
+        codes = cleaned.label_codes if kept == len(new) else cleaned.label_codes[new]
+        # The classes counted by their codes in the block: no string is hashed again.
+        for code, count in enumerate(np.bincount(codes, minlength=len(cleaned.spellings))):
+            if count:
+                self.class_counts[cleaned.spellings[code]] += int(count)
         if kept == len(new):
             self._keep(cleaned.features, cleaned.labels, output)
-        elif kept:
+        else:
             self._keep(cleaned.features[:, new], cleaned.labels.filter(arrow_mask(new)), output)
 
     def _output(self, store_part: Callable[[bytes], None]) -> ParquetOutput:
@@ -202,7 +209,10 @@ class CleaningRun:
                 features = np.stack(
                     [_float_values(kept.column(index)) for index in range(len(self.features))]
                 )
-                self._keep(features, kept.column(len(self.features)), output)
+                labels = kept.column(len(self.features))
+                for entry in pc.value_counts(labels).to_pylist():
+                    self.class_counts[entry["values"]] += entry["counts"]
+                self._keep(features, labels, output)
             output.finish()
 
     def _keep(
@@ -211,12 +221,11 @@ class CleaningRun:
         labels: pa.Array,
         output: ParquetOutput,
     ) -> None:
-        """Rows that stay: counted, in the statistics, on their way to the Parquet."""
+        """Rows that stay (their classes counted by the caller): counted, in the
+        statistics, on their way to the Parquet."""
         if not len(labels):
             return
         self.rows_out += len(labels)
-        for entry in pc.value_counts(labels).to_pylist():
-            self.class_counts[entry["values"]] += entry["counts"]
         self.feature_stats = self.feature_stats.merge(FeatureStats.of(features))
         columns = [*(arrow_numbers(values) for values in features), labels]
         output.add(pa.Table.from_arrays(columns, schema=output.schema))

@@ -8,14 +8,15 @@ random, pick the slot). A batch is looked up and inserted in whole-array operati
 round per probe step, so a batch costs a few dozen numpy calls whatever its size and no
 sorting or merging happens at all.
 
-The capacity is fixed when the set is made; ``deduplication`` spills a full set to the
-object store and starts an empty one, which is what keeps memory flat on any upload.
-``np.zeros``/``np.empty`` map their pages lazily, so a small upload only touches the
-pages it uses.
+The capacity is fixed when the set is made; ``deduplication`` takes the digests of a
+full set (``take``) to spill them to the object store while the set fills again, which
+is what keeps memory flat on any upload. The table and the lanes are mapped lazily, so a
+small upload only touches the pages it uses.
 """
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,7 @@ class DigestSet:
         self._slot_mask = np.uint64(slots - 1)
         # 0: an empty slot; otherwise 1 + the position of its digest in the lanes below.
         self._table = np.zeros(slots, dtype=np.int32)
-        self._keys: _Lane = np.empty(capacity, dtype=np.uint64)
-        self._checks: _Lane = np.empty(capacity, dtype=np.uint64)
+        self._keys, self._checks = _lane(capacity), _lane(capacity)
         self._size = 0
 
     def __len__(self) -> int:
@@ -54,9 +54,14 @@ class DigestSet:
         """The first and second lanes of every digest held, in the order they came."""
         return self._keys[: self._size], self._checks[: self._size]
 
-    def clear(self) -> None:
+    def take(self) -> tuple[_Lane, _Lane]:
+        """The digests held (as ``digests``), handed over: the set is empty afterwards and
+        fills new lanes, so the ones returned stay as they are while it fills again."""
+        held = self.digests()
+        self._keys, self._checks = _lane(self.capacity), _lane(self.capacity)
         self._table.fill(0)  # the pages stay mapped for the next round of digests
         self._size = 0
+        return held
 
     def release(self) -> None:
         """Gives the memory back; the set holds nothing and has no room afterwards."""
@@ -143,3 +148,11 @@ class DigestSet:
             slots[moving] = (slots[moving] + 1) & int(self._slot_mask)
         remaining: np.ndarray[Any, Any] = pending[undecided]
         return remaining
+
+
+def _lane(capacity: int) -> _Lane:
+    """``capacity`` uint64 values in an anonymous mapping of their own: pages are
+    touched only as they fill, and unmapped as soon as the last view of them goes
+    (through malloc, a lane freed after a spill could stay in the process's heap)."""
+    lane: _Lane = np.frombuffer(mmap.mmap(-1, 8 * capacity), dtype=np.uint64)
+    return lane

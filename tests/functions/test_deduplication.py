@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pipeline_core.contract import deduplicated_data, part_object, processed_data, stats_object
 from pipeline_core.deduplication import SPILL_RANGES, Deduplicator
-from pipeline_core.errors import DataRejectedError
+from pipeline_core.errors import DataRejectedError, TransientError
 from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import BUCKET, read_processed, upload
 from tests.functions.fakes import InMemoryStorage
@@ -63,15 +63,62 @@ def test_nothing_is_spilled_while_the_window_holds_everything() -> None:
     deduplicator.close()
 
 
-def test_a_full_window_is_spilled_in_ranges_and_deleted_on_close() -> None:
-    storage = InMemoryStorage(BUCKET)
+class RecordedWrites(InMemoryStorage):
+    """Remembers every object written and every version deleted."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(bucket)
+        self.written: list[tuple[str, int]] = []
+        self.deleted_versions: list[tuple[str, int]] = []
+
+    def write(self, name: str, data: bytes, **options: Any) -> int:
+        generation = super().write(name, data, **options)
+        self.written.append((name, generation))
+        return generation
+
+    def delete_version(self, name: str, generation: int) -> None:
+        self.deleted_versions.append((name, generation))
+        super().delete_version(name, generation)
+
+
+def test_a_full_window_is_spilled_in_ranges_and_deleted_for_good() -> None:
+    storage = RecordedWrites(BUCKET)
     deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=4)
     deduplicator.new_rows(digests(range(6)))  # one full window spilled, two rows held
     assert deduplicator.new_rows(digests([0, 9])).tolist() == [True, True]  # 0: too far
     assert deduplicator.far_duplicates().tolist() == [6]
-    assert len(storage.names("processed/x/1/digests/")) == 2 * SPILL_RANGES
+    # The window held last took part from memory: only the full one was written.
+    assert sorted(name for name, _ in storage.written) == [
+        f"processed/x/1/digests/000000-{part:02d}.digests" for part in range(SPILL_RANGES)
+    ]
     deduplicator.close()
     deduplicator.close()
+    assert storage.names() == []
+    assert sorted(storage.deleted_versions) == sorted(storage.written)
+
+
+class FailingSpill(InMemoryStorage):
+    def write(self, name: str, data: bytes, **options: Any) -> int:
+        if name.endswith("-03.digests"):
+            raise TransientError("the bucket is unavailable")
+        return super().write(name, data, **options)
+
+
+def test_a_failed_spill_is_raised_by_the_next_step_and_what_it_wrote_is_deleted() -> None:
+    storage = FailingSpill(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=4)
+    deduplicator.new_rows(digests(range(6)))  # spills the first window in the background
+    with pytest.raises(TransientError, match="unavailable"):
+        deduplicator.far_duplicates()
+    deduplicator.close()
+    assert storage.names() == []
+
+
+def test_close_after_a_failed_spill_waits_for_it_and_does_not_raise_it() -> None:
+    storage = FailingSpill(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=4)
+    deduplicator.new_rows(digests(range(6)))
+    deduplicator.close()  # the caller's own error is the one to report
     assert storage.names() == []
 
 
@@ -148,9 +195,9 @@ def test_without_far_repeats_only_the_first_lanes_of_the_spill_are_read_back() -
         assert deduplicator.new_rows(digests(range(start, start + 50))).all()
     assert deduplicator.far_duplicates().tolist() == []
     deduplicator.close()
-    # Every window was spilled (the last one at the end), and 8 of each digest's 20
-    # bytes were read back.
-    assert storage.bytes_read == {"read": 0, "read_range": 8 * 1000}
+    # Every window but the last was spilled, and 8 of each spilled digest's 20 bytes
+    # were read back; the last one took part from memory.
+    assert storage.bytes_read == {"read": 0, "read_range": 8 * 900}
 
 
 def test_a_far_repeat_is_found_from_the_spilled_columns() -> None:

@@ -90,7 +90,7 @@ def test_digests_of_the_wrong_shape_are_refused() -> None:
         DigestSet().add_new(np.zeros(3, dtype=np.uint64))
 
 
-def test_a_full_set_refuses_more_and_a_cleared_one_starts_over() -> None:
+def test_a_full_set_refuses_more_and_once_taken_starts_over() -> None:
     seen = DigestSet(capacity=4)
     assert seen.add_new(digests([1, 2, 1])).tolist() == [True, True, False]
     assert seen.room == 2
@@ -99,9 +99,11 @@ def test_a_full_set_refuses_more_and_a_cleared_one_starts_over() -> None:
     assert seen.add_new(digests([3, 4])).all()
     keys, checks = seen.digests()
     assert np.column_stack([keys, checks]).tolist() == digests([1, 2, 3, 4]).tolist()
-    seen.clear()
+    taken = seen.take()
     assert len(seen) == 0
     assert seen.add_new(digests([1, 2, 5])).all()
+    # What was taken is not overwritten by the digests added since.
+    assert np.column_stack(taken).tolist() == digests([1, 2, 3, 4]).tolist()
 
 
 def test_probing_wraps_around_the_end_of_the_table() -> None:
