@@ -3,12 +3,16 @@ and a record no block can hold is refused with a reason."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pipeline_core import csv_source
 from pipeline_core.contract import stats_object
 from pipeline_core.errors import DataRejectedError
 from pipeline_core.processing import DatasetSchema, process
@@ -112,3 +116,41 @@ def test_a_quoted_header_cell_longer_than_the_header_scan_is_read_whole(
     stats = process(storage, ref, SCHEMA).to_json()
     assert stats["features"] == [long_name.strip()]
     assert stats["rows_in"] == stats["rows_out"] == 30
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_decoded_hands_over_every_byte_whatever_the_read_sizes(compressed: bool) -> None:
+    text = b"a,b,target\n" + b"".join(b"%d,%d,x\n" % (row, row * 7) for row in range(5000))
+    raw = gzip.compress(text) if compressed else text
+    stream = csv_source.decoded(io.BytesIO(raw))
+    pieces = [stream.read(1), stream.read(3), stream.read(4096)]
+    pieces.append(stream.read())
+    assert pieces[0] == b"a" and pieces[1] == b",b,"
+    assert b"".join(pieces) == text
+    assert stream.read(10) == b""
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["1", "2.5", '"q"', '"a\nb"', '"x,""y"""', "", "7"]),
+            st.sampled_from(["\n", "\r\n"]),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(min_value=8, max_value=64),
+)
+def test_blocks_end_at_record_boundaries_and_add_up_to_the_text(
+    records: list[tuple[str, str]], block_bytes: int
+) -> None:
+    """Cut on a line feed outside quotes, quoted line breaks or not, every byte once."""
+    text = "".join(f"{cell},z{end}" for cell, end in records).encode()
+    cut = list(csv_source.blocks(io.BytesIO(text), block_bytes))
+    assert b"".join(block.data for block in cut) == text
+    for block in cut[:-1]:
+        assert block.data.endswith(b"\n")
+        assert block.data.count(b'"') % 2 == 0
+    lines = [block.first_line for block in cut]
+    assert lines == [1 + sum(b.line_breaks() for b in cut[:index]) for index in range(len(cut))]
