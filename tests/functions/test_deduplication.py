@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline_core import deduplication
 from pipeline_core.contract import deduplicated_data, part_object, processed_data, stats_object
-from pipeline_core.deduplication import SPILL_RANGES, Deduplicator
+from pipeline_core.deduplication import SPILL_OBJECTS, Deduplicator
 from pipeline_core.errors import DataRejectedError, TransientError
 from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import BUCKET, read_processed, upload
@@ -87,9 +88,10 @@ def test_a_full_window_is_spilled_in_ranges_and_deleted_for_good() -> None:
     deduplicator.new_rows(digests(range(6)))  # one full window spilled, two rows held
     assert deduplicator.new_rows(digests([0, 9])).tolist() == [True, True]  # 0: too far
     assert deduplicator.far_duplicates().tolist() == [6]
-    # The window held last took part from memory: only the full one was written.
+    # The window held last took part from memory: only the full one was written, its
+    # ranges a few to an object.
     assert sorted(name for name, _ in storage.written) == [
-        f"processed/x/1/digests/000000-{part:02d}.digests" for part in range(SPILL_RANGES)
+        f"processed/x/1/digests/000000-{number:02d}.digests" for number in range(SPILL_OBJECTS)
     ]
     deduplicator.close()
     deduplicator.close()
@@ -211,3 +213,18 @@ def test_a_far_repeat_is_found_from_the_spilled_columns() -> None:
     assert deduplicator.far_duplicates().tolist() == [300, 302]  # kept rows 7 and 250
     deduplicator.close()
     assert storage.bytes_read["read"] > 0  # the ranges holding them were read whole
+
+
+@pytest.mark.parametrize("read_bytes", [8, 8 * 60, 8 * 10_000])
+def test_far_repeats_are_found_whatever_the_ranges_read_back_at_once(
+    monkeypatch: pytest.MonkeyPatch, read_bytes: int
+) -> None:
+    """1, 2 and 4 ranges a read at the end, by the budget: the same answer."""
+    monkeypatch.setattr(deduplication, "END_READ_BYTES", read_bytes)
+    batches = [list(range(start, start + 40)) for start in range(0, 400, 40)]
+    # Windows of 40 rows (a batch that does not fit spills the window): 3, 77 and 205
+    # repeat spilled windows, 391 the one held, 5000 is new.
+    batches.append([3, 77, 391, 5000, 205])
+    kept, far = far_duplicates_of(batches, window_rows=50)
+    assert 391 not in kept[400:]
+    assert [kept[row] for row in far] == [3, 77, 205]
