@@ -103,7 +103,7 @@ class _Ranges:
         rows = np.concatenate([self.rows(part) for part in range(first, first + RANGES_PER_OBJECT)])
         # Joined from the gathered columns themselves (tobytes would copy each again).
         columns = (self.keys[rows], self.checks[rows], rows.astype("<u4"))
-        return b"".join(memoryview(column) for column in columns)
+        return b"".join(column.data for column in columns)
 
 
 class Deduplicator:
