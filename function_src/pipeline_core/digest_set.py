@@ -87,9 +87,9 @@ class DigestSet:
         ids = np.arange(base + 1, base + count + 1, dtype=np.int32)
         slots = (keys & self._slot_mask).astype(np.intp)
         new = np.zeros(count, dtype=bool)
-        pending = np.arange(count)
+        pending, first = np.arange(count), True
         while len(pending):
-            pending = self._probe_step(pending, slots, ids, new)
+            pending, first = self._probe_step(pending, slots, ids, new, first), False
         rows = np.flatnonzero(new)
         if len(rows) < count:
             # A new digest's slot is the one its row claimed; point it at the compacted
@@ -106,47 +106,55 @@ class DigestSet:
         slots: np.ndarray[Any, Any],
         ids: np.ndarray[Any, Any],
         new: _Flags,
+        first: bool,
     ) -> np.ndarray[Any, Any]:
-        """One probe of every undecided row: a row at an empty slot claims it (new), at
-        its own digest it is a repeat, at another digest it moves to the next slot.
-        Returns the rows still undecided."""
+        """One probe of every undecided row (``first``: every row of the batch, in
+        order): a row at an empty slot claims it (new), at its own digest it is a repeat,
+        at another digest it moves to the next slot. Returns the rows still undecided,
+        in no particular order."""
         table, held_keys, held_checks = self._table, self._keys, self._checks
-        # The first round looks at every row: its slots are the batch's, in order. Then
-        # ``at`` is ``slots`` itself, which the moves below change: read it before them.
-        at = slots if len(pending) == len(slots) else slots.take(pending)
+        # In the first round ``at`` is ``slots`` itself, which the moves below change:
+        # everything is read from it before them.
+        at = slots if first else slots.take(pending)
         entries = table.take(at)
-        undecided = np.ones(len(pending), dtype=bool)
-        empty = np.flatnonzero(entries == 0)
+        is_empty = entries == 0
+        empty = np.flatnonzero(is_empty)
+        undecided = []
         if len(empty):
-            claimers, claimed = pending[empty], at[empty]
-            table[claimed] = ids[claimers]  # one of the rows claiming a slot gets it
+            claimers = empty if first else pending[empty]
+            claimed, claimer_ids = at[empty], ids[claimers]
+            table[claimed] = claimer_ids  # one of the rows claiming a slot gets it
             winners = table.take(claimed)
-            lost = np.flatnonzero(winners != ids[claimers])
-            # Equal digests probe the same slots in step, so they claim one together:
-            # the first of them in the batch must be the one that stays.
-            held = winners[lost] - 1
-            twins = claimers[lost]
-            earlier = (
-                (held_keys[held] == held_keys[ids[twins] - 1])
-                & (held_checks[held] == held_checks[ids[twins] - 1])
-                & (ids[twins] < winners[lost])
-            )
-            if earlier.any():
-                np.minimum.at(table, claimed[lost[earlier]], ids[twins[earlier]])
-                winners = table[claimed]
-            won = winners == ids[claimers]
+            won = winners == claimer_ids
+            if not won.all():
+                lost = np.flatnonzero(~won)
+                # Equal digests probe the same slots in step, so they claim one
+                # together: the first of them in the batch must be the one that stays.
+                held, twins = winners[lost] - 1, claimers[lost]
+                twin_positions = ids[twins] - 1
+                earlier = (
+                    (held_keys[held] == held_keys[twin_positions])
+                    & (held_checks[held] == held_checks[twin_positions])
+                    & (ids[twins] < winners[lost])
+                )
+                if earlier.any():
+                    np.minimum.at(table, claimed[lost[earlier]], ids[twins[earlier]])
+                    won = table.take(claimed) == claimer_ids
+                undecided.append(claimers[~won])  # they look at the winner next round
             new[claimers[won]] = True
-            undecided[empty[won]] = False  # the losers look at the winner next round
-        occupied = np.flatnonzero(entries != 0)
-        if len(occupied):
-            rows, held = pending[occupied], entries[occupied] - 1
-            repeat = (held_keys[held] == held_keys[ids[rows] - 1]) & (
-                held_checks[held] == held_checks[ids[rows] - 1]
+        if len(empty) < len(pending):
+            occupied = np.flatnonzero(~is_empty)
+            rows = occupied if first else pending[occupied]
+            held, positions = entries[occupied] - 1, ids[rows] - 1
+            repeat = (held_keys[held] == held_keys[positions]) & (
+                held_checks[held] == held_checks[positions]
             )
-            undecided[occupied[repeat]] = False
             moving = rows[~repeat]
             slots[moving] = (slots[moving] + 1) & int(self._slot_mask)
-        remaining: np.ndarray[Any, Any] = pending[undecided]
+            undecided.append(moving)
+        remaining: np.ndarray[Any, Any] = (
+            np.concatenate(undecided) if undecided else np.zeros(0, dtype=np.intp)
+        )
         return remaining
 
 
