@@ -45,7 +45,7 @@ from typing import Any
 from devstack.plan import LOOPBACK, REPO_ROOT, ServicePlan, fake_gcs_binary
 from devstack.processes import start_service, stop_group, wait_until_healthy
 from devstack.stack import allocate_ports
-from pipeline_core.contract import STREAMING_MALLOC_ARENAS, Env, part_objects
+from pipeline_core.contract import STREAMING_ALLOCATOR, part_objects
 
 BUCKET = "bench-data"
 PROJECT = "bench-project"
@@ -223,9 +223,10 @@ def measure_in_child(
 ) -> dict[str, Any]:
     """``python -m module --child ...`` against the emulator at ``storage_url``, in a
     process of its own (its peak RSS is the run's alone); its report is the last line.
-    ``as_deployed``: with the allocator setting process_data and score_data are
-    deployed with (the pandas peer runs as a user would run it, with glibc's default)."""
-    allocator = {Env.MALLOC_ARENA_MAX: str(STREAMING_MALLOC_ARENAS)} if as_deployed else {}
+    ``as_deployed``: with the allocator settings process_data and score_data are
+    deployed with (``contract.STREAMING_ALLOCATOR``; the pandas peer runs as a user
+    would run it, with the defaults)."""
+    allocator = STREAMING_ALLOCATOR if as_deployed else {}
     completed = subprocess.run(
         [sys.executable, "-m", module, "--child", *arguments],
         env={**os.environ, "STORAGE_EMULATOR_HOST": storage_url, **allocator},

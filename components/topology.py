@@ -33,7 +33,7 @@ from components.config import Orchestration, StackConfig
 from pipeline_core.contract import (
     DEFAULT_SCORE_PREFIX,
     RAW_PREFIX,
-    STREAMING_MALLOC_ARENAS,
+    STREAMING_ALLOCATOR,
     Env,
     LogEvent,
 )
@@ -195,7 +195,7 @@ _PROCESSING_ENV = (
     Env.FEATURE_COLUMNS,
     Env.MIN_ROWS,
     Env.FUNCTION_TIMEOUT_SECONDS,
-    Env.MALLOC_ARENA_MAX,
+    *STREAMING_ALLOCATOR,
 )
 _TRAINING_ENV = (
     *_BASE_ENV,
@@ -232,7 +232,7 @@ _SCORE_DATA = FunctionSpec(
         Env.TARGET_COLUMN,
         Env.PREDICT_RUNTIME,
         Env.MODEL_EVENTS_TOPIC,
-        Env.MALLOC_ARENA_MAX,
+        *STREAMING_ALLOCATOR,
     ),
     publishes_to=("model_events",),
 )
@@ -438,7 +438,7 @@ def function_environment(
         Env.WORKFLOW_NAME: workflow_name,
         Env.WORKFLOW_LOCATION: config.region,
         Env.FUNCTION_TIMEOUT_SECONDS: str(config.function(function.settings_key).timeout_seconds),
-        Env.MALLOC_ARENA_MAX: str(STREAMING_MALLOC_ARENAS),
+        **STREAMING_ALLOCATOR,
     }
     environment: dict[str, T | str] = {}
     for name in function.env:

@@ -12,6 +12,7 @@ from components import topology
 from components.config import StackConfig
 from components.packaging import package_source
 from components.pipeline import FUNCTION_SOURCE_DIR, data_bucket_access
+from pipeline_core.contract import STREAMING_ALLOCATOR
 from policy.guardrails import check_resource
 from tests.infra.harness import (
     DEPLOYER_EMAIL,
@@ -384,6 +385,19 @@ def test_functions_take_sizing_and_environment_from_config(
     assert environments["predict"]["PREDICT_RUNTIME"] == config.predict_runtime
     assert "PREDICT_RUNTIME" not in environments["train_model"]
     assert "MAX_TRAINING_ROWS" not in environments["predict"]
+    # The allocator settings reach the functions that stream a file, and only them.
+    streaming = {"process_data", "score_data"}
+    for key, environment in environments.items():
+        allocator = {name: environment.get(name) for name in STREAMING_ALLOCATOR}
+        if key in streaming:
+            assert allocator == {
+                "MALLOC_ARENA_MAX": "2",
+                "MALLOC_MMAP_THRESHOLD_": "33554432",
+                "MALLOC_TRIM_THRESHOLD_": "268435456",
+                "ARROW_DEFAULT_MEMORY_POOL": "system",
+            }
+        else:
+            assert set(allocator.values()) == {None}, key
 
 
 def test_functions_run_the_content_addressed_source_archive(stack: Deployment) -> None:
