@@ -23,8 +23,11 @@ generation, as soon as its ranges are checked.
 Each object-store request costs the client about 2 ms of CPU under the GIL: eight objects
 a window instead of one a range, and two ranges a read at the end, are 220 requests
 fewer at 10M rows. Larger objects would save more requests, but a spill's peak memory
-is about twice an object (its columns and the client's copy of them): 2.5 MB objects
-keep the peak RSS of a 1 GB upload within 15% of a 36 MB one's.
+is about twice an object (its columns and the client's copy of them): 5 MB objects
+took a 1 GB upload's peak RSS 5 MB higher than 2.5 MB ones. Spilling on a thread of its
+own holds the full window's lanes while the next window fills: about 25 MB more peak
+RSS than a spill the cleaning waits for (3M rows, 303-305 against 278-280 MB), for
+10-20% more throughput from 10M rows up (docs/FUNCTIONS.md).
 
 Cloud Run's /tmp is memory, so the spill goes to the bucket, not to local disk.
 """
