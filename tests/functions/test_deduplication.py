@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pipeline_core import deduplication
 from pipeline_core.contract import deduplicated_data, part_object, processed_data, stats_object
-from pipeline_core.deduplication import SPILL_OBJECTS, Deduplicator
+from pipeline_core.deduplication import SPILL_OBJECTS, SPILL_RANGES, Deduplicator
 from pipeline_core.errors import DataRejectedError, TransientError
 from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import BUCKET, read_processed, upload
@@ -215,11 +215,19 @@ def test_a_far_repeat_is_found_from_the_spilled_columns() -> None:
     assert storage.bytes_read["read"] > 0  # the ranges holding them were read whole
 
 
-@pytest.mark.parametrize("read_bytes", [8, 8 * 60, 8 * 10_000])
+@pytest.mark.parametrize(("read_bytes", "ranges_a_read"), [(8, 1), (8 * 60, 2)])
 def test_far_repeats_are_found_whatever_the_ranges_read_back_at_once(
-    monkeypatch: pytest.MonkeyPatch, read_bytes: int
+    monkeypatch: pytest.MonkeyPatch, read_bytes: int, ranges_a_read: int
 ) -> None:
-    """1, 2 and 4 ranges a read at the end, by the budget: the same answer."""
+    """One range a read, or both of an object's, by the budget: the same answer."""
+    reads: list[int] = []
+    original = InMemoryStorage.read_range
+
+    def counted(storage: InMemoryStorage, name: str, start: int, size: int) -> bytes:
+        reads.append(size)
+        return original(storage, name, start, size)
+
+    monkeypatch.setattr(InMemoryStorage, "read_range", counted)
     monkeypatch.setattr(deduplication, "END_READ_BYTES", read_bytes)
     batches = [list(range(start, start + 40)) for start in range(0, 400, 40)]
     # Windows of 40 rows (a batch that does not fit spills the window): 3, 77 and 205
@@ -228,3 +236,5 @@ def test_far_repeats_are_found_whatever_the_ranges_read_back_at_once(
     kept, far = far_duplicates_of(batches, window_rows=50)
     assert 391 not in kept[400:]
     assert [kept[row] for row in far] == [3, 77, 205]
+    # Each spilled window's first lanes, once a group of ranges: 9 windows spilled.
+    assert len(reads) == 9 * SPILL_RANGES // ranges_a_read
