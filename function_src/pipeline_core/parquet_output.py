@@ -121,13 +121,17 @@ class ParquetOutput:
         # so the cleaning runs meanwhile (1 GB over the local disk was 5-7% slower
         # with a BytesIO than writing to a file); the copy into bytes is made on the
         # uploading thread.
-        part, self._buffer = self._buffer.getvalue(), pa.BufferOutputStream()
+        part, self._buffer = [self._buffer.getvalue()], pa.BufferOutputStream()
         self._wait_for_store()  # one part uploading while the next one fills
         self._last_store = self._uploader.submit(self._store, part)
         self.parts += 1
 
-    def _store(self, part: pa.Buffer) -> None:
-        self._store_part(part.to_pybytes())
+    def _store(self, part: list[pa.Buffer]) -> None:
+        """Stores the part in ``part`` (a list of one, emptied): the Arrow buffer is let
+        go as soon as its bytes are copied, before the upload, which holds them and the
+        request's body (the task's own arguments would keep it until the end)."""
+        data = part.pop().to_pybytes()
+        self._store_part(data)
 
     def _wait_for_write(self) -> None:
         if self._last_write is not None:

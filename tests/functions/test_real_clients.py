@@ -315,3 +315,42 @@ def test_a_ranged_read_returns_the_bytes_asked_for(gcs: GcsStorage) -> None:
     assert gcs.read_range(name, 0, 0) == b""
     with pytest.raises(ObjectNotFoundError):
         gcs.read_range("processed/x/1/digests/missing", 0, 8)
+
+
+def test_a_generation_is_read_one_request_a_read_with_seeks(
+    gcs: GcsStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.cloud.storage.blob import Blob
+
+    data = random.Random(5).randbytes(3000)
+    generation = gcs.write("raw/ranged.bin", data, content_type="x")
+    requests: list[tuple[int, int]] = []
+    download = Blob.download_as_bytes
+
+    def counted(blob: Blob, *args: Any, **kwargs: Any) -> bytes:
+        requests.append((kwargs["start"], kwargs["end"]))
+        return download(blob, *args, **kwargs)
+
+    monkeypatch.setattr(Blob, "download_as_bytes", counted)
+    with gcs.open_read("raw/ranged.bin", generation) as reader:
+        assert reader.read(1000) == data[:1000]
+        assert reader.read(1500) == data[1000:2500]
+        assert requests == [(0, 999), (1000, 2499)]  # exactly what was asked, no more
+        assert reader.seek(-100, 2) == 2900 and reader.tell() == 2900
+        assert reader.read(500) == data[2900:]  # fewer past the end
+        assert reader.read(10) == b"" and len(requests) == 3  # at the end: no request
+        reader.seek(10)
+        buffer = bytearray(20)
+        assert reader.readinto(buffer) == 20 and bytes(buffer) == data[10:30]
+        assert reader.read() == data[30:]  # the rest, in one request
+        assert len(requests) == 5
+        with pytest.raises(ValueError, match="before the start"):
+            reader.seek(-1)
+
+
+def test_a_gzip_upload_is_processed_through_the_real_client(gcs: GcsStorage) -> None:
+    import gzip
+
+    generation = gcs.write("raw/iris.csv.gz", gzip.compress(IRIS), content_type="text/csv")
+    result = process(gcs, ObjectRef(BUCKET, "raw/iris.csv.gz", generation), DatasetSchema())
+    assert read_processed(gcs, result.to_json()).num_rows == 149
