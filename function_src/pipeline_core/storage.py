@@ -163,7 +163,8 @@ class GcsStorage:
             if blob is None:
                 raise ObjectNotFoundError(not_found_message(self.bucket, name, generation))
             with _RangedReader(blob, int(blob.size or 0)) as reader:
-                yield reader
+                # A file object as csv_source and pyarrow use it, not typeshed's IO class.
+                yield cast(IO[bytes], reader)
 
     def read(self, name: str, generation: int | None = None) -> StoredObject:
         with _translated(self.bucket, name, generation):

