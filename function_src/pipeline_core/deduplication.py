@@ -40,11 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline_core.digest_set import DEFAULT_CAPACITY, DigestSet
+from pipeline_core.digest_set import DEFAULT_CAPACITY, RANGE_BITS, RANGES, DigestSet, HeldDigests
 from pipeline_core.storage import Storage
 
-RANGE_BITS = 4
-SPILL_RANGES = 1 << RANGE_BITS  # ranges of the first lane, by its top bits
+SPILL_RANGES = RANGES  # ranges of the first lane, by its top bits, as the window keeps them
 RANGES_PER_OBJECT = 2
 SPILL_OBJECTS = SPILL_RANGES // RANGES_PER_OBJECT  # objects a spilled window makes
 ORDER_BITS = 16  # of the first lane after the range's, that order a range (``_Ranges``)
@@ -83,8 +82,8 @@ class _Spill:
 
 
 class _Ranges:
-    """The digests of one window grouped by range, each range nearly in the order of
-    its first lanes, so that the ranges of all windows merge at the end instead of being
+    """The ranges of one window (``DigestSet.take``), each nearly in the order of its
+    first lanes, so that the ranges of all windows merge at the end instead of being
     sorted (3x faster).
 
     Nearly: by 16 bits of the lane, a radix pass (numpy's stable sort of uint16 keys),
@@ -93,31 +92,30 @@ class _Ranges:
     With about one digest a 16-bit bucket, the runs merge at the end 20% slower than
     sorted ones (57 against 47 ms a range at 28M rows; unordered ones take 146)."""
 
-    def __init__(self, keys: _Lane, checks: _Lane) -> None:
-        self.keys, self.checks = keys, checks
-        self._range_of = (keys >> np.uint64(64 - RANGE_BITS)).astype(np.uint8)
-        self.sizes = np.bincount(self._range_of, minlength=SPILL_RANGES)
+    def __init__(self, held: HeldDigests) -> None:
+        self._held = held
+        self.sizes = held.sizes
 
-    def rows(self, part: int) -> np.ndarray[Any, Any]:
-        """The numbers, within the window, of the digests in range ``part``, ordered by
-        the ``ORDER_BITS`` bits of their first lanes after the range's. A pass over the
-        window each: one order of the whole window would hold 8 bytes a digest more
-        while the window spills."""
-        rows = np.flatnonzero(self._range_of == part)
+    def range(self, part: int) -> tuple[_Lane, _Lane, np.ndarray[Any, Any]]:
+        """Range ``part``'s first lanes, second lanes and row numbers, in that order."""
+        keys, checks, rows = self._held.range(part)
         below = np.uint64(64 - RANGE_BITS - ORDER_BITS)
-        ordered: np.ndarray[Any, Any] = rows[
-            np.argsort((self.keys[rows] >> below).astype(np.uint16), kind="stable")
-        ]
-        return ordered
+        order = np.argsort((keys >> below).astype(np.uint16), kind="stable")
+        return keys[order], checks[order], rows[order]
 
     def columns(self, spilled_object: int) -> bytes:
         """The object's ranges as it stores them: ``SPILLED``'s fields one after the
         other."""
         first = spilled_object * RANGES_PER_OBJECT
-        rows = np.concatenate([self.rows(part) for part in range(first, first + RANGES_PER_OBJECT)])
-        # Joined from the gathered columns themselves (tobytes would copy each again).
-        columns = (self.keys[rows], self.checks[rows], rows.astype("<u4"))
-        return b"".join(column.data for column in columns)
+        ranges = [self.range(part) for part in range(first, first + RANGES_PER_OBJECT)]
+        # Joined from the ordered columns themselves (tobytes would copy each again).
+        return b"".join(ordered[field].data for field in range(3) for ordered in ranges)
+
+    def release(self, spilled_object: int) -> None:
+        """Gives the memory of the object's ranges back, once it is written."""
+        first = spilled_object * RANGES_PER_OBJECT
+        for part in range(first, first + RANGES_PER_OBJECT):
+            self._held.release(part)
 
 
 class Deduplicator:
@@ -141,13 +139,19 @@ class Deduplicator:
     def new_rows(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
         """For each digest (rows of shape (n, 2)), whether its row is new so far as the
         window can tell; the new ones are the next kept rows."""
-        flags = []
-        for start in range(0, len(digests), self._window.capacity):
-            piece = digests[start : start + self._window.capacity]
-            if len(piece) > self._window.room:
-                self._spill()
-            flags.append(self._window.add_new(piece))
+        flags = [
+            self._add(digests[start : start + self._window.capacity])
+            for start in range(0, len(digests), self._window.capacity)
+        ]
         return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+
+    def _add(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
+        if not self._window.fits(digests):
+            self._spill()
+            if not self._window.fits(digests):  # more of one range than it has room for
+                half = len(digests) // 2
+                return np.concatenate([self._add(digests[:half]), self._add(digests[half:])])
+        return self._window.add_new(digests)
 
     def far_duplicates(self) -> _Rows:
         """The numbers (in kept order, ascending) of the kept rows whose digest an
@@ -155,7 +159,7 @@ class Deduplicator:
         if not self._spills:
             return np.zeros(0, dtype=np.int64)
         self._wait_for_spill()
-        last = _Ranges(*self._window.take())
+        last = _Ranges(self._window.take())
         self._window.release()  # its table; the lanes taken stay until the end
         spilled_bytes = 8 * sum(sum(spill.sizes) for spill in self._spills)
         at_once = next(
@@ -198,22 +202,21 @@ class Deduplicator:
             delete.result()
 
     def _spill(self) -> None:
-        keys, checks = self._window.take()
-        if not len(keys):
+        held = self._window.take()
+        if not len(held):
             return
         # One spill at a time: memory holds its window's lanes and the window filling.
         self._wait_for_spill()
         spill = _Spill(self._window_start, [0] * SPILL_RANGES, [None] * SPILL_OBJECTS)
         self._spills.append(spill)
-        self._window_start += len(keys)
-        self._spilling = self._spiller.submit(
-            self._write, len(self._spills) - 1, spill, keys, checks
-        )
+        self._window_start += len(held)
+        self._spilling = self._spiller.submit(self._write, len(self._spills) - 1, spill, held)
 
-    def _write(self, window: int, spill: _Spill, keys: _Lane, checks: _Lane) -> None:
-        """Writes one window's objects one at a time: memory holds the lanes, one
-        object's columns (2.5 MB for a full window) and the client's copy of them."""
-        ranges = _Ranges(keys, checks)
+    def _write(self, window: int, spill: _Spill, held: HeldDigests) -> None:
+        """Writes one window's objects one at a time: memory holds the ranges not yet
+        written, one object's columns (2.5 MB for a full window) and the client's copy
+        of them."""
+        ranges = _Ranges(held)
         spill.sizes = ranges.sizes.tolist()
         for spilled_object in range(SPILL_OBJECTS):
             spill.generations[spilled_object] = self._storage.write(
@@ -221,6 +224,7 @@ class Deduplicator:
                 ranges.columns(spilled_object),
                 content_type=SPILL_CONTENT_TYPE,
             )
+            ranges.release(spilled_object)
 
     def _wait_for_spill(self) -> None:
         if self._spilling is not None:
@@ -233,7 +237,7 @@ class Deduplicator:
         memory."""
         sizes = [sum(spill.sizes[group.start : group.stop]) for spill in self._spills]
         offsets = np.cumsum([0, *sizes])
-        held = [last.keys[last.rows(part)] for part in group]
+        held = [last.range(part)[0] for part in group]
         keys = np.empty(offsets[-1] + sum(len(lanes) for lanes in held), dtype=np.uint64)
         keys[offsets[-1] :] = np.concatenate(held)
         spilled_object = group.start // RANGES_PER_OBJECT
@@ -255,13 +259,8 @@ class Deduplicator:
         spilled = list(
             self._io.map(self._records, range(len(self._spills)), [part] * len(self._spills))
         )
-        held = last.rows(part)
-        in_memory = np.empty(len(held), dtype=SPILLED)
-        in_memory["key"], in_memory["check"], in_memory["row"] = (
-            last.keys[held],
-            last.checks[held],
-            held,
-        )
+        in_memory = np.empty(int(last.sizes[part]), dtype=SPILLED)
+        in_memory["key"], in_memory["check"], in_memory["row"] = last.range(part)
         records = np.concatenate([*spilled, in_memory])
         starts = [spill.first_row for spill in self._spills] + [self._window_start]
         sizes = [spill.sizes[part] for spill in self._spills] + [len(in_memory)]

@@ -1,32 +1,78 @@
 """A bounded set of 128-bit row digests, for exact-duplicate detection at numpy speed.
 
 A Python ``set`` of ``bytes`` costs about 110 bytes per entry, several times the CSV row
-it stands for. Here a digest is two ``uint64`` lanes kept in insertion order (16 bytes
-an entry), found through an open-addressing hash table of ``int32`` positions with at
-least four slots per entry (linear probing; the low bits of the first lane, uniformly
-random, pick the slot). A batch is looked up and inserted in whole-array operations, one
-round per probe step, so a batch costs a few dozen numpy calls whatever its size and no
-sorting or merging happens at all.
+it stands for. Here a digest is two ``uint64`` lanes and the number of its row (a
+``uint32``: the how-many-th digest the set took), 20 bytes an entry, found through an
+open-addressing hash table of ``int32`` places with at least four slots per entry
+(linear probing; the low bits of the first lane, uniformly random, pick the slot). A
+batch is looked up and inserted in whole-array operations, one round per probe step,
+so a batch costs a few dozen numpy calls whatever its size and no sorting or merging
+happens at all.
 
-The capacity is fixed when the set is made; ``deduplication`` takes the digests of a
-full set (``take``) to spill them to the object store while the set fills again, which
-is what keeps memory flat on any upload. The table and the lanes are mapped lazily, so a
-small upload only touches the pages it uses.
+The entries are kept range by range (``RANGES`` ranges, by the top bits of the first
+lane), each range in a segment of its own, in the order they came. The capacity is
+fixed when the set is made; ``deduplication`` takes a full set (``take``) and spills it
+to the object store range by range while the set fills again, and each range's memory
+is given back as soon as it is written (``HeldDigests.release``): with one block of
+entries in arrival order, the spill held the whole full set until its last range was
+written, while the next one filled (14 MB more at the peak of a 10M-row upload). The
+table and the segments are mapped lazily, so a small upload only touches the pages it
+uses.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 DIGEST_LANES = 2
-# 1M digests: 16 MB of digests and 16 MB of table.
+# 1M digests: 20 MB of entries and 16 MB of table.
 DEFAULT_CAPACITY = 2**20
+RANGE_BITS = 4
+RANGES = 1 << RANGE_BITS  # ranges of the first lane, by its top bits
+_RANGE_SHIFT = np.uint64(64 - RANGE_BITS)
+# A segment is a whole number of pages in every lane (8 KiB of uint64, 4 KiB of uint32),
+# so a range's pages can be given back on their own.
+_SEGMENT_GRAIN = 1024
 
 _Lane = np.ndarray[Any, np.dtype[np.uint64]]
+_Rows = np.ndarray[Any, np.dtype[np.uint32]]
 _Flags = np.ndarray[Any, np.dtype[np.bool_]]
+
+
+@dataclass
+class HeldDigests:
+    """The entries of a set, range by range: range ``part`` is ``sizes[part]`` entries
+    from ``starts[part]`` in each lane, in the order they came; ``rows`` numbers each
+    entry's row among all the set took."""
+
+    keys: _Lane
+    checks: _Lane
+    rows: _Rows
+    starts: np.ndarray[Any, np.dtype[np.int64]]
+    sizes: np.ndarray[Any, np.dtype[np.int64]]
+    segment: int  # entries a range has room for
+    mappings: tuple[mmap.mmap, ...]  # of the three lanes
+
+    def __len__(self) -> int:
+        return int(self.sizes.sum())
+
+    def range(self, part: int) -> tuple[_Lane, _Lane, _Rows]:
+        """Range ``part``'s first lanes, second lanes and row numbers."""
+        start, end = int(self.starts[part]), int(self.starts[part] + self.sizes[part])
+        return self.keys[start:end], self.checks[start:end], self.rows[start:end]
+
+    def release(self, part: int) -> None:
+        """Gives range ``part``'s memory back; it reads as zeros afterwards."""
+        start = int(self.starts[part])
+        lanes: tuple[np.ndarray[Any, Any], ...] = (self.keys, self.checks, self.rows)
+        for lane, mapping in zip(lanes, self.mappings, strict=True):
+            size = lane.itemsize
+            mapping.madvise(mmap.MADV_DONTNEED, start * size, self.segment * size)
 
 
 class DigestSet:
@@ -38,67 +84,109 @@ class DigestSet:
         # decided by their first probe (25% less time than at half full, for 8 MB more).
         slots = 1 << (4 * capacity - 1).bit_length()
         self._slot_mask = np.uint64(slots - 1)
-        # 0: an empty slot; otherwise 1 + the position of its digest in the lanes below.
+        # 0: an empty slot; otherwise 1 + the place of its digest in the lanes below.
         self._table = np.zeros(slots, dtype=np.int32)
-        self._keys, self._checks = _lane(capacity), _lane(capacity)
-        self._size = 0
+        # A range's share of a full set and room for eight standard deviations more
+        # (binomial): a segment that fills up first ends the set early (``fits``).
+        share = -(-capacity // RANGES)
+        room = share + 8 * math.isqrt(share) + 64
+        self._segment = -(-room // _SEGMENT_GRAIN) * _SEGMENT_GRAIN
+        self._starts = np.arange(RANGES, dtype=np.int64) * self._segment
+        self._new_lanes()
 
     def __len__(self) -> int:
         return self._size
 
     @property
     def room(self) -> int:
+        """Digests the set takes at most before it is full."""
         return self.capacity - self._size
 
-    def digests(self) -> tuple[_Lane, _Lane]:
-        """The first and second lanes of every digest held, in the order they came."""
-        return self._keys[: self._size], self._checks[: self._size]
+    def fits(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> bool:
+        """Whether ``add_new`` takes this batch: within ``room``, and within what each
+        range's segment has left."""
+        if len(digests) > self.room:
+            return False
+        counts = np.bincount(digests[:, 0] >> _RANGE_SHIFT, minlength=RANGES)
+        return bool((self._sizes + counts <= self._segment).all())
 
-    def take(self) -> tuple[_Lane, _Lane]:
-        """The digests held (as ``digests``), handed over: the set is empty afterwards and
-        fills new lanes, so the ones returned stay as they are while it fills again."""
-        held = self.digests()
-        self._keys, self._checks = _lane(self.capacity), _lane(self.capacity)
+    def take(self) -> HeldDigests:
+        """The digests held, handed over: the set is empty afterwards and fills new
+        lanes, so the ones returned stay as they are while it fills again."""
+        held = HeldDigests(
+            self._keys,
+            self._checks,
+            self._rows,
+            self._starts,
+            self._sizes,
+            self._segment,
+            self._mappings,
+        )
         self._table.fill(0)  # the pages stay mapped for the next round of digests
-        self._size = 0
+        self._new_lanes()
         return held
 
     def release(self) -> None:
         """Gives the memory back; the set holds nothing and has no room afterwards."""
-        self.capacity = self._size = 0
+        self.capacity = 0
         self._table = np.zeros(1, dtype=np.int32)
-        self._keys = self._checks = np.empty(0, dtype=np.uint64)
+        self._new_lanes(entries=0)
+
+    def _new_lanes(self, entries: int | None = None) -> None:
+        entries = RANGES * self._segment if entries is None else entries
+        self._keys, keys = _lane(entries, np.uint64)
+        self._checks, checks = _lane(entries, np.uint64)
+        self._rows, rows = _lane(entries, np.uint32)
+        self._mappings = (keys, checks, rows)
+        self._sizes = np.zeros(RANGES, dtype=np.int64)
+        self._size = 0
 
     def add_new(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> _Flags:
         """For each digest (a row of ``digests``, shape (n, 2)), whether it is new
-        (neither held before nor earlier in this batch); every new one is remembered.
-        The batch must fit in the ``room`` left."""
+        (neither held before nor earlier in this batch); every new one is remembered,
+        numbered after those held. The batch must fit (``fits``)."""
         if digests.ndim != 2 or digests.shape[1] != DIGEST_LANES:
             raise ValueError(f"digests must be an (n, {DIGEST_LANES}) array of uint64 lanes")
-        count = len(digests)
-        if count > self.room:
-            raise ValueError(f"{count} digests do not fit in the {self.room} left")
+        if not self.fits(digests):
+            raise ValueError(f"{len(digests)} digests do not fit in the {self.room} left")
         keys, checks = digests[:, 0], digests[:, 1]
-        base = self._size
-        # The batch goes after the digests held, so that the table can point at any of
-        # its rows while it is being inserted; the new ones are compacted at the end.
-        self._keys[base : base + count] = keys
-        self._checks[base : base + count] = checks
-        ids = np.arange(base + 1, base + count + 1, dtype=np.int32)
+        ranges = (keys >> _RANGE_SHIFT).astype(np.uint8)
+        # The batch goes after the digests held in each range, so that the table can
+        # point at any of its rows while it is being inserted; the new ones are
+        # compacted at the end.
+        places = self._places(ranges)
+        self._keys[places] = keys
+        self._checks[places] = checks
+        ids = (places + 1).astype(np.int32)
         slots = (keys & self._slot_mask).astype(np.intp)
-        new = np.zeros(count, dtype=bool)
-        pending, first = np.arange(count), True
+        new = np.zeros(len(digests), dtype=bool)
+        pending, first = np.arange(len(digests)), True
         while len(pending):
             pending, first = self._probe_step(pending, slots, ids, new, first), False
         rows = np.flatnonzero(new)
-        if len(rows) < count:
+        if len(rows) < len(digests):
             # A new digest's slot is the one its row claimed; point it at the compacted
-            # row. Without repeats every row already sits where its slot points.
-            self._table[slots[rows]] = ids[: len(rows)]
-            self._keys[base : base + len(rows)] = keys[rows]
-            self._checks[base : base + len(rows)] = checks[rows]
-        self._size = base + len(rows)
+            # place. Without repeats every row already sits where its slot points.
+            ranges, places = ranges[rows], self._places(ranges[rows])
+            self._table[slots[rows]] = places + 1
+            self._keys[places] = keys[rows]
+            self._checks[places] = checks[rows]
+        self._rows[places] = np.arange(self._size, self._size + len(rows), dtype=np.uint32)
+        self._sizes += np.bincount(ranges, minlength=RANGES)
+        self._size += len(rows)
         return new
+
+    def _places(self, ranges: np.ndarray[Any, np.dtype[np.uint8]]) -> np.ndarray[Any, Any]:
+        """Where entries of these ``ranges`` go, in this order: after the entries each
+        range holds, in order within a range (a stable radix sort of the ranges)."""
+        counts = np.bincount(ranges, minlength=RANGES)
+        order = np.argsort(ranges, kind="stable")
+        first_of_range = np.cumsum(counts) - counts  # in ``order``
+        places = np.empty(len(ranges), dtype=np.int64)
+        places[order] = np.arange(len(ranges)) + np.repeat(
+            self._starts + self._sizes - first_of_range, counts
+        )
+        return places
 
     def _probe_step(
         self,
@@ -158,9 +246,12 @@ class DigestSet:
         return remaining
 
 
-def _lane(capacity: int) -> _Lane:
-    """``capacity`` uint64 values in an anonymous mapping of their own: pages are
-    touched only as they fill, and unmapped as soon as the last view of them goes
-    (through malloc, a lane freed after a spill could stay in the process's heap)."""
-    lane: _Lane = np.frombuffer(mmap.mmap(-1, 8 * capacity), dtype=np.uint64)
-    return lane
+def _lane(entries: int, dtype: type[Any]) -> tuple[np.ndarray[Any, Any], mmap.mmap]:
+    """``entries`` values in a private anonymous mapping of their own: pages are touched
+    only as they fill, given back by ``HeldDigests.release`` and unmapped as soon as the
+    last view of them goes (through malloc, a lane freed after a spill could stay in the
+    process's heap). Returns the lane and its mapping."""
+    size = max(1, entries * np.dtype(dtype).itemsize)
+    mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    lane: np.ndarray[Any, Any] = np.frombuffer(mapping, dtype=dtype, count=entries)
+    return lane, mapping

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline_core.digest_set import DigestSet
+from pipeline_core.digest_set import RANGES, DigestSet, HeldDigests
 
 
 def digest(value: int) -> tuple[int, int]:
@@ -90,20 +90,79 @@ def test_digests_of_the_wrong_shape_are_refused() -> None:
         DigestSet().add_new(np.zeros(3, dtype=np.uint64))
 
 
+def held_entries(held: HeldDigests, parts: list[int] | None = None) -> list[tuple[int, int, int]]:
+    """(row, first lane, second lane) of every entry of ``parts`` (all ranges by
+    default), range by range."""
+    entries: list[tuple[int, int, int]] = []
+    for part in range(RANGES) if parts is None else parts:
+        keys, checks, rows = held.range(part)
+        # Within a range, in the order they came.
+        assert rows.tolist() == sorted(rows.tolist())
+        assert ((keys >> np.uint64(60)) == part).all()
+        entries += zip(rows.tolist(), keys.tolist(), checks.tolist(), strict=True)
+    return entries
+
+
 def test_a_full_set_refuses_more_and_once_taken_starts_over() -> None:
     seen = DigestSet(capacity=4)
     assert seen.add_new(digests([1, 2, 1])).tolist() == [True, True, False]
     assert seen.room == 2
+    assert not seen.fits(digests([3, 4, 5]))
     with pytest.raises(ValueError, match="do not fit"):
         seen.add_new(digests([3, 4, 5]))
     assert seen.add_new(digests([3, 4])).all()
-    keys, checks = seen.digests()
-    assert np.column_stack([keys, checks]).tolist() == digests([1, 2, 3, 4]).tolist()
     taken = seen.take()
-    assert len(seen) == 0
+    expected = [(row, *digest(value)) for row, value in enumerate([1, 2, 3, 4])]
+    assert sorted(held_entries(taken)) == expected
+    assert len(taken) == 4 and len(seen) == 0
     assert seen.add_new(digests([1, 2, 5])).all()
     # What was taken is not overwritten by the digests added since.
-    assert np.column_stack(taken).tolist() == digests([1, 2, 3, 4]).tolist()
+    assert sorted(held_entries(taken)) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(min_value=0, max_value=500), max_size=60), max_size=12))
+def test_entries_are_numbered_in_the_order_they_are_new(batches: list[list[int]]) -> None:
+    """Each new digest's row is how many new ones came before it, whichever range it
+    lands in: the spill names kept rows by these numbers."""
+    seen = DigestSet()
+    new_values: list[int] = []
+    for batch in batches:
+        flags = seen.add_new(digests(batch))
+        new_values += [value for value, new in zip(batch, flags.tolist(), strict=True) if new]
+    expected = [(row, *digest(value)) for row, value in enumerate(new_values)]
+    assert sorted(held_entries(seen.take())) == expected
+
+
+def in_range_zero(count: int) -> np.ndarray:
+    """``count`` distinct digests whose first lanes all have their top bits clear."""
+    return np.array([[index << 8, index] for index in range(count)], np.uint64)
+
+
+def test_a_full_range_ends_the_set_before_its_capacity() -> None:
+    """16384 digests: a range's segment holds 2048 (its share, 1024, eight standard
+    deviations more and the rest of a page). Digests all of one range fill it first:
+    the set takes no more of that range though its capacity is far off."""
+    seen = DigestSet(capacity=16384)
+    assert seen.add_new(in_range_zero(2048)).all()
+    assert seen.room == 16384 - 2048
+    assert not seen.fits(in_range_zero(2049)[2048:])
+    with pytest.raises(ValueError, match="do not fit"):
+        seen.add_new(in_range_zero(2049)[2048:])
+    assert seen.fits(np.array([[1 << 63, 1]], np.uint64))
+
+
+def test_a_released_range_reads_as_zeros_and_the_others_stay() -> None:
+    seen = DigestSet(capacity=1000)
+    seen.add_new(digests(range(1000)))
+    held = seen.take()
+    others = [part for part in range(RANGES) if part != 3]
+    before = held_entries(held, others)
+    keys, checks, rows = held.range(3)
+    assert len(keys)
+    held.release(3)
+    assert not keys.any() and not checks.any() and not rows.any()
+    assert held_entries(held, others) == before
 
 
 def test_probing_wraps_around_the_end_of_the_table() -> None:
