@@ -136,6 +136,27 @@ def test_digests_sharing_a_first_lane_across_windows_stay_distinct() -> None:
     deduplicator.close()
 
 
+def test_digests_all_in_one_range_spill_before_the_window_is_full_and_stay_exact() -> None:
+    """A range's segment holds its share of a window and a margin: digests that all
+    fall in one range (first lanes with their top bits zero) fill it long before the
+    window is full, so the window spills early and a batch larger than the segment is
+    taken in pieces; the far repeats are still found exactly."""
+    storage = RecordedWrites(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=16384)
+    batches = [list(range(3000)), [*range(100), *range(3000, 3100)]]
+    kept_flags = [
+        deduplicator.new_rows(
+            np.array([[value, 3 * value + 1] for value in batch], dtype=np.uint64)
+        )
+        for batch in batches
+    ]
+    assert all(flags.all() for flags in kept_flags)  # no window held a repeat's first
+    assert storage.written  # spilled, though 3200 digests are far from 16384
+    assert deduplicator.far_duplicates().tolist() == list(range(3000, 3100))
+    deduplicator.close()
+    assert storage.names() == []
+
+
 def test_repeats_further_apart_than_the_window_are_dropped_in_a_second_pass() -> None:
     rows = [f"{index % 7},{index % 5},{'xy'[index % 2]}" for index in range(200)]
     data = ("a,b,target\n" + "\n".join(rows) + "\n").encode()  # 70 distinct rows
