@@ -2,13 +2,14 @@
 
 An exact answer for every row needs every distinct row's digest somewhere: 16 bytes a
 row, 450 MB for the 28M rows of a 1 GB upload, more than a function should hold. So
-memory holds one window (a ``DigestSet`` of ``window_rows`` digests, 32 MB): a row
+memory holds one window (a ``DigestSet`` of ``window_rows`` digests, 36 MB): a row
 whose digest is in the window is a duplicate at once, the others are kept and their
 digests added. A full window is handed to a thread that spills it to the object store
-while the next window fills: its digests (both lanes and the row number) are grouped
-into ``SPILL_RANGES`` ranges by the top bits of the first lane, each range nearly in
-the order of its first lanes, ``RANGES_PER_OBJECT`` ranges to an object. The common case
-(duplicates close together, or none) costs one hash probe per row.
+while the next window fills: its digests (both lanes and the row number), which the
+window keeps in ``SPILL_RANGES`` ranges by the top bits of the first lane, are written
+range by range, each nearly in the order of its first lanes, ``RANGES_PER_OBJECT``
+ranges to an object, and each object's ranges are given back as soon as it is written.
+The common case (duplicates close together, or none) costs one hash probe per row.
 
 At the end, if anything was spilled, the ranges are read back across all windows, a
 few at a time (``END_READ_BYTES``), and merged: a digest held by two windows marks the
@@ -25,9 +26,11 @@ a window instead of one a range, and two ranges a read at the end, are 220 reque
 fewer at 10M rows. Larger objects would save more requests, but a spill's peak memory
 is about twice an object (its columns and the client's copy of them): 5 MB objects
 took a 1 GB upload's peak RSS 5 MB higher than 2.5 MB ones. Spilling on a thread of its
-own holds the full window's lanes while the next window fills: about 25 MB more peak
-RSS than a spill the cleaning waits for (3M rows, 303-305 against 278-280 MB), which
-kept the cleaning's thread waiting 1.1-1.2 s at 10M rows (0.02 s now).
+own holds the spilled window's unwritten ranges while the next window fills (a spill
+takes about as long as a window takes to fill), where a spill the cleaning waits for
+kept its thread waiting 1.1-1.2 s at 10M rows (0.02 s now). Before the window kept its
+ranges apart, a spill held the whole window until its last object was written: 10M
+rows peaked at 338-339 MB against 322-328 now, 28M rows at 331-332 against 320-323.
 
 Cloud Run's /tmp is memory, so the spill goes to the bucket, not to local disk.
 """
