@@ -37,14 +37,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from devstack.plan import LOOPBACK, REPO_ROOT, ServicePlan, fake_gcs_binary
 from devstack.processes import start_service, stop_group, wait_until_healthy
-from devstack.stack import allocate_ports
+from devstack.stack import StackState, allocate_ports
 from pipeline_core.contract import STREAMING_ALLOCATOR, part_objects
 
 BUCKET = "bench-data"
@@ -71,7 +71,10 @@ def _progress(line: str) -> None:
 def write_csv(path: Path, rows: int) -> None:
     """Distinct rows (the worst case for duplicate detection): four features with six
     decimals in [0, 10), three classes; about 36 bytes a row. Vectorized, so that a GB
-    takes seconds."""
+    takes seconds. The class is the third of [0, 20) the first two features' sum falls
+    in: a boundary a forest learns, so that an upload end to end trains a model good
+    enough to become the champion (with labels independent of the features it never
+    would, and the run would end before serving)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -90,7 +93,7 @@ def write_csv(path: Path, rows: int) -> None:
                 )
                 for column in micros
             ]
-            labels = pc.cast(pa.array(np.arange(start, start + count) % 3), pa.string())
+            labels = pc.cast(pa.array((micros[0] + micros[1]) * 3 // 20_000_000), pa.string())
             line = pc.binary_join_element_wise(*cells, labels, ",")
             text = pc.binary_join_element_wise(line, pa.scalar(""), "\n")
             _, offsets, data = text.buffers()
@@ -447,6 +450,34 @@ def measure_throughput(
     }
 
 
+# Rows whose class the generated files' rule decides (``write_csv``), far from its
+# boundaries, and that class.
+_SERVING_PROBES = (([1.0, 1.0, 5.0, 5.0], "0"), ([9.0, 9.0, 5.0, 5.0], "2"))
+_SERVING_WAIT_SECONDS = 60.0
+
+
+def _wait_for_serving(state: StackState, model_version: str, record: Callable[[str], None]) -> None:
+    """Until predict answers with ``model_version`` (it loads a new champion on its next
+    request, within seconds); records when, and what it answered for the probes."""
+    from devstack import runs
+
+    payload = {"instances": [features for features, _ in _SERVING_PROBES]}
+    deadline = time.monotonic() + _SERVING_WAIT_SECONDS
+    while True:
+        answer = runs.predict(state, payload)
+        if answer.get("model_version") == model_version:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"predict still serves {answer.get('model_version')} "
+                f"{_SERVING_WAIT_SECONDS:.0f} s after {model_version} became the champion"
+            )
+        time.sleep(0.5)
+    labels = [prediction["label"] for prediction in answer["predictions"]]
+    expected = [label for _, label in _SERVING_PROBES]
+    record(f"serving: predict answers with {model_version}: {labels} (the rule says {expected})")
+
+
 def measure_end_to_end(rows: int, stack_file: Path) -> dict[str, Any]:
     """One upload of a generated file through the local stack (workflow mode), with the
     time of each stage as ``upload --wait`` reports it."""
@@ -480,6 +511,8 @@ def measure_end_to_end(rows: int, stack_file: Path) -> dict[str, Any]:
                 load_state(state_dir), path, name=path.name, timeout=3600, progress=record
             )
             total = time.perf_counter() - started
+            if summary.get("promoted"):
+                _wait_for_serving(load_state(state_dir), str(summary["model_version"]), record)
         finally:
             subprocess.run([*devstack, "down"], cwd=REPO_ROOT, check=True)
     return {
@@ -487,6 +520,9 @@ def measure_end_to_end(rows: int, stack_file: Path) -> dict[str, Any]:
         "file_mb": file_mb,
         "stages": stages,
         "upload_to_summary_seconds": round(total, 1),
+        "upload_to_champion_serving_seconds": next(
+            (stage["at_seconds"] for stage in stages if stage["line"].startswith("serving")), None
+        ),
         "status": summary.get("status"),
         "model_version": summary.get("model_version"),
     }
