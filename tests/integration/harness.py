@@ -50,6 +50,22 @@ def devstack(
 PORT_TAKEN_ADVICE = "run the command again to pick"
 
 
+def run_benchmark(module: str, *args: str) -> dict[str, Any]:
+    """``python -m module args`` to its end (5 minutes at most), which must succeed; its
+    JSON document (stdout holds only that)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    document: dict[str, Any] = json.loads(completed.stdout)
+    return document
+
+
 def up_detached(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``up --detach``, once more when a port it chose was taken meanwhile: the test
     workers (and anyone else on the machine) pick free ports at the same moments, and

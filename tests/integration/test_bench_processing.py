@@ -5,13 +5,10 @@ timing is asserted."""
 from __future__ import annotations
 
 import csv
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from bench.processing import FEATURES, write_csv
-from devstack.plan import REPO_ROOT
+from tests.integration.harness import run_benchmark
 
 
 def test_the_generated_file_holds_distinct_rows_whose_class_the_features_decide(
@@ -33,16 +30,7 @@ def test_the_generated_file_holds_distinct_rows_whose_class_the_features_decide(
 
 
 def test_a_quick_run_measures_ours_and_the_peer_on_every_size() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.processing", "--rows", "20000", "40000", "--repeats", "1"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    document = json.loads(completed.stdout)  # stdout is only the JSON
+    document = run_benchmark("bench.processing", "--rows", "20000", "40000", "--repeats", "1")
     assert [result["rows"] for result in document["results"]] == [20_000, 40_000]
     for result in document["results"]:
         for variant in ("ours", "ours_local_disk", "pandas"):

@@ -3,10 +3,7 @@ and the load clients count wrong answers. Behaviour only: no timing is asserted.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,22 +12,13 @@ from pathlib import Path
 import pytest
 
 from bench import serving
-from devstack.plan import LOOPBACK, REPO_ROOT
+from devstack.plan import LOOPBACK
+from tests.integration.harness import run_benchmark
 
 
 @pytest.fixture(scope="module")
 def quick_run() -> dict[str, object]:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.serving", "--quick"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    document: dict[str, object] = json.loads(completed.stdout)  # stdout is only the JSON
-    return document
+    return run_benchmark("bench.serving", "--quick")
 
 
 def test_quick_run_measures_every_scenario_without_errors(quick_run: dict[str, object]) -> None:
