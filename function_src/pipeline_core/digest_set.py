@@ -35,9 +35,10 @@ DEFAULT_CAPACITY = 2**20
 RANGE_BITS = 4
 RANGES = 1 << RANGE_BITS  # ranges of the first lane, by its top bits
 _RANGE_SHIFT = np.uint64(64 - RANGE_BITS)
-# A segment is a whole number of pages in every lane (8 KiB of uint64, 4 KiB of uint32),
-# so a range's pages can be given back on their own.
-_SEGMENT_GRAIN = 1024
+# A segment is a whole number of pages in every lane (a page of the uint32 lane is the
+# fewest entries; 1024 with 4 KiB pages), so a range's pages can be given back on their
+# own (madvise takes whole pages only).
+_SEGMENT_GRAIN = mmap.PAGESIZE // np.dtype(np.uint32).itemsize
 
 _Lane = np.ndarray[Any, np.dtype[np.uint64]]
 _Rows = np.ndarray[Any, np.dtype[np.uint32]]
