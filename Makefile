@@ -71,6 +71,7 @@ test: lint typecheck $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline_latency
 	$(BIN)/python -m bench.processing
+	$(BIN)/python -m bench.processing --end-to-end 28000000
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.scoring
 	$(BIN)/python -m bench.load
