@@ -49,6 +49,10 @@ from pipeline_core.storage import Storage
 SPILL_RANGES = RANGES  # ranges of the first lane, by its top bits, as the window keeps them
 RANGES_PER_OBJECT = 2
 SPILL_OBJECTS = SPILL_RANGES // RANGES_PER_OBJECT  # objects a spilled window makes
+# A batch this small that a range of the window cannot take spills the window instead
+# of being split further; an empty window's segment always takes it (a segment is at
+# least a page of uint32 row numbers, 1024 entries).
+SPLIT_ROWS_ABOVE = 1024
 ORDER_BITS = 16  # of the first lane after the range's, that order a range (``_Ranges``)
 # Reads at the end and deletes overlap: each costs a round trip.
 SPILL_THREADS = 8
@@ -149,12 +153,23 @@ class Deduplicator:
         return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
 
     def _add(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
-        if not self._window.fits(digests):
-            self._spill()
-            if not self._window.fits(digests):  # more of one range than it has room for
-                half = len(digests) // 2
-                return np.concatenate([self._add(digests[:half]), self._add(digests[half:])])
-        return self._window.add_new(digests)
+        """``new_rows`` of a batch of at most a window. One with room in the window but
+        more rows of one range than its segment has left goes in by halves before the
+        window spills: a segment counts every row of the batch, repeats too, but keeps
+        only the new ones (a block mostly of one repeated row would spill every time)."""
+        window = self._window
+        if window.fits(digests):
+            return window.add_new(digests)
+        if len(digests) <= window.room and len(digests) > SPLIT_ROWS_ABOVE:
+            return self._add_halves(digests)
+        self._spill()
+        if window.fits(digests):
+            return window.add_new(digests)
+        return self._add_halves(digests)  # more of one range than an empty segment holds
+
+    def _add_halves(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
+        half = len(digests) // 2
+        return np.concatenate([self._add(digests[:half]), self._add(digests[half:])])
 
     def far_duplicates(self) -> _Rows:
         """The numbers (in kept order, ascending) of the kept rows whose digest an

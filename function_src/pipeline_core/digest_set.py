@@ -99,6 +99,11 @@ class DigestSet:
         return self._size
 
     @property
+    def segment(self) -> int:
+        """Entries a range has room for (a whole number of pages of every lane)."""
+        return self._segment
+
+    @property
     def room(self) -> int:
         """Digests the set takes at most before it is full."""
         return self.capacity - self._size

@@ -4,6 +4,7 @@ resolved exactly, cleaned up."""
 from __future__ import annotations
 
 import json
+import mmap
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from pipeline_core import deduplication
 from pipeline_core.contract import deduplicated_data, part_object, processed_data, stats_object
 from pipeline_core.deduplication import SPILL_OBJECTS, SPILL_RANGES, Deduplicator
+from pipeline_core.digest_set import DigestSet
 from pipeline_core.errors import DataRejectedError, TransientError
 from pipeline_core.processing import DatasetSchema, process
 from tests.functions.conftest import BUCKET, read_processed, upload
@@ -136,14 +138,19 @@ def test_digests_sharing_a_first_lane_across_windows_stay_distinct() -> None:
     deduplicator.close()
 
 
+# A window of 16 pages of row numbers: a range's share is a page, its segment two.
+SMALL_WINDOW_ROWS = 16 * (mmap.PAGESIZE // 4)
+
+
 def test_digests_all_in_one_range_spill_before_the_window_is_full_and_stay_exact() -> None:
     """A range's segment holds its share of a window and a margin: digests that all
     fall in one range (first lanes with their top bits zero) fill it long before the
     window is full, so the window spills early and a batch larger than the segment is
     taken in pieces; the far repeats are still found exactly."""
     storage = RecordedWrites(BUCKET)
-    deduplicator = Deduplicator(storage, "processed/x/1/digests/", window_rows=16384)
-    batches = [list(range(3000)), [*range(100), *range(3000, 3100)]]
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", SMALL_WINDOW_ROWS)
+    first = DigestSet(SMALL_WINDOW_ROWS).segment * 3 // 2
+    batches = [list(range(first)), [*range(100), *range(first, first + 100)]]
     kept_flags = [
         deduplicator.new_rows(
             np.array([[value, 3 * value + 1] for value in batch], dtype=np.uint64)
@@ -151,12 +158,28 @@ def test_digests_all_in_one_range_spill_before_the_window_is_full_and_stay_exact
         for batch in batches
     ]
     assert all(flags.all() for flags in kept_flags)  # no window held a repeat's first
-    assert deduplicator.far_duplicates().tolist() == list(range(3000, 3100))
-    # Spilled (the spill thread is done once the far repeats are known), though 3200
-    # digests are far from 16384.
+    assert deduplicator.far_duplicates().tolist() == list(range(first, first + 100))
+    # Spilled (the spill thread is done once the far repeats are known), though the
+    # digests are far fewer than a window.
     assert storage.written
     deduplicator.close()
     assert storage.names() == []
+
+
+def test_batches_mostly_of_one_repeated_row_do_not_spill_the_window() -> None:
+    """A segment counts every row of a batch, repeats too, but keeps only the new ones:
+    batches whose copies of one row alone outnumber a segment go in by halves, and the
+    window never spills while their distinct rows fit in it."""
+    storage = RecordedWrites(BUCKET)
+    deduplicator = Deduplicator(storage, "processed/x/1/digests/", SMALL_WINDOW_ROWS)
+    copies = DigestSet(SMALL_WINDOW_ROWS).segment + 1
+    for batch in range(5):
+        values = [0] * copies + list(range(1 + 100 * batch, 101 + 100 * batch))
+        flags = deduplicator.new_rows(digests(values)).tolist()
+        assert flags == [batch == 0] + [False] * (copies - 1) + [True] * 100
+    assert deduplicator.far_duplicates().tolist() == []
+    assert storage.written == []
+    deduplicator.close()
 
 
 def test_repeats_further_apart_than_the_window_are_dropped_in_a_second_pass() -> None:

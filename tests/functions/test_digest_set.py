@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 
 import numpy as np
 import pytest
@@ -140,16 +141,18 @@ def in_range_zero(count: int) -> np.ndarray:
 
 
 def test_a_full_range_ends_the_set_before_its_capacity() -> None:
-    """16384 digests: a range's segment holds 2048 (its share, 1024, eight standard
-    deviations more and the rest of a page). Digests all of one range fill it first:
-    the set takes no more of that range though its capacity is far off."""
+    """16384 digests: a range's segment holds its share (1024), eight standard
+    deviations more and the rest of a page: 2048 with 4 KiB pages. Digests all of one
+    range fill it first: the set takes no more of that range though it has room."""
     seen = DigestSet(capacity=16384)
-    assert seen.add_new(in_range_zero(2048)).all()
-    assert seen.room == 16384 - 2048
-    assert not seen.fits(in_range_zero(2049)[2048:])
+    segment = seen.segment
+    assert segment >= 1024 + 8 * 32 + 64 and segment % (mmap.PAGESIZE // 4) == 0
+    assert seen.add_new(in_range_zero(segment)).all()
+    assert seen.room == 16384 - segment
+    assert not seen.fits(in_range_zero(segment + 1)[segment:])
     with pytest.raises(ValueError, match="do not fit"):
-        seen.add_new(in_range_zero(2049)[2048:])
-    assert seen.fits(np.array([[1 << 63, 1]], np.uint64))
+        seen.add_new(in_range_zero(segment + 1)[segment:])
+    assert seen.fits(np.array([[1 << 63, 1]], np.uint64)) == (seen.room > 0)
 
 
 def test_a_released_range_reads_as_zeros_and_the_others_stay() -> None:
