@@ -158,14 +158,15 @@ class Deduplicator:
         window spills: a segment counts every row of the batch, repeats too, but keeps
         only the new ones (a block mostly of one repeated row would spill every time)."""
         window = self._window
-        if window.fits(digests):
-            return window.add_new(digests)
+        new = window.add_new_if_it_fits(digests)
+        if new is not None:
+            return new
         if len(digests) <= window.room and len(digests) > SPLIT_ROWS_ABOVE:
             return self._add_halves(digests)
         self._spill()
-        if window.fits(digests):
-            return window.add_new(digests)
-        return self._add_halves(digests)  # more of one range than an empty segment holds
+        new = window.add_new_if_it_fits(digests)
+        # None: more of one range than an empty segment holds.
+        return new if new is not None else self._add_halves(digests)
 
     def _add_halves(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
         half = len(digests) // 2
@@ -223,7 +224,8 @@ class Deduplicator:
         held = self._window.take()
         if not len(held):
             return
-        # One spill at a time: memory holds its window's lanes and the window filling.
+        # One spill at a time: memory holds its window's unwritten ranges and the window
+        # filling.
         self._wait_for_spill()
         spill = _Spill(self._window_start, [0] * SPILL_RANGES, [None] * SPILL_OBJECTS)
         self._spills.append(spill)

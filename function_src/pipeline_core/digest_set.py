@@ -111,9 +111,9 @@ class DigestSet:
     def fits(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> bool:
         """Whether ``add_new`` takes this batch: within ``room``, and within what each
         range's segment has left."""
-        if len(digests) > self.room:
-            return False
-        counts = np.bincount(digests[:, 0] >> _RANGE_SHIFT, minlength=RANGES)
+        return len(digests) <= self.room and self._segments_take(_counts(_ranges(digests[:, 0])))
+
+    def _segments_take(self, counts: np.ndarray[Any, Any]) -> bool:
         return bool((self._sizes + counts <= self._segment).all())
 
     def take(self) -> HeldDigests:
@@ -151,16 +151,27 @@ class DigestSet:
         """For each digest (a row of ``digests``, shape (n, 2)), whether it is new
         (neither held before nor earlier in this batch); every new one is remembered,
         numbered after those held. The batch must fit (``fits``)."""
+        new = self.add_new_if_it_fits(digests)
+        if new is None:
+            raise ValueError(f"{len(digests)} digests do not fit in the {self.room} left")
+        return new
+
+    def add_new_if_it_fits(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> _Flags | None:
+        """``add_new``'s answer if the batch fits, else None and nothing is added: the
+        check and the insertion share one pass over the batch's ranges."""
         if digests.ndim != 2 or digests.shape[1] != DIGEST_LANES:
             raise ValueError(f"digests must be an (n, {DIGEST_LANES}) array of uint64 lanes")
-        if not self.fits(digests):
-            raise ValueError(f"{len(digests)} digests do not fit in the {self.room} left")
+        if len(digests) > self.room:
+            return None
         keys, checks = digests[:, 0], digests[:, 1]
-        ranges = (keys >> _RANGE_SHIFT).astype(np.uint8)
+        ranges = _ranges(keys)
+        counts = _counts(ranges)
+        if not self._segments_take(counts):
+            return None
         # The batch goes after the digests held in each range, so that the table can
         # point at any of its rows while it is being inserted; the new ones are
         # compacted at the end.
-        places = self._places(ranges)
+        places = self._places(ranges, counts)
         self._keys[places] = keys
         self._checks[places] = checks
         ids = (places + 1).astype(np.int32)
@@ -173,19 +184,23 @@ class DigestSet:
         if len(rows) < len(digests):
             # A new digest's slot is the one its row claimed; point it at the compacted
             # place. Without repeats every row already sits where its slot points.
-            ranges, places = ranges[rows], self._places(ranges[rows])
+            ranges = ranges[rows]
+            counts = _counts(ranges)
+            places = self._places(ranges, counts)
             self._table[slots[rows]] = places + 1
             self._keys[places] = keys[rows]
             self._checks[places] = checks[rows]
         self._rows[places] = np.arange(self._size, self._size + len(rows), dtype=np.uint32)
-        self._sizes += np.bincount(ranges, minlength=RANGES)
+        self._sizes += counts
         self._size += len(rows)
         return new
 
-    def _places(self, ranges: np.ndarray[Any, np.dtype[np.uint8]]) -> np.ndarray[Any, Any]:
-        """Where entries of these ``ranges`` go, in this order: after the entries each
-        range holds, in order within a range (a stable radix sort of the ranges)."""
-        counts = np.bincount(ranges, minlength=RANGES)
+    def _places(
+        self, ranges: np.ndarray[Any, np.dtype[np.uint8]], counts: np.ndarray[Any, Any]
+    ) -> np.ndarray[Any, Any]:
+        """Where entries of these ``ranges`` (``counts`` of each) go, in this order:
+        after the entries each range holds, in order within a range (a stable radix sort
+        of the ranges)."""
         order = np.argsort(ranges, kind="stable")
         first_of_range = np.cumsum(counts) - counts  # in ``order``
         places = np.empty(len(ranges), dtype=np.int64)
@@ -250,6 +265,17 @@ class DigestSet:
             np.concatenate(undecided) if undecided else np.zeros(0, dtype=np.intp)
         )
         return remaining
+
+
+def _ranges(keys: _Lane) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """The range of each first lane (its top bits), as uint8: numpy counts those
+    several times faster than the shifted uint64 values."""
+    ranges: np.ndarray[Any, np.dtype[np.uint8]] = (keys >> _RANGE_SHIFT).astype(np.uint8)
+    return ranges
+
+
+def _counts(ranges: np.ndarray[Any, np.dtype[np.uint8]]) -> np.ndarray[Any, Any]:
+    return np.bincount(ranges, minlength=RANGES)
 
 
 def _lane(entries: int, dtype: type[Any]) -> tuple[np.ndarray[Any, Any], mmap.mmap]:
