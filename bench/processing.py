@@ -506,13 +506,14 @@ def measure_end_to_end(rows: int, stack_file: Path) -> dict[str, Any]:
             stdout=subprocess.DEVNULL,
         )
         try:
+            state = load_state(state_dir)
             started = time.perf_counter()
             summary = runs.upload_and_follow(
-                load_state(state_dir), path, name=path.name, timeout=3600, progress=record
+                state, path, name=path.name, timeout=3600, progress=record
             )
             total = time.perf_counter() - started
             if summary.get("promoted"):
-                _wait_for_serving(load_state(state_dir), str(summary["model_version"]), record)
+                _wait_for_serving(state, str(summary["model_version"]), record)
         finally:
             subprocess.run([*devstack, "down"], cwd=REPO_ROOT, check=True)
     return {
