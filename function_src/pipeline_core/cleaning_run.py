@@ -88,35 +88,41 @@ class CleaningRun:
     ) -> None:
         """Cleans the upload ``source`` reads; the kept rows go, as Parquet parts, to
         ``store_part``."""
-        cells, blocks = csv_source.header(
-            csv_source.blocks(csv_source.decoded(source), self.block_bytes)
-        )
-        columns = layout(cells, self.target_column, self.feature_columns)
-        self.features = columns.features
-        self.feature_stats = FeatureStats.empty(len(self.features))
-        progress = Progress(ref, self.progress_seconds)
-
-        def prepare(block: csv_source.Block) -> PreparedBlock:
-            """What one block needs on its own (pure), a block ahead of the counting
-            and duplicate detection that need the blocks before it."""
-            parsed = csv_source.parse(
-                block, len(columns.names), columns.positions, len(self.features)
+        # Whatever happens, the reading and preparing threads are done with ``source``
+        # when this returns (``csv_source.Ahead``).
+        with (
+            csv_source.Ahead("csv-read-ahead") as reader,
+            csv_source.Ahead("csv-prepare") as preparer,
+        ):
+            cells, blocks = csv_source.header(
+                csv_source.blocks(csv_source.decoded(source), reader, self.block_bytes)
             )
-            cleaned = clean(parsed.columns, columns)
-            return PreparedBlock(
-                parsed.columns.num_rows,
-                parsed.wrong_field_count,
-                cleaned,
-                row_digests(cleaned.features, cleaned.label_keys),
-            )
+            columns = layout(cells, self.target_column, self.feature_columns)
+            self.features = columns.features
+            self.feature_stats = FeatureStats.empty(len(self.features))
+            progress = Progress(ref, self.progress_seconds)
 
-        with self._output(store_part) as output:
-            for block, prepared in csv_source.prepared_ahead(blocks, prepare):
-                self._count(block, prepared, columns)
-                self._keep_new(prepared, deduplicator, output)
-                progress.advance(len(block.data), self.rows_in)
-            output.finish()
-        progress.finish(self.rows_in)
+            def prepare(block: csv_source.Block) -> PreparedBlock:
+                """What one block needs on its own (pure), a block ahead of the counting
+                and duplicate detection that need the blocks before it."""
+                parsed = csv_source.parse(
+                    block, len(columns.names), columns.positions, len(self.features)
+                )
+                cleaned = clean(parsed.columns, columns)
+                return PreparedBlock(
+                    parsed.columns.num_rows,
+                    parsed.wrong_field_count,
+                    cleaned,
+                    row_digests(cleaned.features, cleaned.label_keys),
+                )
+
+            with self._output(store_part) as output:
+                for block, prepared in csv_source.prepared_ahead(blocks, prepare, preparer):
+                    self._count(block, prepared, columns)
+                    self._keep_new(prepared, deduplicator, output)
+                    progress.advance(len(block.data), self.rows_in)
+                output.finish()
+            progress.finish(self.rows_in)
 
     def _count(self, block: csv_source.Block, prepared: PreparedBlock, columns: Layout) -> None:
         self.rows_in += prepared.rows + prepared.wrong_field_count

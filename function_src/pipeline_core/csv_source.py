@@ -44,6 +44,7 @@ PARSE_CHUNK_BYTES = 2**20
 GZIP_READ_BYTES = 4 * 2**20
 
 Prepared = TypeVar("Prepared")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,42 @@ def decoded(source: IO[bytes]) -> IO[bytes]:
     return _Prefixed(head, source)  # type: ignore[return-value]
 
 
-def blocks(stream: IO[bytes], block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[Block]:
+class Ahead:
+    """A thread that works one step ahead of its caller: it reads the next chunk, or
+    prepares the next block, while the caller works on this one. Leaving its ``with``
+    waits for that thread.
+
+    The thread belongs to a ``with`` in a plain function, never to a generator. A
+    generator left suspended (a rejection raised while it still had blocks to give) is
+    closed whenever the garbage collector reaches it, on whichever thread happens to
+    run the collector. Joining a thread from there can deadlock: the collector may run
+    inside ``threading``'s own bookkeeping, holding the lock that ``join`` takes. That
+    hung a CI run for its whole timeout.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def __enter__(self) -> Ahead:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, work: Callable[..., Result], *args: Any) -> Future[Result]:
+        return self._thread.submit(work, *args)
+
+
+def blocks(
+    stream: IO[bytes], reader: Ahead, block_bytes: int = DEFAULT_BLOCK_BYTES
+) -> Iterator[Block]:
     """Record-aligned, UTF-8-validated blocks, growing from FIRST_BLOCK_BYTES to about
-    ``block_bytes`` each."""
+    ``block_bytes`` each; ``reader`` reads the next chunk of ``stream`` ahead."""
     carry = b""
     offset = 0  # of ``carry`` in the decoded stream, for error messages
     line = 1
     first = True
-    for read in _read_ahead(stream, _growing(block_bytes)):
+    for read in _read_ahead(stream, _growing(block_bytes), reader):
         chunk = read
         if first:
             first = False
@@ -209,29 +238,34 @@ def _read(block: Block, column_count: int, wanted: list[int], numbers: int) -> P
 
 
 def parsed_ahead(
-    source: Iterator[Block], column_count: int, wanted: list[int], numbers: int = 0
+    source: Iterator[Block],
+    parser: Ahead,
+    column_count: int,
+    wanted: list[int],
+    numbers: int = 0,
 ) -> Iterator[tuple[Block, ParsedBlock]]:
     """Each block with its parsed ``wanted`` columns (``parse``), parsed a block ahead."""
     return prepared_ahead(
-        source, functools.partial(parse, column_count=column_count, wanted=wanted, numbers=numbers)
+        source,
+        functools.partial(parse, column_count=column_count, wanted=wanted, numbers=numbers),
+        parser,
     )
 
 
 def prepared_ahead(
-    source: Iterator[Block], prepare: Callable[[Block], Prepared]
+    source: Iterator[Block], prepare: Callable[[Block], Prepared], preparer: Ahead
 ) -> Iterator[tuple[Block, Prepared]]:
-    """Each block with ``prepare(block)``, in order; the next block is prepared on a
-    thread while the caller works on this one. Arrow and numpy release the GIL in their
+    """Each block with ``prepare(block)``, in order; ``preparer`` prepares the next block
+    while the caller works on this one. Arrow and numpy release the GIL in their
     kernels, so both cores work."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-prepare") as worker:
-        previous: tuple[Block, Future[Prepared]] | None = None
-        for block in source:
-            upcoming = worker.submit(prepare, block)
-            if previous is not None:
-                yield previous[0], previous[1].result()
-            previous = block, upcoming
+    previous: tuple[Block, Future[Prepared]] | None = None
+    for block in source:
+        upcoming = preparer.submit(prepare, block)
         if previous is not None:
             yield previous[0], previous[1].result()
+        previous = block, upcoming
+    if previous is not None:
+        yield previous[0], previous[1].result()
 
 
 def record_lines(block: Block) -> Iterator[tuple[int, int]]:
@@ -253,22 +287,21 @@ def _growing(block_bytes: int) -> Iterator[int]:
         size = min(2 * size, block_bytes)
 
 
-def _read_ahead(stream: IO[bytes], sizes: Iterator[int]) -> Iterator[bytes]:
-    """Chunks of the next of ``sizes`` bytes each and a last empty one; the next chunk is
-    read (downloaded, decompressed) on a thread while the caller cleans this one."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-read-ahead") as reader:
-        upcoming = reader.submit(stream.read, next(sizes))
-        while True:
-            try:
-                chunk = upcoming.result()
-            # Only what gzip raises: a failed download is the storage's error to report.
-            except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-                raise FileRejectedError(NOT_CSV, f"the gzip stream is corrupt: {error}") from None
-            if chunk:
-                upcoming = reader.submit(stream.read, next(sizes))
-            yield chunk
-            if not chunk:
-                return
+def _read_ahead(stream: IO[bytes], sizes: Iterator[int], reader: Ahead) -> Iterator[bytes]:
+    """Chunks of the next of ``sizes`` bytes each and a last empty one; ``reader`` reads
+    (downloads, decompresses) the next chunk while the caller cleans this one."""
+    upcoming: Future[bytes] = reader.submit(stream.read, next(sizes))
+    while True:
+        try:
+            chunk = upcoming.result()
+        # Only what gzip raises: a failed download is the storage's error to report.
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise FileRejectedError(NOT_CSV, f"the gzip stream is corrupt: {error}") from None
+        if chunk:
+            upcoming = reader.submit(stream.read, next(sizes))
+        yield chunk
+        if not chunk:
+            return
 
 
 def _record_end(data: bytes) -> int:

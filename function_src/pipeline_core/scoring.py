@@ -343,9 +343,13 @@ class _Scorer:
         return [str(name) for name in self.model.manifest["classes"]]
 
     def run(self, storage: Storage, ref: ObjectRef, block_bytes: int) -> None:
-        with storage.open_read(ref.name, ref.generation) as source:
+        with (
+            storage.open_read(ref.name, ref.generation) as source,
+            csv_source.Ahead("csv-read-ahead") as reader,
+            csv_source.Ahead("csv-parse") as parser,
+        ):
             cells, blocks = csv_source.header(
-                csv_source.blocks(csv_source.decoded(source), block_bytes)
+                csv_source.blocks(csv_source.decoded(source), reader, block_bytes)
             )
             columns = _columns(header_names(cells), self.model, self.spec)
             self.has_id = columns.has_id
@@ -376,7 +380,9 @@ class _Scorer:
                 ) as text,
                 _SideBySide(available_cpus()) as side_by_side,
             ):
-                for block, parsed in csv_source.parsed_ahead(blocks, columns.count, columns.wanted):
+                for block, parsed in csv_source.parsed_ahead(
+                    blocks, parser, columns.count, columns.wanted
+                ):
                     table = self._score_block(block, parsed, columns, schema, side_by_side)
                     parquet.add(table)
                     text.add(table)

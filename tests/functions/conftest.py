@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,15 @@ IRIS = dataset_csv(load_iris, class_names=True)
 IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
 WINE = dataset_csv(load_wine)
 BREAST_CANCER = dataset_csv(load_breast_cancer)
+
+
+def reading_threads() -> set[threading.Thread]:
+    """The live threads that read and parse an upload's CSV ahead (``csv_source.Ahead``)."""
+    return {
+        thread
+        for thread in threading.enumerate()
+        if thread.name.startswith("csv-") and thread.is_alive()
+    }
 
 
 def upload(storage: InMemoryStorage, name: str, data: bytes) -> ObjectRef:

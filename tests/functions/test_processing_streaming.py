@@ -13,11 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline_core import csv_source
-from pipeline_core.contract import stats_object
-from pipeline_core.errors import DataRejectedError
+from pipeline_core.cleaning import MISSING_TARGET
+from pipeline_core.contract import part_object, processed_data, stats_object
+from pipeline_core.errors import DataRejectedError, TransientError
 from pipeline_core.processing import DatasetSchema, process
-from tests.functions.conftest import BUCKET, IRIS, log_lines, read_processed, upload
-from tests.functions.fakes import InMemoryStorage
+from tests.functions.conftest import (
+    BUCKET,
+    IRIS,
+    log_lines,
+    read_processed,
+    reading_threads,
+    upload,
+)
+from tests.functions.fakes import InMemoryStorage, InterleavedStorage
 
 SCHEMA = DatasetSchema(min_rows=3)
 
@@ -147,10 +155,38 @@ def test_blocks_end_at_record_boundaries_and_add_up_to_the_text(
 ) -> None:
     """Cut on a line feed outside quotes, quoted line breaks or not, every byte once."""
     text = "".join(f"{cell},z{end}" for cell, end in records).encode()
-    cut = list(csv_source.blocks(io.BytesIO(text), block_bytes))
+    with csv_source.Ahead("test-read-ahead") as reader:
+        cut = list(csv_source.blocks(io.BytesIO(text), reader, block_bytes))
     assert b"".join(block.data for block in cut) == text
     for block in cut[:-1]:
         assert block.data.endswith(b"\n")
         assert block.data.count(b'"') % 2 == 0
     lines = [block.first_line for block in cut]
     assert lines == [1 + sum(b.line_breaks() for b in cut[:index]) for index in range(len(cut))]
+
+
+def unavailable() -> None:
+    raise TransientError("storage unavailable (fake)")
+
+
+@pytest.mark.parametrize("failure", ["refused after the header", "storage fails mid-file"])
+def test_a_run_ended_early_leaves_no_reading_thread_behind(failure: str) -> None:
+    """The threads that read and parse ahead are done when processing returns, even with
+    blocks still unread and the error (and with it every frame it passed through) still
+    held: nothing is left for the garbage collector to stop on whichever thread it runs."""
+    storage = InterleavedStorage()
+    rows = b"".join(
+        b"%d,%d,%s\n" % (row, row % 7, b"xy"[row % 2 : row % 2 + 1]) for row in range(20000)
+    )
+    target = b"label" if failure == "refused after the header" else b"target"
+    ref = upload(storage, "raw/ended.csv", b"a,b," + target + b"\n" + rows)
+    storage.before("write", part_object(processed_data(ref), 1), unavailable)
+    before = reading_threads()
+    with pytest.raises((DataRejectedError, TransientError)) as caught:
+        process(storage, ref, SCHEMA, block_bytes=4096, chunk_rows=100, part_rows=200)
+    error = caught.value
+    if failure == "refused after the header":
+        assert isinstance(error, DataRejectedError) and error.reason_code == MISSING_TARGET
+    else:
+        assert isinstance(error, TransientError) and "storage unavailable" in str(error)
+    assert reading_threads() - before == set()

@@ -31,7 +31,7 @@ from pipeline_core.scoring import ScoringSpec, score
 from pipeline_core.serving import LoadedModel, ModelService
 from pipeline_core.settings import TrainingSettings
 from pipeline_core.training import train_smoke_and_promote
-from tests.functions.conftest import IRIS, WINE, upload
+from tests.functions.conftest import IRIS, WINE, reading_threads, upload
 from tests.functions.fakes import InMemoryStorage
 from tests.functions.test_serving import trained
 
@@ -332,6 +332,20 @@ def test_columns_that_do_not_match_the_champion_are_a_recorded_rejection(
     with pytest.raises(DataRejectedError, match="missing columns"):
         score(storage, ref, SPEC)
     assert storage.read(scoring_summary_object(ref)).generation == recorded.generation
+
+
+def test_a_file_refused_after_its_header_leaves_no_reading_thread_behind(
+    storage: InMemoryStorage, champion: str
+) -> None:
+    """The threads that read and parse ahead are done when scoring returns, with the
+    blocks after the header never read and the refusal still held."""
+    rows = unlabelled() * 40
+    ref = upload(storage, "score/renamed.csv", csv_of(rows, HEADER.replace("(cm)", "(mm)")))
+    before = reading_threads()
+    with pytest.raises(DataRejectedError) as raised:
+        score(storage, ref, SPEC, block_bytes=4096)
+    assert raised.value.reason_code == "mismatched_columns"
+    assert reading_threads() - before == set()
 
 
 def test_scoring_before_any_champion_is_a_recorded_failure_that_says_to_train_first(
