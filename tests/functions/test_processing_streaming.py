@@ -6,6 +6,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -190,3 +193,50 @@ def test_a_run_ended_early_leaves_no_reading_thread_behind(failure: str) -> None
     else:
         assert isinstance(error, TransientError) and "storage unavailable" in str(error)
     assert reading_threads() - before == set()
+
+
+# An abandoned block stream in a reference cycle, collected on a thread that holds
+# threading's _shutdown_locks_lock, as a thread that is starting holds it: the
+# collector's finalizer must not join a thread (``join`` takes that same lock).
+ABANDONED_STREAM_COLLECTED = """
+import gc, io, sys, threading
+from pipeline_core import csv_source
+
+class Cycle:
+    pass
+
+with csv_source.Ahead("csv-read-ahead") as reader:
+    stream = csv_source.blocks(io.BytesIO(b"a,b\\n" + b"1,2\\n" * 100000), reader, 4096)
+    next(stream)
+    cycle = Cycle()
+    cycle.itself, cycle.stream = cycle, stream
+    del stream, cycle
+
+    def collect_holding_the_lock():
+        with threading._shutdown_locks_lock:
+            gc.collect()
+
+    collector = threading.Thread(target=collect_holding_the_lock, daemon=True)
+    collector.start()
+    collector.join(10)
+    if collector.is_alive():
+        print("the collector is stuck finalizing the stream", flush=True)
+        import os
+        os._exit(3)
+print("collected")
+"""
+
+
+def test_an_abandoned_block_stream_is_collected_on_any_thread_without_a_hang() -> None:
+    """The CI hang: the garbage collector finalized an abandoned stream of blocks
+    inside ``threading``'s bookkeeping, and the stream's cleanup joined its thread.
+    A process of its own: a regression would leave a thread stuck holding that lock."""
+    completed = subprocess.run(
+        [sys.executable, "-c", ABANDONED_STREAM_COLLECTED],
+        check=False,
+        cwd=Path(csv_source.__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (completed.returncode, completed.stdout.strip()) == (0, "collected"), completed.stderr
