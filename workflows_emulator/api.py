@@ -312,9 +312,9 @@ class ExecutionService:
             record.state = "CANCELLED"
             record.end_time = _now()
             record.cancel_event.set()
-            snapshot = record.to_message("FULL")
-        _log_end(record, "CANCELLED", record.end_time, None)
-        return snapshot
+            # Under the lock: whoever sees the execution ended finds its log line too.
+            _log_end(record, "CANCELLED", record.end_time, None)
+            return record.to_message("FULL")
 
     def shutdown(self) -> None:
         """Refuse new executions, cancel the active ones and wait briefly for them to end."""
@@ -419,8 +419,8 @@ class ExecutionService:
             if state == "FAILED":
                 record.error_payload = json.dumps(payload, separators=(",", ":"))
                 record.error_context = _error_context(record)
-            ended = record.end_time
-        _log_end(record, state, ended, payload)
+            # Under the lock: whoever sees the execution ended finds its log line too.
+            _log_end(record, state, record.end_time, payload)
 
 
 def _log_end(record: _ExecutionRecord, state: ExecutionState, ended: datetime, error: Any) -> None:

