@@ -88,7 +88,7 @@ class DigestSet:
         # 0: an empty slot; otherwise 1 + the place of its digest in the lanes below.
         self._table = np.zeros(slots, dtype=np.int32)
         # A range's share of a full set and room for eight standard deviations more
-        # (binomial): a segment that fills up first ends the set early (``fits``).
+        # (binomial): a segment that fills up first ends the set early (``add_new_if_it_fits``).
         share = -(-capacity // RANGES)
         room = share + 8 * math.isqrt(share) + 64
         self._segment = -(-room // _SEGMENT_GRAIN) * _SEGMENT_GRAIN
@@ -107,11 +107,6 @@ class DigestSet:
     def room(self) -> int:
         """Digests the set takes at most before it is full."""
         return self.capacity - self._size
-
-    def fits(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> bool:
-        """Whether ``add_new`` takes this batch: within ``room``, and within what each
-        range's segment has left."""
-        return len(digests) <= self.room and self._segments_take(_counts(_ranges(digests[:, 0])))
 
     def _segments_take(self, counts: np.ndarray[Any, Any]) -> bool:
         return bool((self._sizes + counts <= self._segment).all())
@@ -150,7 +145,8 @@ class DigestSet:
     def add_new(self, digests: np.ndarray[Any, np.dtype[np.uint64]]) -> _Flags:
         """For each digest (a row of ``digests``, shape (n, 2)), whether it is new
         (neither held before nor earlier in this batch); every new one is remembered,
-        numbered after those held. The batch must fit (``fits``)."""
+        numbered after those held. The batch must fit: within ``room``, and within what
+        each range's segment has left (``add_new_if_it_fits``)."""
         new = self.add_new_if_it_fits(digests)
         if new is None:
             raise ValueError(f"{len(digests)} digests do not fit in the {self.room} left")

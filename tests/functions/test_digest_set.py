@@ -108,7 +108,7 @@ def test_a_full_set_refuses_more_and_once_taken_starts_over() -> None:
     seen = DigestSet(capacity=4)
     assert seen.add_new(digests([1, 2, 1])).tolist() == [True, True, False]
     assert seen.room == 2
-    assert not seen.fits(digests([3, 4, 5]))
+    assert seen.add_new_if_it_fits(digests([3, 4, 5])) is None
     with pytest.raises(ValueError, match="do not fit"):
         seen.add_new(digests([3, 4, 5]))
     assert seen.add_new(digests([3, 4])).all()
@@ -149,10 +149,12 @@ def test_a_full_range_ends_the_set_before_its_capacity() -> None:
     assert segment >= 1024 + 8 * 32 + 64 and segment % (mmap.PAGESIZE // 4) == 0
     assert seen.add_new(in_range_zero(segment)).all()
     assert seen.room == 16384 - segment
-    assert not seen.fits(in_range_zero(segment + 1)[segment:])
+    assert seen.add_new_if_it_fits(in_range_zero(segment + 1)[segment:]) is None
     with pytest.raises(ValueError, match="do not fit"):
         seen.add_new(in_range_zero(segment + 1)[segment:])
-    assert seen.fits(np.array([[1 << 63, 1]], np.uint64)) == (seen.room > 0)
+    room = seen.room
+    other_range = np.array([[1 << 63, 1]], np.uint64)
+    assert (seen.add_new_if_it_fits(other_range) is not None) == (room > 0)
 
 
 def test_a_released_range_reads_as_zeros_and_the_others_stay() -> None:
